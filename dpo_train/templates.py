@@ -1,0 +1,64 @@
+"""How a conversation becomes model input: one place, shared by generation, judges and evaluation.
+
+Generation, the implicit-reward judge and the KL estimate must tokenise a prompt exactly as training does,
+or log-probs are computed on a different string from the one the policy was trained on. The rule: use the
+tokenizer's chat template with `add_generation_prompt=True` (the template adds BOS itself, so the tokenizer
+adds no special tokens); without a template, fall back to `PLAIN_TEMPLATE` plus the tokenizer's own special
+tokens. A response is tokenised on its own and closed by EOS, which is what the sampler produces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+ROLE_PREFIX = {"system": "System", "user": "User", "assistant": "Assistant"}
+# Fallback when a tokenizer has no chat template: "User: ...\n\nAssistant: ..." turns.
+PLAIN_TURN = "{role}: {content}\n\n"
+PLAIN_GENERATION_PROMPT = "Assistant:"
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_plain(messages: Sequence[dict]) -> str:
+    turns = "".join(PLAIN_TURN.format(role=ROLE_PREFIX.get(m["role"], m["role"]), content=m["content"])
+                    for m in messages)
+    return turns + PLAIN_GENERATION_PROMPT
+
+
+def render_prompt(tokenizer: Any, messages: Sequence[dict]) -> str:
+    """The prompt string the policy sees before its answer (chat template, else the plain template)."""
+    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    return render_plain(msgs)
+
+
+def encode_prompt(tokenizer: Any, messages: Sequence[dict]) -> list[int]:
+    """Token ids of the rendered prompt; special tokens come from the template when there is one."""
+    text = render_prompt(tokenizer, messages)
+    return list(tokenizer(text, add_special_tokens=not has_chat_template(tokenizer))["input_ids"])
+
+
+def encode_response(tokenizer: Any, response: str) -> list[int]:
+    """Token ids of an answer as the sampler emits it: the text, then EOS (when the tokenizer has one)."""
+    ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids
+
+
+def eos_token_ids(tokenizer: Any, model: Any | None = None) -> set[int]:
+    """Every id that ends an answer: the tokenizer's EOS and the model's (generation-)config EOS ids."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    for holder in (getattr(model, "generation_config", None), getattr(model, "config", None)):
+        found = getattr(holder, "eos_token_id", None)
+        if isinstance(found, int):
+            ids.add(found)
+        elif isinstance(found, list | tuple):
+            ids.update(int(i) for i in found)
+    return ids
