@@ -262,9 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import duckdb
+
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
+    except duckdb.Error as exc:
+        console.print(f"[bold red]SQL error:[/] {exc}")
+        return 2
     except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         console.print(f"[bold red]error:[/] {msg}")
