@@ -1,0 +1,204 @@
+"""Shared by the format readers: field validation and the collector that turns accepted rows into the pair
+table, label ties into rejects and invalid rows into quarantine."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+
+import pyarrow as pa
+
+from data_quality.ingest.containers import RawRows, raw_of
+from data_quality.ingest.options import IngestOptions
+from storage.schema import PAIR_SCHEMA, REJECTS_SCHEMA, build_pair_table, quarantine_table, rejects_table
+
+ROLES = frozenset({"system", "user", "assistant", "tool"})
+# NUL breaks C-string consumers (tokenizers, terminals); lone surrogates are bytes that were not UTF-8.
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+_EVIDENCE = ("chosen_score", "rejected_score", "preference_prob", "chosen_model", "rejected_model", "judge")
+
+
+class RowError(ValueError):
+    """A row that cannot become a pair; `field` names the offending source field."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(f"field {field!r}: {message}" if field else message)
+        self.field = field
+
+
+def text_field(value: object, name: str, opts: IngestOptions) -> str:
+    """A non-empty string within the size limit, without NUL or undecodable bytes."""
+    if value is None:
+        raise RowError(name, "is missing or null")
+    if not isinstance(value, str):
+        raise RowError(name, f"expected a string, got {type(value).__name__}")
+    check_text(value, name, opts)
+    return value
+
+
+def check_text(value: str, name: str, opts: IngestOptions, allow_empty: bool = False) -> None:
+    if not allow_empty and not value.strip():
+        raise RowError(name, "is empty" if not value else "is whitespace only")
+    # Encoding costs a copy, so only strings that could be too large pay for it.
+    if len(value) * 4 > opts.max_field_bytes:
+        size = len(value.encode("utf-8", "surrogatepass"))
+        if size > opts.max_field_bytes:
+            raise RowError(name, f"is {size} bytes, over the max_field_bytes limit of {opts.max_field_bytes}")
+    bad = _BAD_CHARS.search(value)
+    if bad:
+        what = "a NUL character" if bad.group() == "\x00" else "bytes that are not valid UTF-8"
+        raise RowError(name, f"contains {what} at character {bad.start()}")
+
+
+def get(rec: dict, *names: str) -> tuple[str, object]:
+    """The first present key among `names` (aliases), else a missing-field error naming them all."""
+    for n in names:
+        if n in rec and rec[n] is not None:
+            return n, rec[n]
+    raise RowError(names[0], "is missing" + (f" (also looked for {list(names[1:])})" if len(names) > 1 else ""))
+
+
+def maybe_json_list(value: object, name: str) -> object:
+    """CSV cells and some exports hold lists as JSON text."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RowError(name, f"holds text that looks like a JSON list but does not parse: {exc.msg}") from exc
+    return value
+
+
+def messages_field(value: object, name: str, opts: IngestOptions) -> list[dict]:
+    """A list of {role, content} chat messages with known roles and text content."""
+    value = maybe_json_list(value, name)
+    if not isinstance(value, list):
+        raise RowError(name, f"expected a list of {{role, content}} messages, got {type(value).__name__}")
+    out = []
+    for i, m in enumerate(value):
+        where = f"{name}[{i}]"
+        if not isinstance(m, dict):
+            raise RowError(where, f"expected a {{role, content}} object, got {type(m).__name__}")
+        role = m.get("role")
+        if role not in ROLES:
+            raise RowError(f"{where}.role", f"unknown role {role!r}; expected one of {sorted(ROLES)}")
+        content = m.get("content")
+        if not isinstance(content, str):
+            raise RowError(f"{where}.content", f"expected a string, got {type(content).__name__}")
+        check_text(content, f"{where}.content", opts, allow_empty=role != "assistant")
+        out.append({"role": role, "content": content})
+    return out
+
+
+def user_prompt(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+class Collector:
+    """Accumulates one source's outcome as plain column lists; tables are built once at the end."""
+
+    def __init__(self, rows: RawRows, opts: IngestOptions) -> None:
+        self.source = rows.source
+        self.opts = opts
+        self.kept: dict[str, list] = {k: [] for k in ("prompt", "chosen", "rejected", "source", "source_row",
+                                                      *_EVIDENCE)}
+        self.dropped: dict[str, list] = {k: [] for k in (*self.kept, "rule", "reason", "params")}
+        self.quarantine: list[dict] = list(rows.quarantine)
+
+    def keep(self, row: int, prompt: list[dict], chosen: str, rejected: str, **evidence: object) -> None:
+        self._append(self.kept, row, prompt, chosen, rejected, evidence)
+
+    def reject(self, rule: str, reason: str, params: dict | None, row: int, prompt: list[dict], chosen: str,
+               rejected: str, **evidence: object) -> None:
+        cols = self.dropped
+        self._append(cols, row, prompt, chosen, rejected, evidence)
+        cols["rule"].append(rule)
+        cols["reason"].append(reason)
+        cols["params"].append(json.dumps(params, sort_keys=True) if params is not None else None)
+
+    def _append(self, cols: dict[str, list], row: int, prompt: list[dict], chosen: str, rejected: str,
+                evidence: dict[str, object]) -> None:
+        cols["prompt"].append(prompt)
+        cols["chosen"].append(chosen)
+        cols["rejected"].append(rejected)
+        cols["source_row"].append(row)
+        # Only readers that merge files (model outputs grouped by instruction) name a per-pair source.
+        cols["source"].append(evidence.get("source", self.source))
+        for k in _EVIDENCE:
+            cols[k].append(evidence.get(k))
+
+    def bad_row(self, row: int, record: object, exc: Exception, source: str | None = None) -> None:
+        fld = exc.field if isinstance(exc, RowError) else None
+        error = str(exc) if isinstance(exc, RowError) else f"invalid row ({type(exc).__name__}: {exc})"
+        self.quarantine.append({"source": source or self.source, "source_row": row, "field": fld, "error": error,
+                                "raw": raw_of(record, self.opts.max_raw_chars), "stage": "validate"})
+
+    def _table(self, cols: dict[str, list]) -> pa.Table:
+        return build_pair_table({k: cols[k] for k in ("prompt", "chosen", "rejected", "source", "source_row",
+                                                      *_EVIDENCE)})
+
+    def pairs(self) -> pa.Table:
+        return self._table(self.kept)
+
+    def rejects(self) -> pa.Table:
+        cols = self.dropped
+        if not cols["chosen"]:
+            return REJECTS_SCHEMA.empty_table()
+        table = self._table(cols)
+        parts = []
+        for rule in sorted(set(cols["rule"])):
+            idx = [i for i, r in enumerate(cols["rule"]) if r == rule]
+            params = {cols["params"][i] for i in idx}
+            part = rejects_table(table.take(idx), rule, [cols["reason"][i] for i in idx],
+                                 params.pop() if len(params) == 1 else None)
+            parts.append(part)
+        return pa.concat_tables(parts)
+
+    def quarantined(self) -> pa.Table:
+        return quarantine_table(self.quarantine)
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        return len(self.kept["chosen"]), len(self.dropped["chosen"]), len(self.quarantine)
+
+
+RowHandler = Callable[[Collector, int, dict], None]
+
+
+def run_rows(rows: RawRows, opts: IngestOptions, handle: RowHandler) -> Collector:
+    """Apply a per-row handler; any failure of one row quarantines that row only."""
+    out = Collector(rows, opts)
+    for row, record in rows.records:
+        if not isinstance(record, dict):
+            out.bad_row(row, record, RowError(None, f"row is a {type(record).__name__}, expected an object"))
+            continue
+        try:
+            handle(out, row, record)
+        except (RowError, TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            out.bad_row(row, record, exc)
+    return out
+
+
+def empty_pairs() -> pa.Table:
+    return PAIR_SCHEMA.empty_table()
+
+
+def common_prefix_len(a: str, b: str) -> int:
+    """Length of the longest common prefix, by bisection on slices (C speed, no per-character loop)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def first_diff(items: Iterable[tuple[object, object]]) -> int:
+    n = 0
+    for x, y in items:
+        if x != y:
+            break
+        n += 1
+    return n

@@ -1,0 +1,46 @@
+"""Ingest settings: every default lives here, so a snapshot's recorded parameters say everything."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+PAIRING_RULES = ("best_vs_worst", "best_vs_random", "all_above_margin")
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    # A text field above this many UTF-8 bytes is quarantined: 1 MiB is ~250k tokens, far past any context
+    # window, so such a field is a broken export, not a preference.
+    max_field_bytes: int = 1 << 20
+    # The `raw` column of quarantine keeps at most this many characters of the offending row (marked as cut).
+    max_raw_chars: int = 64 << 10
+    # Multi-completion rows: how completions become pairs, and the score margin a pair needs.
+    pairing: str = "best_vs_worst"
+    min_margin: float = 0.0
+    seed: int = 0
+    # Which completion field holds the score; None tries "score", "overall_score", "rating" in that order.
+    score_key: str | None = None
+    # How many parsed rows format auto-detection looks at.
+    detect_rows: int = 64
+
+    def __post_init__(self) -> None:
+        if self.pairing not in PAIRING_RULES:
+            raise ValueError(f"unknown pairing rule {self.pairing!r}; choose one of {list(PAIRING_RULES)}")
+        if self.max_field_bytes <= 0 or self.max_raw_chars <= 0 or self.detect_rows <= 0:
+            raise ValueError("max_field_bytes, max_raw_chars and detect_rows must be positive")
+        if self.min_margin < 0:
+            raise ValueError("min_margin must be >= 0")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> IngestOptions:
+        d = dict(d or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ingest option(s): {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
