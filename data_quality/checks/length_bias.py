@@ -1,0 +1,218 @@
+"""Length bias: statistics, a length-controlled preference estimate, and balancing by weights or subsampling.
+
+Judges and annotators tend to prefer the longer answer; DPO then learns "be longer". Rows are binned by
+|len(chosen) - len(rejected)| and, within each bin, chosen-longer and rejected-longer rows get equal total
+weight (or the majority side is subsampled), so the weighted fraction of chosen-longer pairs is 0.5 while
+each bin keeps its mass. Equal-length pairs keep their weight. This check runs last: weights must describe
+the rows that are actually published.
+
+The length-controlled estimate follows length-controlled AlpacaEval: a logistic regression of "A preferred"
+on tanh(standardised length difference); the intercept is the preference with the length effect removed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .base import CheckResult, Decision, apply, histogram
+
+RULE = "length_bias"
+
+
+@dataclass(frozen=True)
+class LengthBiasConfig:
+    enabled: bool = True
+    mode: str = "reweight"  # reweight | subsample | stats (statistics only)
+    unit: str = "chars"  # chars | words
+    n_bins: int = 10  # quantile bins of |length difference|
+    max_weight: float = 20.0  # clip before the final exact rebalance
+    hist_bins: int = 40
+    max_models: int = 10  # models given a length-controlled win rate
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("reweight", "subsample", "stats"):
+            raise ValueError(f"length_bias.mode must be reweight, subsample or stats, not {self.mode!r}")
+        if self.unit not in ("chars", "words"):
+            raise ValueError(f"length_bias.unit must be chars or words, not {self.unit!r}")
+
+
+def lengths(table: pa.Table, unit: str = "chars") -> tuple[np.ndarray, np.ndarray]:
+    def one(name: str) -> np.ndarray:
+        col = table.column(name)
+        arr = pc.utf8_length(col) if unit == "chars" else pc.count_substring_regex(col, r"\S+")
+        return np.asarray(arr.to_numpy(zero_copy_only=False), dtype=np.int64)
+    return one("chosen"), one("rejected")
+
+
+def logistic_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None, l2: float = 1e-6) -> np.ndarray:
+    """(intercept, slope) of a weighted logistic regression by Newton steps; tiny ridge keeps it finite."""
+    X = np.column_stack([np.ones_like(x), x])
+    w = np.ones_like(x) if w is None else w
+    beta = np.zeros(2)
+    for _ in range(50):
+        p = 1.0 / (1.0 + np.exp(-X @ beta))
+        grad = X.T @ (w * (y - p)) - l2 * beta
+        hess = (X * (w * p * (1 - p))[:, None]).T @ X + l2 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        beta += step
+        if np.abs(step).max() < 1e-9:
+            break
+    return beta
+
+
+def _sigmoid(v: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-v)))
+
+
+def length_controlled(table: pa.Table, diff: np.ndarray, max_models: int) -> dict:
+    """Overall length effect, plus raw and length-controlled win rates per model when models are named."""
+    out: dict = {}
+    n = diff.size
+    if n < 2:
+        return out
+    scale = float(np.std(diff)) or 1.0
+    # Orient each pair by a hash of its id (not by length), so "A preferred" is independent of length a priori.
+    flip = (pl.Series(table.column("pair_id")).hash(7).to_numpy() & 1).astype(bool)
+    d_a = np.where(flip, -diff, diff)
+    y = (~flip).astype(np.float64)  # A is the chosen answer unless flipped
+    w = np.asarray(table.column("weight").to_numpy(zero_copy_only=False), dtype=np.float64)
+    beta = logistic_fit(np.tanh(d_a / scale), y)
+    beta_w = logistic_fit(np.tanh(d_a / scale), y, w)
+    out.update(length_coef=float(beta[1]), length_coef_weighted=float(beta_w[1]),
+               p_longer_preferred_at_1sd=_sigmoid(beta[1] * np.tanh(1.0)), diff_scale=scale)
+    cm = np.asarray(table.column("chosen_model").to_numpy(zero_copy_only=False), dtype=object)
+    rm = np.asarray(table.column("rejected_model").to_numpy(zero_copy_only=False), dtype=object)
+    named = (cm != None) & (rm != None) & (cm != rm)  # noqa: E711 - elementwise on object arrays
+    models = pl.Series(np.concatenate([cm[named], rm[named]]).astype(str)).value_counts(sort=True)
+    rows = []
+    for m in models.get_column(models.columns[0]).to_list()[:max_models]:
+        as_c, as_r = named & (cm == m), named & (rm == m)
+        sel = as_c | as_r
+        if sel.sum() < 10:
+            continue
+        y_m = as_c[sel].astype(np.float64)
+        d_m = np.where(as_c, diff, -diff)[sel]  # length of m's answer minus the other's
+        b = logistic_fit(np.tanh(d_m / scale), y_m)
+        rows.append({"model": str(m), "n": int(sel.sum()), "win_rate": float(y_m.mean()),
+                     "lc_win_rate": _sigmoid(b[0]), "length_coef": float(b[1]),
+                     "frac_longer": float((d_m > 0).mean())})
+    out["models"] = rows
+    return out
+
+
+def _bins(absdiff: np.ndarray, pos: np.ndarray, neg: np.ndarray, n_bins: int) -> np.ndarray:
+    """Quantile edges of |diff| merged until every bin holds both chosen-longer and rejected-longer rows."""
+    moving = absdiff[pos | neg]
+    if moving.size == 0:
+        return np.array([0.0, np.inf])
+    edges = np.unique(np.quantile(moving, np.linspace(0, 1, n_bins + 1)))
+    edges = np.concatenate([[0.5], edges[1:-1], [np.inf]]) if edges.size > 2 else np.array([0.5, np.inf])
+    idx = np.searchsorted(edges, absdiff, side="right") - 1
+    p = np.bincount(idx[pos], minlength=edges.size - 1)
+    q = np.bincount(idx[neg], minlength=edges.size - 1)
+    keep = [0]  # indices of edges that survive merging (a small loop over bins, not rows)
+    acc_p = acc_q = 0
+    for b in range(edges.size - 1):
+        acc_p, acc_q = acc_p + p[b], acc_q + q[b]
+        if acc_p and acc_q:
+            keep.append(b + 1)
+            acc_p = acc_q = 0
+    if keep[-1] != edges.size - 1:  # an unbalanced tail joins the last balanced bin
+        if len(keep) > 1:
+            keep[-1] = edges.size - 1
+        else:
+            keep.append(edges.size - 1)
+    return edges[keep]
+
+
+def balance(diff: np.ndarray, base: np.ndarray, cfg: LengthBiasConfig,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """(weights or base, keep mask, per-bin table) balancing chosen-longer against rejected-longer."""
+    pos, neg = diff > 0, diff < 0
+    absdiff = np.abs(diff).astype(np.float64)
+    edges = _bins(absdiff, pos, neg, cfg.n_bins)
+    idx = np.clip(np.searchsorted(edges, absdiff, side="right") - 1, 0, edges.size - 2)
+    nb = edges.size - 1
+    wp = np.bincount(idx[pos], weights=base[pos], minlength=nb)
+    wn = np.bincount(idx[neg], weights=base[neg], minlength=nb)
+    keep = np.ones(diff.size, dtype=bool)
+    weights = base.copy()
+    fp = np.divide(wp + wn, 2 * wp, out=np.ones(nb), where=(wp > 0) & (wn > 0))
+    fn = np.divide(wp + wn, 2 * wn, out=np.ones(nb), where=(wp > 0) & (wn > 0))
+    if cfg.mode == "reweight":
+        weights = np.where(pos, base * np.minimum(fp[idx], cfg.max_weight),
+                           np.where(neg, base * np.minimum(fn[idx], cfg.max_weight), base))
+        tp, tn = weights[pos].sum(), weights[neg].sum()
+        if tp > 0 and tn > 0:  # exact global rebalance after clipping
+            weights = np.where(pos, weights * (tp + tn) / (2 * tp), np.where(neg, weights * (tp + tn) / (2 * tn),
+                                                                              weights))
+        weights = weights / weights.mean() if weights.size else weights
+    elif cfg.mode == "subsample":
+        for b in range(nb):  # loop over bins; the per-row work is vectorised
+            p_rows, n_rows = np.flatnonzero(pos & (idx == b)), np.flatnonzero(neg & (idx == b))
+            big, small = (p_rows, n_rows) if p_rows.size > n_rows.size else (n_rows, p_rows)
+            if small.size:
+                keep[rng.choice(big, size=big.size - small.size, replace=False)] = False
+    table = [{"bin_lo": float(edges[b]), "bin_hi": float(edges[b + 1]), "chosen_longer": int((pos & (idx == b)).sum()),
+              "rejected_longer": int((neg & (idx == b)).sum()), "chosen_longer_factor": float(fp[b]),
+              "rejected_longer_factor": float(fn[b])} for b in range(nb)]
+    return weights, keep, table
+
+
+def weighted_frac_longer(diff: np.ndarray, w: np.ndarray) -> float | None:
+    pos, neg = diff > 0, diff < 0
+    tot = w[pos].sum() + w[neg].sum()
+    return float(w[pos].sum() / tot) if tot > 0 else None
+
+
+def diff_histogram(diff: np.ndarray, weights: np.ndarray, bins: int) -> dict:
+    lim = float(np.quantile(np.abs(diff), 0.99)) if diff.size else 1.0
+    lim = max(lim, 1.0)
+    edges = np.linspace(-lim, lim, bins + 1)
+    clipped = np.clip(diff, -lim, lim)
+    return {"edges": edges.tolist(), "counts": np.histogram(clipped, edges)[0].tolist(),
+            "weighted": np.histogram(clipped, edges, weights=weights)[0].tolist()}
+
+
+def run(table: pa.Table, cfg: LengthBiasConfig) -> CheckResult:
+    n = table.num_rows
+    lc, lr = lengths(table, cfg.unit)
+    diff = lc - lr
+    base = np.asarray(table.column("weight").to_numpy(zero_copy_only=False), dtype=np.float64)
+    margin = np.asarray(table.column("chosen_score").to_numpy(zero_copy_only=False), dtype=np.float64) - \
+        np.asarray(table.column("rejected_score").to_numpy(zero_copy_only=False), dtype=np.float64)
+    prob = np.asarray(table.column("preference_prob").to_numpy(zero_copy_only=False), dtype=np.float64)
+    margin = np.where(np.isfinite(margin), margin, prob)
+    ok = np.isfinite(margin)
+    corr = float(np.corrcoef(margin[ok], diff[ok])[0, 1]) if ok.sum() > 2 and np.std(margin[ok]) > 0 \
+        and np.std(diff[ok]) > 0 else None
+    stats: dict = {
+        "unit": cfg.unit, "pairs": n, "ties": int((diff == 0).sum()),
+        "frac_chosen_longer": weighted_frac_longer(diff, np.ones(n)),
+        "chosen_len_hist": histogram(lc.astype(float), bins=cfg.hist_bins),
+        "rejected_len_hist": histogram(lr.astype(float), bins=cfg.hist_bins),
+        "mean_len_chosen": float(lc.mean()) if n else None, "mean_len_rejected": float(lr.mean()) if n else None,
+        "corr_margin_length_diff": corr,
+        "length_controlled": length_controlled(table, diff, cfg.max_models),
+    }
+    d = Decision.keep_all(n)
+    if cfg.mode == "stats" or n == 0:
+        stats["diff_hist"] = diff_histogram(diff, base, cfg.hist_bins)
+        d.stats = stats
+        return apply(table, d, RULE, cfg)
+    weights, keep, bins = balance(diff, base, cfg, np.random.default_rng(cfg.seed))
+    d.mark(~keep, "length_balance_subsample")
+    table = table.set_column(table.schema.get_field_index("weight"), "weight", pa.array(weights, pa.float64()))
+    stats.update(bins=bins, diff_hist=diff_histogram(diff, weights * keep, cfg.hist_bins),
+                 diff_hist_before=diff_histogram(diff, base, cfg.hist_bins),
+                 weighted_frac_chosen_longer=weighted_frac_longer(diff, weights * keep),
+                 weight_mean=float(weights[keep].mean()) if keep.any() else None,
+                 weight_max=float(weights.max()) if n else None)
+    d.stats = stats
+    return apply(table, d, RULE, cfg)

@@ -1,0 +1,72 @@
+"""Chosen and rejected nearly identical: the pair carries almost no preference signal.
+
+Similarity is rapidfuzz's normalised Indel similarity (`fuzz.ratio`) or a token-set variant, computed
+pairwise in C with `process.cpdist`. The cutoff lets rapidfuzz skip most of the work for clearly different
+answers, so the full similarity distribution for the report is taken on a fixed-size sample instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from rapidfuzz import fuzz, process
+
+from .base import CheckResult, Decision, apply, histogram
+
+RULE = "near_identical"
+SCORERS: dict[str, Callable[..., float]] = {
+    "ratio": fuzz.ratio,
+    "token_sort_ratio": fuzz.token_sort_ratio,
+    "token_set_ratio": fuzz.token_set_ratio,
+}
+
+
+@dataclass(frozen=True)
+class NearIdenticalConfig:
+    enabled: bool = True
+    max_similarity: float = 0.95  # drop when similarity >= this (0..1)
+    scorer: str = "ratio"
+    sample_for_stats: int = 5_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scorer not in SCORERS:
+            raise ValueError(f"near_identical.scorer must be one of {sorted(SCORERS)}, not {self.scorer!r}")
+        if not 0.0 < self.max_similarity <= 1.0:
+            raise ValueError("near_identical.max_similarity must be in (0, 1]")
+
+
+def similarity(chosen: list[str], rejected: list[str], scorer: str = "ratio",
+               cutoff: float | None = None) -> np.ndarray:
+    """Pairwise similarity in [0, 1]; with a cutoff, values below it come back as 0."""
+    if not chosen:
+        return np.zeros(0)
+    scores = process.cpdist(chosen, rejected, scorer=SCORERS[scorer], workers=1,
+                            score_cutoff=None if cutoff is None else cutoff * 100.0, dtype=np.float32)
+    return np.asarray(scores, dtype=np.float64) / 100.0
+
+
+def decide(table: pa.Table, cfg: NearIdenticalConfig) -> Decision:
+    n = table.num_rows
+    chosen = table.column("chosen").to_pylist()
+    rejected = table.column("rejected").to_pylist()
+    sim = similarity(chosen, rejected, cfg.scorer, cutoff=cfg.max_similarity)
+    d = Decision.keep_all(n)
+    d.mark(sim >= cfg.max_similarity, "near_identical_answers")
+    rng = np.random.default_rng(cfg.seed)
+    sample = np.sort(rng.choice(n, size=min(n, cfg.sample_for_stats), replace=False)) if n else np.zeros(0, int)
+    sample_sim = similarity([chosen[i] for i in sample], [rejected[i] for i in sample], cfg.scorer)
+    d.stats = {
+        "near_identical": int(d.drop.sum()),
+        "similarity_sample_size": int(sample.size),
+        "similarity_hist": histogram(sample_sim, bins=20, value_range=(0.0, 1.0)),
+        "similarity_mean_sample": float(sample_sim.mean()) if sample.size else None,
+    }
+    return d
+
+
+def run(table: pa.Table, cfg: NearIdenticalConfig) -> CheckResult:
+    return apply(table, decide(table, cfg), RULE, cfg)

@@ -1,0 +1,87 @@
+"""Normalisation: unicode form, whitespace and stray role markers, on prompt messages and both answers.
+
+Never drops a row (empty results are the degenerate check's business), but ids are recomputed afterwards
+because two sources that differ only in whitespace must hash to the same pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from storage.schema import MESSAGE_TYPE, with_ids
+
+from .base import CheckResult, Decision, apply
+
+RULE = "normalise"
+# A leading speaker label on an answer is an artefact of splitting dialogues (HH-RLHF style).
+_LEADING_ROLE = r"^\s*(?:Assistant|AI|Bot|Answer)\s*:\s*"
+# An answer that runs on into the next human turn: everything from the marker on is not the answer.
+_TRAILING_TURN = r"(?s)\n+\s*(?:Human|User|H)\s*:.*$"
+
+
+@dataclass(frozen=True)
+class NormaliseConfig:
+    enabled: bool = True
+    unicode_form: str | None = "NFC"  # NFC | NFKC | NFD | NFKD | None
+    collapse_whitespace: bool = True
+    strip_role_markers: bool = True
+
+    def __post_init__(self) -> None:
+        if self.unicode_form not in (None, "NFC", "NFKC", "NFD", "NFKD"):
+            raise ValueError(f"normalise.unicode_form must be NFC/NFKC/NFD/NFKD or null, not {self.unicode_form!r}")
+
+
+def normalise_text(arr: pa.Array | pa.ChunkedArray, cfg: NormaliseConfig) -> pa.Array | pa.ChunkedArray:
+    if cfg.unicode_form:
+        arr = pc.utf8_normalize(arr, form=cfg.unicode_form)
+    if cfg.collapse_whitespace:
+        arr = pc.replace_substring_regex(arr, r"[\x{200B}\x{FEFF}\x{200C}\x{200D}]", "")
+        arr = pc.replace_substring_regex(arr, r"\r\n?", "\n")
+        arr = pc.replace_substring_regex(arr, r"[^\S\n]+", " ")
+        arr = pc.replace_substring_regex(arr, r" ?\n ?", "\n")
+        arr = pc.replace_substring_regex(arr, r"\n{3,}", "\n\n")
+        arr = pc.utf8_trim_whitespace(arr)
+    return arr
+
+
+def _strip_roles(arr: pa.ChunkedArray) -> tuple[pa.ChunkedArray, int]:
+    out = pc.replace_substring_regex(arr, _LEADING_ROLE, "")
+    out = pc.utf8_trim_whitespace(pc.replace_substring_regex(out, _TRAILING_TURN, ""))
+    changed = int(pc.sum(pc.not_equal(out, pc.utf8_trim_whitespace(arr))).as_py() or 0)
+    return out, changed
+
+
+def _normalise_prompt(col: pa.ChunkedArray, cfg: NormaliseConfig) -> pa.ChunkedArray:
+    chunks = []
+    for chunk in col.chunks:
+        values = chunk.flatten()  # respects slicing, so offsets must be rebased to 0
+        offsets = pc.subtract(chunk.offsets, chunk.offsets[0])
+        content = normalise_text(values.field("content"), cfg)
+        struct = pa.StructArray.from_arrays([values.field("role"), content], fields=list(MESSAGE_TYPE))
+        chunks.append(pa.ListArray.from_arrays(offsets, struct, mask=chunk.is_null()))
+    return pa.chunked_array(chunks, type=col.type)
+
+
+def run(table: pa.Table, cfg: NormaliseConfig) -> CheckResult:
+    if table.num_rows == 0:
+        return apply(table, Decision.keep_all(0), RULE, cfg)
+    stats: dict[str, int] = {}
+    before = {name: table.column(name) for name in ("chosen", "rejected")}
+    for name in ("chosen", "rejected"):
+        col = normalise_text(table.column(name), cfg)
+        if cfg.strip_role_markers:
+            col, n_roles = _strip_roles(col)
+            stats[f"{name}_role_markers_stripped"] = n_roles
+        stats[f"{name}_changed"] = int(pc.sum(pc.not_equal(col, before[name])).as_py() or 0)
+        table = table.set_column(table.schema.get_field_index(name), name, col)
+    table = table.set_column(table.schema.get_field_index("prompt"), "prompt",
+                             _normalise_prompt(table.column("prompt"), cfg))
+    old_ids = table.column("pair_id").to_numpy(zero_copy_only=False) if "pair_id" in table.column_names else None
+    table = with_ids(table)
+    if old_ids is not None:
+        stats["pair_id_changed"] = int(np.sum(old_ids != table.column("pair_id").to_numpy(zero_copy_only=False)))
+    return apply(table, Decision.keep_all(table.num_rows, stats), RULE, cfg)

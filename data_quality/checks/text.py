@@ -1,0 +1,84 @@
+"""Vectorised word shingles shared by near-duplicate detection and decontamination.
+
+Texts are lower-cased and split into `\\w+` tokens by Polars (Rust), tokens are hashed once, and a k-word
+shingle is a mix of k consecutive token hashes computed with numpy shifts over the flat token array, so no
+Python code runs per token or per row. A text with fewer than k tokens gives one shingle of all its tokens.
+`shingle_set` is the slow pure-Python reference used for ground truth and tests.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+_TOKEN = r"\w+"
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_STEP = np.uint64(0x9E3779B97F4A7C15)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: spreads structured 64-bit inputs over all bits (wrapping arithmetic on purpose)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _M1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def tokens(texts: pa.Array | pa.ChunkedArray | pl.Series | list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(token hashes uint64, per-text token counts int64)."""
+    s = pl.Series(texts, dtype=pl.String) if not isinstance(texts, pl.Series) else texts
+    lists = s.fill_null("").str.to_lowercase().str.extract_all(_TOKEN)
+    counts = lists.list.len().fill_null(0).to_numpy().astype(np.int64)
+    flat = lists.explode().drop_nulls()  # an empty list explodes to one null
+    return flat.hash(0x5EED).to_numpy(), counts
+
+
+def shingles(tok: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(shingle hashes uint64, row index int64) of k-token shingles; rows without tokens give none."""
+    n_rows, n = counts.size, tok.size
+    if n == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    ends = np.cumsum(counts)
+    with np.errstate(over="ignore"):
+        # Shifted slices over the flat array: shingles that straddle two rows are computed, then masked out.
+        h = tok.copy()
+        for j in range(1, k):
+            h[: n - j] = (h[: n - j] ^ tok[j:]) * _STEP + np.uint64(j)
+        h = mix64(h)
+        valid = np.arange(n, dtype=np.int64) + k <= np.repeat(ends, counts)
+        out_h = [h[valid]]
+        out_r = [np.repeat(np.arange(n_rows, dtype=np.int64), np.maximum(counts - k + 1, 0))]
+        short = np.flatnonzero((counts > 0) & (counts < k))
+        if short.size:  # texts shorter than k: one shingle of all their tokens, same mixing
+            start, c = ends[short] - counts[short], counts[short]
+            hs = tok[start].copy()
+            for j in range(1, k - 1):
+                take = j < c
+                hs = np.where(take, (hs ^ tok[np.minimum(start + j, n - 1)]) * _STEP + np.uint64(j), hs)
+            out_h.append(mix64(hs))
+            out_r.append(short.astype(np.int64))
+    return np.concatenate(out_h), np.concatenate(out_r)
+
+
+def text_shingles(texts: pa.Array | pa.ChunkedArray | pl.Series | list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+    tok, counts = tokens(texts)
+    return shingles(tok, counts, k)
+
+
+def shingle_set(text: str, k: int) -> set[tuple[str, ...]]:
+    """Reference shingles of one text (pure Python): the sets the vectorised hashes stand for."""
+    toks = re.findall(_TOKEN, text.lower())
+    if not toks:
+        return set()
+    if len(toks) < k:
+        return {tuple(toks)}
+    return {tuple(toks[i:i + k]) for i in range(len(toks) - k + 1)}
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0

@@ -1,0 +1,146 @@
+"""The quality gate: an ordered list of checks over a pair table, read top to bottom.
+
+Each step takes the rows the previous one kept; every dropped row lands in `rejects` with its rule, reason,
+parameters and (where relevant) the pair it duplicated, so input rows == kept + rejected, always. Order
+matters and is deliberate: normalise before anything compares text; count contradicting votes before exact
+dedup collapses them; run the expensive near-dup pass on what is left; reweight last, on the final rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from data_quality.checks import (
+    contradictions,
+    decontam,
+    dedup,
+    degenerate,
+    length_bias,
+    margins,
+    near_dup,
+    near_identical,
+    normalise,
+)
+from data_quality.checks.base import CheckResult
+from data_quality.checks.tables import stats_tables
+from storage.schema import REJECTS_SCHEMA, conform
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    normalise: normalise.NormaliseConfig = field(default_factory=normalise.NormaliseConfig)
+    degenerate: degenerate.DegenerateConfig = field(default_factory=degenerate.DegenerateConfig)
+    contradictions: contradictions.ContradictionsConfig = field(
+        default_factory=contradictions.ContradictionsConfig)
+    dedup: dedup.DedupConfig = field(default_factory=dedup.DedupConfig)
+    near_identical: near_identical.NearIdenticalConfig = field(default_factory=near_identical.NearIdenticalConfig)
+    margins: margins.MarginsConfig = field(default_factory=margins.MarginsConfig)
+    decontam: decontam.DecontamConfig = field(default_factory=decontam.DecontamConfig)
+    near_dup: near_dup.NearDupConfig = field(default_factory=near_dup.NearDupConfig)
+    length_bias: length_bias.LengthBiasConfig = field(default_factory=length_bias.LengthBiasConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> GateConfig:
+        """Build from nested dicts ({check: {threshold: value}}); unknown keys anywhere raise ValueError."""
+        d = dict(d or {})
+        hints = typing.get_type_hints(cls)
+        unknown = sorted(set(d) - set(hints))
+        if unknown:
+            raise ValueError(f"unknown gate config section(s): {unknown}; known: {sorted(hints)}")
+        parts = {}
+        for name, sub in d.items():
+            sub_cls = hints[name]
+            if not isinstance(sub, dict):
+                raise ValueError(f"gate config section {name!r} must be a mapping, got {type(sub).__name__}")
+            fields = {f.name: f for f in dataclasses.fields(sub_cls)}
+            bad = sorted(set(sub) - set(fields))
+            if bad:
+                raise ValueError(f"unknown key(s) in gate config section {name!r}: {bad}; known: {sorted(fields)}")
+            sub_hints = typing.get_type_hints(sub_cls)
+            parts[name] = sub_cls(**{k: _coerce(v, sub_hints[k]) for k, v in sub.items()})
+        return cls(**parts)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The resolved thresholds, JSON-able (tuples become lists); recorded as the snapshot's params."""
+        return {f.name: _jsonable(dataclasses.asdict(getattr(self, f.name))) for f in dataclasses.fields(self)}
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    # YAML/JSON give lists where the config wants tuples (frozen dataclasses must stay hashable).
+    if isinstance(value, list) and (typing.get_origin(hint) is tuple or hint is tuple):
+        return tuple(value)
+    if isinstance(value, int) and not isinstance(value, bool) and _accepts_float(hint):
+        return float(value)
+    return value
+
+
+def _accepts_float(hint: Any) -> bool:
+    if hint is float:
+        return True
+    return isinstance(hint, types.UnionType) and float in typing.get_args(hint) and int not in typing.get_args(hint)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+@dataclass
+class GateResult:
+    kept: pa.Table  # PAIR_SCHEMA, with `weight`
+    rejects: pa.Table  # REJECTS_SCHEMA
+    stats: dict[str, Any]  # JSON-able
+    tables: dict[str, pa.Table]  # per-check statistics for the catalog
+    input_rows: int = 0
+
+
+Step = tuple[str, Callable[[pa.Table], CheckResult]]
+
+
+def steps(cfg: GateConfig, eval_prompts: Sequence[str] | None = None) -> list[Step]:
+    """The pipeline, in order; disabled checks are left out."""
+    pipeline: list[tuple[str, bool, Callable[[pa.Table], CheckResult]]] = [
+        ("normalise", cfg.normalise.enabled, lambda t: normalise.run(t, cfg.normalise)),
+        ("degenerate", cfg.degenerate.enabled, lambda t: degenerate.run(t, cfg.degenerate)),
+        ("contradictions", cfg.contradictions.enabled, lambda t: contradictions.run(t, cfg.contradictions)),
+        ("dedup", cfg.dedup.enabled, lambda t: dedup.run(t, cfg.dedup)),
+        ("near_identical", cfg.near_identical.enabled, lambda t: near_identical.run(t, cfg.near_identical)),
+        ("margins", cfg.margins.enabled, lambda t: margins.run(t, cfg.margins)),
+        ("decontam", cfg.decontam.enabled and bool(eval_prompts),
+         lambda t: decontam.run(t, cfg.decontam, eval_prompts)),
+        ("near_dup", cfg.near_dup.enabled, lambda t: near_dup.run(t, cfg.near_dup)),
+        ("length_bias", cfg.length_bias.enabled, lambda t: length_bias.run(t, cfg.length_bias)),
+    ]
+    return [(name, fn) for name, on, fn in pipeline if on]
+
+
+def run_gate(pairs: pa.Table, cfg: GateConfig | None = None, eval_prompts: Sequence[str] | None = None) -> GateResult:
+    cfg = cfg or GateConfig()
+    table = conform(pairs)  # schema validation: a malformed table fails here, naming the column
+    n_in = table.num_rows
+    rejects: list[pa.Table] = []
+    per_check: dict[str, Any] = {}
+    for name, fn in steps(cfg, eval_prompts):
+        t0 = time.perf_counter()
+        res = fn(table)
+        table = res.kept
+        rejects.append(res.rejects)
+        per_check[name] = {**res.stats, "seconds": round(time.perf_counter() - t0, 4)}
+    all_rejects = pa.concat_tables(rejects) if rejects else REJECTS_SCHEMA.empty_table()
+    kept = conform(table)
+    if kept.num_rows + all_rejects.num_rows != n_in:  # the accounting invariant; a bug if it ever fires
+        raise AssertionError(f"gate lost rows: {n_in} in, {kept.num_rows} kept + {all_rejects.num_rows} rejected")
+    drops: dict[str, int] = {}
+    for name, st in per_check.items():
+        for reason, count in st.get("dropped", {}).items():
+            drops[f"{name}:{reason}"] = count
+    stats = {"input_rows": n_in, "kept": kept.num_rows, "rejected": all_rejects.num_rows,
+             "drops_by_reason": drops, "checks": per_check, "config": cfg.to_dict()}
+    return GateResult(kept, all_rejects, stats, stats_tables(stats), n_in)
