@@ -1,0 +1,310 @@
+"""The training loop: DPO (any registry loss) or SFT over a snapshot, top to bottom in one function.
+
+    snapshot -> tokenise -> reference log-probs (cached as a snapshot) -> model/optimizer (or resume)
+    -> for each step: micro-batches -> concatenated forward -> loss -> backward -> clip -> step
+    -> metrics to the catalog, checkpoints, HTML report
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dpo_train import checkpoints as ckpt
+from dpo_train import distributed as D
+from dpo_train.batching import collate, concatenated_forward, epoch_order, split_global_batch, tokenize_pairs
+from dpo_train.config import TrainConfig
+from dpo_train.losses import Batch, LossParams, compute_loss, get_loss
+from dpo_train.metrics import DPO_SUMS, SFT_SUMS, MetricBuffer, StepSums, dpo_metrics, sft_metrics
+from dpo_train.reference import compute_reference_logps, ensure_reference, reference_meta
+from dpo_train.report import write_report
+
+log = logging.getLogger(__name__)
+__all__ = ["TrainConfig", "RunResult", "train"]
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    output_dir: Path
+    checkpoint: Path | None
+    snapshot_id: str  # what the run trained on (the reference snapshot when log-probs were cached)
+    steps: int
+    reference_computed: bool
+    losses: dict[int, float] = field(default_factory=dict)  # step -> loss, for the steps run in this call
+    tokenize_stats: dict[str, Any] = field(default_factory=dict)
+    report: Path | None = None
+
+
+def _run_id(cfg: TrainConfig, snapshot_id: str) -> str:
+    if cfg.run_id:
+        if not re.fullmatch(r"[A-Za-z0-9_.@-]+", cfg.run_id):
+            raise ValueError(f"run_id {cfg.run_id!r} may only hold letters, digits and _ . @ -")
+        return cfg.run_id
+    # Same snapshot + same config -> same run id, so re-running a killed command resumes it.
+    blob = json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("run_id", "output_dir", "resume")},
+                      sort_keys=True)
+    return f"{snapshot_id.replace('@', '-v')}-{cfg.mode}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+
+
+def _load_model(path: str | Path, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    if cfg.dtype == "bfloat16" and device.type != "cuda":
+        raise RuntimeError("dtype='bfloat16' is a GPU switch; use float32 on CPU")
+    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    # Dropout makes policy and reference disagree at step 0 and breaks exact resume; DPO trains without it.
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "attention_dropout", None), float):
+            m.attention_dropout = 0.0
+    return model.to(device)
+
+
+def _add_lora(model: torch.nn.Module, cfg: TrainConfig, resume_from: Path | None) -> torch.nn.Module:
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if resume_from is not None:
+        return PeftModel.from_pretrained(model, resume_from, is_trainable=True)
+    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, lcfg)
+
+
+def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        if cfg.scheduler == "constant":
+            return 1.0
+        frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return max(0.0, 1.0 - frac) if cfg.scheduler == "linear" else 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+    return f
+
+
+def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
+    """Train `cfg.model` on `cfg.snapshot` in workspace `ws`; resumes from the newest checkpoint of the run."""
+    dist = D.init(cfg.distributed, cfg.device)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    info = ws.resolve(cfg.snapshot)
+    table = ws.read(info.snapshot_id)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    data = tokenize_pairs(table, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                          truncation_mode=cfg.truncation_mode)
+    if len(data) == 0:
+        raise ValueError(f"no trainable pairs in {info.snapshot_id}: {data.stats.as_dict()}")
+    if not cfg.use_weights:
+        data.weights[:] = 1.0
+    run_id = _run_id(cfg, info.snapshot_id)
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else ws.path("runs", run_id)
+    resume_from = ckpt.latest_checkpoint(out_dir) if cfg.resume else None
+
+    # -- reference log-probs: cached in a snapshot, computed by rank 0 when missing -------------------------
+    dpo = cfg.mode == "dpo"
+    spec = get_loss(cfg.loss)
+    needs_ref = dpo and spec.needs_reference
+    ref_chosen = ref_rejected = None
+    ref_computed, trained_on = False, info.snapshot_id
+    policy_is_ref = cfg.ref_model is None or Path(cfg.ref_model).resolve() == Path(cfg.model).resolve()
+    if needs_ref and cfg.precompute_reference:
+        ref_path = cfg.ref_model or cfg.model
+        expected = reference_meta(cfg, ref_path, tokenizer)
+
+        def compute() -> tuple[np.ndarray, np.ndarray]:
+            ref = _load_model(ref_path, cfg, dist.device)
+            out = compute_reference_logps(ref, data, batch_size=cfg.reference_batch_size, pad_id=pad_id,
+                                          device=dist.device)
+            del ref
+            return out
+
+        if dist.is_main:
+            trained_on, ref_chosen, ref_rejected, ref_computed = ensure_reference(ws, info, table, data, expected,
+                                                                                  compute)
+        D.barrier(dist)
+        if not dist.is_main:  # rank 0 published them; the others read the cache
+            trained_on, ref_chosen, ref_rejected, _ = ensure_reference(ws, info, table, data, expected, compute)
+
+    # -- model, optimizer, schedule (or their saved state) --------------------------------------------------
+    base_path = resume_from if (resume_from is not None and not cfg.lora) else cfg.model
+    model = _load_model(base_path, cfg, dist.device)
+    if cfg.lora:
+        model = _add_lora(model, cfg, resume_from)
+    ref_model = None
+    if needs_ref and not cfg.precompute_reference and not cfg.lora:
+        ref_model = _load_model(cfg.ref_model or cfg.model, cfg, dist.device).eval().requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.RMSprop
+    optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    global_batch = cfg.per_device_batch_size * cfg.grad_accum * dist.world
+    order_kw = dict(global_batch=global_batch, seed=cfg.seed, shuffle=cfg.shuffle,
+                    group_by_length=cfg.group_by_length, drop_last=dist.world > 1)
+    lengths = data.lengths()
+    per_epoch = len(epoch_order(lengths, epoch=0, **order_kw))
+    total = per_epoch * cfg.epochs if cfg.max_steps <= 0 else min(cfg.max_steps, per_epoch * cfg.epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
+    step = 0
+    if resume_from is not None:
+        state = ckpt.load_state(resume_from)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        step = int(state["step"])
+        log.info("resuming run %s from %s (step %d)", run_id, resume_from, step)
+    model = D.wrap(model, dist)
+    loss_params = LossParams(beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma,
+                             rpo_alpha=cfg.rpo_alpha)
+    run_info = {"run_id": run_id, "snapshot_id": trained_on, "source_snapshot": info.snapshot_id,
+                "model": cfg.model, "world_size": dist.world, "tokenize": data.stats.as_dict(),
+                "total_steps": total, "reference_computed": ref_computed}
+    if dist.is_main:
+        ws.record_run(run_id, kind=cfg.mode, snapshot_id=trained_on, model=cfg.model, config=cfg.to_dict(),
+                      code_version=ckpt.code_version(), status="running", output_dir=str(out_dir))
+    buffer = MetricBuffer(ws, run_id, dist.is_main)
+    result = RunResult(run_id, out_dir, resume_from, trained_on, step, ref_computed,
+                       tokenize_stats=data.stats.as_dict())
+
+    def reference_logps(batch: dict[str, torch.Tensor], idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if ref_chosen is not None:
+            return (torch.as_tensor(ref_chosen[idx], device=dist.device, dtype=torch.float32),
+                    torch.as_tensor(ref_rejected[idx], device=dist.device, dtype=torch.float32))
+        with torch.no_grad():
+            if cfg.lora:  # the reference is the base model: the same weights with the adapters switched off
+                with D.unwrap(model).disable_adapter():
+                    out = concatenated_forward(D.unwrap(model), batch)
+            else:
+                out = concatenated_forward(ref_model, batch)
+        return out["chosen_logps"], out["rejected_logps"]
+
+    def save(at: int) -> Path | None:
+        if dist.is_main:
+            state = {"step": at, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "rng": ckpt.rng_state()}
+            ckpt.save_checkpoint(out_dir, at, D.unwrap(model), tokenizer, config=cfg.to_dict(),
+                                 info=run_info, state=state)
+            ckpt.prune(out_dir, cfg.save_total_limit)
+            buffer.flush()
+        D.barrier(dist)
+        return out_dir / f"checkpoint-{at:06d}"
+
+    try:
+        while step < total:
+            epoch, pos = divmod(step, per_epoch)
+            gbatch = epoch_order(lengths, epoch=epoch, **order_kw)[pos]
+            micro = split_global_batch(gbatch, dist.world, dist.rank, cfg.per_device_batch_size)
+            # Losses are sums scaled by the global count, times world (DDP averages gradients over ranks),
+            # so the gradient is the same however the global batch is split over ranks and micro-batches.
+            denom = float(len(gbatch)) if dpo else float(sum(len(data.chosen[i]) for i in gbatch))
+            sums = StepSums(DPO_SUMS if dpo else SFT_SUMS)
+            t0 = time.perf_counter()
+            for m, idx in enumerate(micro):
+                batch = {k: v.to(dist.device) for k, v in collate(data, idx, pad_id, pairs=dpo).items()}
+                sync = m == len(micro) - 1 or not hasattr(model, "no_sync")
+                ctx = model.no_sync() if not sync else nullcontext()
+                with ctx:
+                    out = concatenated_forward(model, batch, pairs=dpo)
+                    w = batch["weights"]
+                    if dpo:
+                        rc, rr = reference_logps(batch, idx) if needs_ref else (None, None)
+                        if step == 0 and m == 0 and needs_ref and cfg.step0_check and policy_is_ref \
+                                and resume_from is None:
+                            _step0_check(out, rc, rr, cfg.step0_atol)
+                        b = Batch(out["chosen_logps"], out["rejected_logps"], rc, rr,
+                                  out["chosen_lengths"], out["rejected_lengths"])
+                        losses, cr, rj = compute_loss(cfg.loss, b, loss_params)
+                        loss = (losses * w).sum() / denom
+                    else:
+                        loss = -(out["chosen_logps"] * w).sum() / denom
+                    _guard(loss, step, "loss", data, idx, table)
+                    (loss * dist.world).backward()
+                sums.add(loss=loss, pairs=len(idx), logp_chosen=out["chosen_logps"], len_chosen=out["chosen_lengths"],
+                         tokens=batch["attention_mask"].sum())
+                if dpo:
+                    sums.add(reward_chosen=cr, reward_rejected=rj, reward_acc=(cr > rj).float(),
+                             logp_rejected=out["rejected_logps"], len_rejected=out["rejected_lengths"],
+                             ref_chosen=rc if rc is not None else out["chosen_logps"],
+                             ref_rejected=rr if rr is not None else out["rejected_logps"])
+            clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            _guard(grad_norm, step, "gradient norm", data, gbatch, table)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            s = sums.reduce(dist)
+            elapsed = time.perf_counter() - t0
+            metrics = {"loss": s["loss"], "grad_norm": float(grad_norm), "lr": lr, "epoch": epoch + pos / per_epoch,
+                       "tokens_per_s": s["tokens"] / max(elapsed, 1e-9), "pairs_per_s": s["pairs"] / max(elapsed, 1e-9)}
+            metrics.update(dpo_metrics(s) if dpo else sft_metrics(s))
+            buffer.add(step, metrics)
+            result.losses[step] = s["loss"]
+            step += 1
+            if on_step is not None:
+                on_step(step, metrics)
+            if cfg.save_steps > 0 and step % cfg.save_steps == 0 and step < total:
+                save(step)
+            elif step % max(cfg.flush_steps, 1) == 0:
+                buffer.flush()
+        result.checkpoint = save(step)
+        result.steps = step
+        if dist.is_main:
+            buffer.flush()
+            if cfg.report:
+                result.report = write_report(out_dir / "report.html", run_id=run_id, rows=_history(ws, run_id),
+                                             info=run_info, config=cfg.to_dict())
+            ws.update_run(run_id, status="finished")
+        return result
+    except BaseException as exc:
+        if dist.is_main:
+            buffer.flush()
+            ws.update_run(run_id, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
+    finally:
+        D.shutdown(dist)
+
+
+def _guard(value: torch.Tensor, step: int, what: str, data: Any, idx: np.ndarray, table: Any) -> None:
+    """Stop on NaN/inf before it reaches the weights, naming the step and the pairs involved."""
+    if not torch.isfinite(value).all():
+        ids = table.column("pair_id").take(data.rows[np.asarray(idx)][:5]).to_pylist()
+        raise FloatingPointError(
+            f"non-finite {what} ({float(value)}) at step {step} on pairs {ids}...: lower lr, check the data "
+            "(empty answers, extreme weights) or use float32; the last checkpoint is intact")
+
+
+def _step0_check(out: dict[str, torch.Tensor], rc: torch.Tensor, rr: torch.Tensor, atol: float) -> None:
+    diff = max(float((out["chosen_logps"].detach() - rc).abs().max()),
+               float((out["rejected_logps"].detach() - rr).abs().max()))
+    if diff > atol:
+        raise ValueError(
+            f"step-0 check failed: policy and reference log-probs differ by {diff:.3g} (> {atol}) although the "
+            "policy starts from the reference; the cached reference was computed with different weights, "
+            "tokenisation or dtype. Recompute it (train on the parent snapshot) or raise step0_atol for bf16.")
+
+
+def _history(ws: Any, run_id: str) -> list[tuple[int, str, float]]:
+    # run_id is validated to [A-Za-z0-9_.@-] by _run_id, so quoting it is safe here.
+    t = ws.sql(f"SELECT step, name, value FROM metrics WHERE run_id = '{run_id}' ORDER BY step")  # noqa: S608
+    return list(zip(t.column("step").to_pylist(), t.column("name").to_pylist(), t.column("value").to_pylist(),
+                    strict=True))
