@@ -1,0 +1,148 @@
+"""Hand-made bad corpora: each bad row lands in quarantine naming file, row and field; the rest ingests."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from data_quality.ingest import IngestOptions, ingest_files
+from storage.schema import validate_pair_table
+
+GOOD = {"prompt": "p", "chosen": "good", "rejected": "bad"}
+
+
+def line(obj: object) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+def accounted(res, n: int) -> None:
+    assert res.input_rows == n == res.pairs.num_rows + res.rejects.num_rows + res.quarantine.num_rows
+    validate_pair_table(res.pairs)
+
+
+def quarantined(res) -> dict[int, dict]:
+    return {r["source_row"]: r for r in res.quarantine.to_pylist()}
+
+
+def test_jsonl_bad_rows(tmp_path):
+    big = "x" * (10 * 1024 * 1024)
+    lines = [
+        line(GOOD),                                              # 0 ok
+        b'{"prompt": "p", "chosen": "good", "rejected": \n',     # 1 broken JSON
+        line({**GOOD, "chosen": 42}),                            # 2 wrong type
+        line({"prompt": "p", "chosen": "good"}),                 # 3 missing field
+        line({**GOOD, "rejected": ""}),                          # 4 empty string
+        b'{"prompt": "p", "chosen": "caf\xe9", "rejected": "b"}\n',  # 5 latin-1 byte, not UTF-8
+        line({**GOOD, "chosen": "a\x00b"}),                      # 6 NUL via \u0000 escape
+        b'{"prompt": "p", "chosen": "a\x00b", "rejected": "b"}\n',  # 7 raw NUL byte
+        line({**GOOD, "rejected": big}),                         # 8 10 MB field
+        line([1, 2]),                                            # 9 not an object
+        b"\n",                                                   # blank line: not a row
+        line({**GOOD, "prompt": "   "}),                         # 11 whitespace only
+        line(GOOD),                                              # 12 ok
+    ]
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"".join(lines))
+    res = ingest_files([path])
+    accounted(res, 12)
+    assert res.pairs.column("source_row").to_pylist() == [0, 12]
+    q = quarantined(res)
+    assert set(q) == {1, 2, 3, 4, 5, 6, 7, 8, 9, 11}
+    assert all(r["source"] == str(path.absolute()) and r["raw"] for r in q.values())
+    assert "invalid JSON" in q[1]["error"] and q[1]["stage"] == "parse"
+    assert q[2]["field"] == "chosen" and "got int" in q[2]["error"]
+    assert q[3]["field"] == "rejected" and "missing" in q[3]["error"]
+    assert q[4]["field"] == "rejected" and "empty" in q[4]["error"]
+    assert "UTF-8" in q[5]["error"] and "\\xe9" in q[5]["raw"]
+    assert q[6]["field"] == "chosen" and "NUL" in q[6]["error"]
+    assert "invalid JSON" in q[7]["error"]
+    assert q[8]["field"] == "rejected" and "max_field_bytes" in q[8]["error"]
+    assert len(q[8]["raw"]) < 70_000 and "truncated" in q[8]["raw"]  # raw is clipped to 64 Ki characters
+    assert "list" in q[9]["error"]
+    assert q[11]["field"] == "prompt" and "whitespace" in q[11]["error"]
+
+    roomy = ingest_files([path], options=IngestOptions(max_field_bytes=20 * 1024 * 1024))
+    assert 8 in roomy.pairs.column("source_row").to_pylist()
+
+
+def test_truncated_gzip_jsonl(tmp_path):
+    data = b"".join(line({**GOOD, "chosen": f"good {i}"}) for i in range(2000))
+    blob = gzip.compress(data)
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(blob[: len(blob) * 2 // 3])
+    res = ingest_files([path])
+    accounted(res, res.input_rows)
+    assert 100 < res.pairs.num_rows < 2000
+    [q] = res.quarantine.to_pylist()
+    assert "truncated" in q["error"] and q["source_row"] == res.pairs.num_rows
+    assert res.pairs.column("source_row").to_pylist() == list(range(res.pairs.num_rows))
+
+
+def test_truncated_gzip_at_line_boundary_is_still_reported(tmp_path):
+    path = tmp_path / "cut.jsonl.gz"
+    whole = gzip.compress(line(GOOD) * 3)
+    # A complete stream without its 8-byte trailer: all three rows decode but the end marker is missing.
+    path.write_bytes(whole[:-8])
+    res = ingest_files([path])
+    assert res.pairs.num_rows == 3 and res.quarantine.num_rows == 1
+    assert "truncated" in res.quarantine.column("error")[0].as_py()
+
+
+def test_json_array_broken_element_and_truncation(tmp_path):
+    rows = [json.dumps({**GOOD, "chosen": f"c{i}"}) for i in range(5)]
+    rows[2] = '{"prompt": "p", "chosen": oops, "rejected": "b"}'
+    path = tmp_path / "arr.json"
+    path.write_text("[\n" + ",\n".join(rows) + "\n]")
+    res = ingest_files([path], format="trl_standard")
+    accounted(res, 5)
+    assert res.pairs.column("source_row").to_pylist() == [0, 1, 3, 4]
+    assert quarantined(res)[2]["raw"].startswith('{"prompt": "p", "chosen": oops')
+
+    blob = gzip.compress(json.dumps([{**GOOD, "chosen": f"c{i}" * 50} for i in range(300)]).encode())
+    cut = tmp_path / "arr.json.gz"
+    cut.write_bytes(blob[: len(blob) // 2])
+    res = ingest_files([cut], format="trl_standard")
+    accounted(res, res.input_rows)
+    assert res.pairs.num_rows > 10 and res.quarantine.num_rows == 1
+    assert "truncated" in res.quarantine.column("error")[0].as_py()
+
+
+def test_csv_bad_rows(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(b"prompt,chosen,rejected\n"
+                     b"p,good,bad\n"
+                     b"p,caf\xe9,bad\n"         # not UTF-8
+                     b"p,only-two\n"           # ragged
+                     b"p,,bad\n"               # empty cell
+                     b"p,good,bad\n")
+    res = ingest_files([path])
+    accounted(res, 5)
+    assert res.pairs.column("source_row").to_pylist() == [0, 4]
+    q = quarantined(res)
+    assert q[1]["field"] == "chosen" and "UTF-8" in q[1]["error"]
+    assert "cells" in q[2]["error"]
+    assert q[3]["field"] == "chosen"
+
+
+def test_parquet_nulls_and_types(tmp_path):
+    path = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"prompt": ["p", "p", None], "chosen": ["a", None, "c"],
+                             "rejected": ["b", "b", "d"]}), path)
+    res = ingest_files([path])
+    accounted(res, 3)
+    # A null prompt means an implicit one; "c" and "d" share no prefix, so there is none to take.
+    assert [(r["source_row"], r["field"]) for r in res.quarantine.to_pylist()] == [(1, "chosen"), (2, "prompt")]
+    assert res.pairs.column("source_row").to_pylist() == [0]
+
+
+def test_empty_and_all_broken_files(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    broken = tmp_path / "broken.jsonl"
+    broken.write_bytes(b"{nope\n{also nope\n")
+    res = ingest_files([empty, broken])
+    accounted(res, 2)
+    assert res.formats[str(broken.absolute())] == "unknown"
