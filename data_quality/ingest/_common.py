@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 
 import pyarrow as pa
 
-from data_quality.ingest.containers import RawRows, raw_of
+from data_quality.ingest.containers import RawRows, raw_of, safe_text
 from data_quality.ingest.options import IngestOptions
 from storage.schema import PAIR_SCHEMA, REJECTS_SCHEMA, build_pair_table, quarantine_table, rejects_table
 
@@ -90,6 +90,11 @@ def messages_field(value: object, name: str, opts: IngestOptions) -> list[dict]:
     return out
 
 
+def label(value: object) -> str | None:
+    """A free-text label (model or judge name): never rejects a row, only made storable."""
+    return None if value is None else safe_text(str(value))
+
+
 def user_prompt(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
@@ -128,10 +133,11 @@ class Collector:
             cols[k].append(evidence.get(k))
 
     def bad_row(self, row: int, record: object, exc: Exception, source: str | None = None) -> None:
-        fld = exc.field if isinstance(exc, RowError) else None
+        fld = safe_text(exc.field) if isinstance(exc, RowError) and exc.field else None
         error = str(exc) if isinstance(exc, RowError) else f"invalid row ({type(exc).__name__}: {exc})"
-        self.quarantine.append({"source": source or self.source, "source_row": row, "field": fld, "error": error,
-                                "raw": raw_of(record, self.opts.max_raw_chars), "stage": "validate"})
+        self.quarantine.append({"source": source or self.source, "source_row": row, "field": fld,
+                                "error": safe_text(error), "raw": raw_of(record, self.opts.max_raw_chars),
+                                "stage": "validate"})
 
     def _table(self, cols: dict[str, list]) -> pa.Table:
         return build_pair_table({k: cols[k] for k in ("prompt", "chosen", "rejected", "source", "source_row",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from data_quality.ingest._common import Collector, RowError, get, run_rows, text_field, user_prompt
+from data_quality.ingest._common import Collector, RowError, get, label, run_rows, text_field, user_prompt
 from data_quality.ingest.containers import RawRows
 from data_quality.ingest.options import IngestOptions
 
@@ -40,8 +40,7 @@ def parse_preference(value: object) -> float:
 
 
 def _model(rec: dict, key: str) -> str | None:
-    v = rec.get(key)
-    return None if v is None else str(v)
+    return label(rec.get(key))
 
 
 def _handle(out: Collector, row: int, rec: dict) -> None:

@@ -41,10 +41,26 @@ class RawRows:
         return len(self.records) + len(self.quarantine)
 
 
-def clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
+def safe_text(text: str) -> str:
+    """Text Arrow can store: undecodable bytes (lone surrogates) become visible \\x / \\u escapes."""
+    if text.isascii():
         return text
-    return text[:limit] + f"...[truncated: {len(text) - limit} more characters]"
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "backslashreplace")
+    return data.decode("utf-8", "backslashreplace")
+
+
+def clip(text: str, limit: int) -> str:
+    if len(text) > limit:
+        text = text[:limit] + f"...[truncated: {len(text) - limit} more characters]"
+    return safe_text(text)
 
 
 def raw_of(value: object, limit: int) -> str:
@@ -55,7 +71,7 @@ def raw_of(value: object, limit: int) -> str:
         text = json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         text = repr(value)
-    return clip(text.encode("utf-8", "backslashreplace").decode("utf-8"), limit)
+    return clip(text, limit)
 
 
 def _gunzip(data: bytes) -> tuple[bytes, str | None]:
@@ -282,7 +298,8 @@ def container_of(path: Path) -> str:
 
 
 def _q(source: str, row: int, fld: str | None, error: str, raw: str | None) -> dict:
-    return {"source": source, "source_row": row, "field": fld, "error": error, "raw": raw, "stage": "parse"}
+    return {"source": source, "source_row": row, "field": fld, "error": safe_text(error), "raw": raw,
+            "stage": "parse"}
 
 
 def read_path(path: str | Path, opts: IngestOptions) -> list[RawRows]:

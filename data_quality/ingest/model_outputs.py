@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from data_quality.ingest._common import Collector, RowError, run_rows, text_field, user_prompt
+from data_quality.ingest._common import Collector, RowError, label, run_rows, text_field, user_prompt
 from data_quality.ingest.api import IngestResult
 from data_quality.ingest.containers import RawRows, read_path
 from data_quality.ingest.multi_completion import Completion, binarise
@@ -58,7 +58,7 @@ def multi_completion_from_model_outputs(paths: Sequence[str | Path], scores: Sco
             def collect(out: Collector, row: int, rec: dict, rows: RawRows = rows, model: str = default_model) -> None:
                 instruction = text_field(rec.get("instruction"), "instruction", opts)
                 output = text_field(rec.get("output"), "output", opts)
-                generator = str(rec.get("generator") or model)
+                generator = label(rec.get("generator")) or model
                 s = score(instruction, output, generator)
                 if s is None:
                     raise RowError("score", f"no score for generator {generator!r} on this instruction")

@@ -22,6 +22,7 @@ from data_quality.ingest._common import (
     Collector,
     RowError,
     get,
+    label,
     maybe_json_list,
     messages_field,
     run_rows,
@@ -78,8 +79,7 @@ def parse_completions(value: object, opts: IngestOptions) -> list[Completion]:
         if score is None or key is None or (isinstance(c[key], str) and not c[key].strip()):
             continue  # unscored or empty: not evidence for either side
         text = text_field(c[key], f"{where}.{key}", opts)
-        model = c.get("model")
-        usable.append(Completion(text, score, None if model is None else str(model)))
+        usable.append(Completion(text, score, label(c.get("model"))))
     if len(usable) < 2:
         raise RowError("completions", f"needs at least 2 scored, non-empty completions; has {len(usable)}")
     return usable
