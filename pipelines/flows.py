@@ -1,0 +1,153 @@
+"""Prefect flows for the data side: ingest, clean and refresh, plus plain entry points the CLI calls.
+
+Flows only order tasks: fingerprints and cache look-ups first (a hit returns the published snapshot and
+writes nothing), then retried I/O tasks around the compute. Snapshots are published atomically by the
+workspace, so a run that dies leaves either a whole snapshot or none; rerunning it picks up cached steps.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
+from pipelines import sharding, steps, tasks
+from pipelines.config import CleanParams, IngestParams, RunnerConfig, load_refresh_config
+from storage.workspace import SnapshotInfo, Workspace
+
+log = logging.getLogger("dpo.pipelines")
+
+
+def _run_id() -> str | None:
+    rid = flow_run.id
+    return str(rid) if rid else None
+
+
+def _workspace(path: str | None) -> Workspace:
+    return Workspace(path)
+
+
+# -- ingest ------------------------------------------------------------------------------------------------
+@flow(name="dpo-ingest", log_prints=True)
+def ingest_flow(params: IngestParams) -> SnapshotInfo:
+    ws = _workspace(params.workspace)
+    fps = tasks.with_retries(tasks.fingerprint_sources, params.retry)(params.paths)
+    key = steps.ingest_cache_key(fps, params.dataset, params.format, params.options)
+    hit = ws.find_cached(key)
+    if hit is not None:
+        log.info("ingest %s: inputs and config unchanged, reusing %s", params.dataset, hit.snapshot_id)
+        tasks.emit_artifacts(ws, hit, cached=True)
+        return hit
+    res = tasks.with_retries(tasks.read_sources, params.retry)(params.paths, params.format, params.options)
+    record = steps.ingest_params_record(fps, params.format, params.options, params.model_dump(mode="json"))
+    info = tasks.with_retries(tasks.publish_raw, params.retry)(
+        str(ws.root), params.dataset, res, key, record, _run_id())
+    log.info("ingest %s: %d input rows -> %s (kept %d, rejected %d, quarantined %d)", params.dataset,
+             info.input_rows, info.snapshot_id, info.kept, info.rejected, info.quarantined)
+    tasks.emit_artifacts(ws, info, cached=False)
+    return info
+
+
+# -- clean -------------------------------------------------------------------------------------------------
+@flow(name="dpo-clean", log_prints=True)
+def clean_flow(params: CleanParams) -> SnapshotInfo:
+    ws = _workspace(params.workspace)
+    parent = ws.resolve(params.ref)
+    dataset = steps.clean_dataset_name(ws, parent.snapshot_id, params.dataset)
+    eval_prompts = steps.read_eval_prompts(params.eval_prompts_file)
+    key = steps.clean_cache_key(ws, parent, dataset, params.gate, eval_prompts)
+    hit = ws.find_cached(key)
+    if hit is not None:
+        log.info("clean %s: input and gate config unchanged, reusing %s", parent.snapshot_id, hit.snapshot_id)
+        tasks.emit_artifacts(ws, hit, cached=True)
+        return hit
+    pairs = tasks.with_retries(tasks.load_pairs, params.retry)(str(ws.root), parent.snapshot_id)
+    if params.runner.shards <= 1:
+        out = tasks.gate(pairs, params.gate, eval_prompts)
+    else:
+        out = _sharded_gate(pairs, params.gate, eval_prompts, params.runner.shards)
+    info = tasks.with_retries(tasks.publish_clean, params.retry)(
+        str(ws.root), parent.snapshot_id, dataset, out, params.gate, key, _run_id(),
+        params.model_dump(mode="json"), eval_prompts)
+    log.info("clean %s -> %s: kept %d, rejected %d", parent.snapshot_id, info.snapshot_id, info.kept,
+             info.rejected)
+    tasks.emit_artifacts(ws, info, cached=False, stats=out.stats)
+    return info
+
+
+def _sharded_gate(pairs: Any, gate: dict[str, Any], eval_prompts: list[str] | None, n_shards: int) -> Any:
+    """Local phases fan out over shards on the flow's task runner; global phases run once on the merge."""
+    from data_quality.gate import GateConfig
+    from data_quality.gate import steps as gate_steps
+
+    names = [n for n, _ in gate_steps(GateConfig.from_dict(gate), eval_prompts)]
+    table = sharding.add_positions(pairs)
+    outputs = []
+    for phase in sharding.plan(names):
+        if phase.sharded:
+            futures = [tasks.gate_shard.submit(shard, phase.names, gate, eval_prompts)
+                       for shard in sharding.split(table, n_shards)]
+            out = sharding.merge([f.result() for f in futures], phase.names)
+        else:
+            out = tasks.gate_merged(table, phase.names, gate, eval_prompts)
+        table = out.kept
+        outputs.append(out)
+    return sharding.finish(pairs.num_rows, table, outputs, gate)
+
+
+def task_runner(cfg: RunnerConfig) -> TaskRunner[Any]:
+    if cfg.kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as exc:  # pragma: no cover - prefect-dask is a pinned dependency
+            raise RuntimeError("runner.kind = 'dask' needs the prefect-dask package") from exc
+        if cfg.address:
+            return DaskTaskRunner(address=cfg.address)
+        return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.n_workers, "processes": cfg.processes,
+                                              "threads_per_worker": cfg.threads_per_worker,
+                                              "dashboard_address": None})
+    return ThreadPoolTaskRunner(max_workers=max(cfg.n_workers, cfg.shards, 1))
+
+
+def _clean_flow_for(cfg: RunnerConfig) -> Any:
+    return clean_flow.with_options(task_runner=task_runner(cfg))
+
+
+# -- refresh -----------------------------------------------------------------------------------------------
+@flow(name="dpo-refresh", log_prints=True)
+def refresh_flow(config_path: str, workspace: str | None = None) -> list[SnapshotInfo]:
+    """Ingest then clean every configured source; unchanged sources cost a fingerprint and two look-ups."""
+    cfg = load_refresh_config(config_path)
+    out: list[SnapshotInfo] = []
+    for src in cfg.sources:
+        raw = ingest_flow(cfg.ingest_params(src, workspace))
+        clean = _clean_flow_for(cfg.runner)(cfg.clean_params(src, raw.snapshot_id, workspace))
+        out += [raw, clean]
+    return out
+
+
+# -- plain entry points (the CLI calls these) -------------------------------------------------------------
+def run_ingest(paths: list[str], dataset: str, *, format: str | None = None,
+               options: dict[str, Any] | None = None, workspace: str | Path | None = None) -> SnapshotInfo:
+    params = IngestParams(paths=[str(p) for p in paths], dataset=dataset, format=format, options=options or {},
+                          workspace=str(workspace) if workspace else None)
+    return ingest_flow(params)
+
+
+def run_clean(ref: str, *, gate: dict[str, Any] | None = None, dataset: str | None = None,
+              eval_prompts_file: str | None = None, workspace: str | Path | None = None,
+              runner: RunnerConfig | None = None) -> SnapshotInfo:
+    runner = runner or RunnerConfig()
+    params = CleanParams(ref=ref, dataset=dataset, gate=gate or {}, eval_prompts_file=eval_prompts_file,
+                         workspace=str(workspace) if workspace else None, runner=runner)
+    return _clean_flow_for(runner)(params)
+
+
+def run_refresh(config_path: str | Path, *, workspace: str | Path | None = None) -> list[SnapshotInfo]:
+    cfg_path = str(Path(config_path).expanduser().resolve())
+    load_refresh_config(cfg_path)  # fail before any Prefect machinery starts, with the file and key named
+    return refresh_flow(cfg_path, str(workspace) if workspace else None)

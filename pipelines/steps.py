@@ -1,0 +1,265 @@
+"""Plain-function cores of the data flows: fingerprints and cache keys, ingest, clean, run summaries.
+
+Nothing here imports Prefect; the flows in `pipelines.flows` are thin wrappers that add retries, task
+runners and artifacts. Tests call these functions directly.
+
+Caching is done by the catalog, not by Prefect's result cache: a snapshot is published with a cache key
+(input content hash + config hash + code version) and a later run with the same key returns that snapshot.
+This survives restarts and a wiped Prefect database, and a cached answer is always a complete, published
+snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import xxhash
+
+from storage.schema import SCHEMA_VERSION
+from storage.workspace import SnapshotInfo, Workspace
+
+log = logging.getLogger("dpo.pipelines")
+
+_CHUNK = 1 << 20
+_REPO = Path(__file__).resolve().parents[1]
+# Source trees whose code decides what a snapshot contains; the CLI and Prefect wiring do not.
+_CODE_TREES = ("storage", "data_quality")
+_CODE_FILES = ("pipelines/steps.py", "pipelines/sharding.py")
+
+
+# -- fingerprints ------------------------------------------------------------------------------------------
+def file_hash(path: str | Path) -> str:
+    """xxh3-128 of a file's bytes, streamed in 1 MiB chunks (sources can be larger than memory)."""
+    h = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def config_hash(obj: Any) -> str:
+    return xxhash.xxh3_128_hexdigest(json.dumps(obj, sort_keys=True, default=str).encode())
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Hash of the code that shapes snapshot content, so a changed check or reader makes a new version."""
+    h = xxhash.xxh3_128()
+    h.update(f"schema={SCHEMA_VERSION}".encode())
+    files = sorted(p for tree in _CODE_TREES for p in (_REPO / tree).rglob("*.py"))
+    files += [_REPO / f for f in _CODE_FILES if (_REPO / f).exists()]
+    for p in files:
+        h.update(str(p.relative_to(_REPO)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint_sources(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """Per file: resolved path, size and content hash (the path matters: it becomes the `source` column)."""
+    out = []
+    for p in paths:
+        rp = Path(p).expanduser().resolve()
+        out.append({"path": str(rp), "bytes": rp.stat().st_size, "xxh3": file_hash(rp)})
+    return out
+
+
+def ingest_cache_key(fingerprints: list[dict[str, Any]], dataset: str, format: str | None,
+                     options: dict[str, Any]) -> str:
+    return "ingest:" + config_hash({"inputs": [[f["path"], f["xxh3"]] for f in fingerprints], "dataset": dataset,
+                                    "format": format, "options": resolved_ingest_options(options),
+                                    "code": code_version()})
+
+
+def clean_cache_key(ws: Workspace, parent: SnapshotInfo, dataset: str, gate: dict[str, Any],
+                    eval_prompts: Sequence[str] | None) -> str:
+    # The parent's pairs file is hashed too: an id alone could be reused by a rebuilt workspace.
+    return "clean:" + config_hash({"parent": parent.snapshot_id, "parent_pairs": file_hash(
+        parent.path / "pairs.parquet"), "dataset": dataset, "gate": resolved_gate(gate),
+        "eval_prompts": config_hash(list(eval_prompts or [])), "code": code_version()})
+
+
+def resolved_ingest_options(options: dict[str, Any]) -> dict[str, Any]:
+    from data_quality.ingest.options import IngestOptions
+
+    return IngestOptions.from_dict(options).to_dict()
+
+
+def resolved_gate(gate: dict[str, Any]) -> dict[str, Any]:
+    """The gate config with every default filled in, so `{}` and the spelled-out defaults share a key."""
+    return gate_config(gate).to_dict()
+
+
+def gate_config(gate: dict[str, Any]) -> Any:
+    from data_quality.gate import GateConfig
+
+    return GateConfig.from_dict(dict(gate))
+
+
+def read_eval_prompts(path: str | None) -> list[str] | None:
+    if not path:
+        return None
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".jsonl"):
+        return [json.loads(line)["prompt"] for line in text.splitlines() if line.strip()]
+    return [line for line in text.splitlines() if line.strip()]
+
+
+# -- ingest ------------------------------------------------------------------------------------------------
+def read_sources(paths: Sequence[str], format: str | None, options: dict[str, Any]) -> Any:
+    """Read the files into an IngestResult (pairs + rejects + quarantine)."""
+    from data_quality.ingest import ingest_files
+    from data_quality.ingest.options import IngestOptions
+
+    return ingest_files(list(paths), format=format, options=IngestOptions.from_dict(options))
+
+
+def publish_raw(ws: Workspace, dataset: str, result: Any, *, cache_key: str, params: dict[str, Any],
+                flow_run: str | None) -> SnapshotInfo:
+    """Publish an ingest result; a retry after a publish that committed returns that snapshot instead."""
+    hit = ws.find_cached(cache_key)
+    if hit is not None:
+        return hit
+    meta = {"per_source": result.per_source, "formats": result.formats, "code_version": code_version()}
+    return ws.publish(dataset, result.pairs, rejects=result.rejects, quarantine=result.quarantine, params=params,
+                      kind="raw", flow_run=flow_run, cache_key=cache_key, input_rows=result.input_rows, meta=meta)
+
+
+def ingest(ws: Workspace, paths: Sequence[str], dataset: str, *, format: str | None = None,
+           options: dict[str, Any] | None = None, flow_run: str | None = None,
+           flow_parameters: dict[str, Any] | None = None) -> SnapshotInfo:
+    """Sources -> raw snapshot, or the existing snapshot when the same inputs and config were ingested."""
+    options = dict(options or {})
+    fps = fingerprint_sources(paths)
+    key = ingest_cache_key(fps, dataset, format, options)
+    hit = ws.find_cached(key)
+    if hit is not None:
+        log.info("ingest %s: inputs unchanged, reusing %s", dataset, hit.snapshot_id)
+        return hit
+    res = read_sources(paths, format, options)
+    params = ingest_params_record(fps, format, options, flow_parameters)
+    return publish_raw(ws, dataset, res, cache_key=key, params=params, flow_run=flow_run)
+
+
+def ingest_params_record(fps: list[dict[str, Any]], format: str | None, options: dict[str, Any],
+                         flow_parameters: dict[str, Any] | None) -> dict[str, Any]:
+    return {"inputs": fps, "format": format, "options": resolved_ingest_options(options),
+            "code_version": code_version(), "flow_parameters": flow_parameters or {}}
+
+
+# -- clean -------------------------------------------------------------------------------------------------
+@dataclass
+class GateOutput:
+    """What the gate produced for one snapshot, before publishing (a picklable GateResult look-alike)."""
+
+    kept: pa.Table
+    rejects: pa.Table
+    stats: dict[str, Any]
+    tables: dict[str, pa.Table] = field(default_factory=dict)
+
+
+def run_gate(pairs: pa.Table, gate: dict[str, Any], eval_prompts: Sequence[str] | None) -> GateOutput:
+    from data_quality.gate import run_gate as _run_gate
+
+    res = _run_gate(pairs, gate_config(gate), eval_prompts=list(eval_prompts) if eval_prompts else None)
+    return GateOutput(res.kept, res.rejects, res.stats, dict(res.tables))
+
+
+def publish_clean(ws: Workspace, parent: SnapshotInfo, dataset: str, out: GateOutput, *, gate: dict[str, Any],
+                  cache_key: str, flow_run: str | None, flow_parameters: dict[str, Any] | None,
+                  eval_prompts: Sequence[str] | None) -> SnapshotInfo:
+    """Write the report and publish the clean snapshot atomically (idempotent under retries)."""
+    hit = ws.find_cached(cache_key)
+    if hit is not None:
+        return hit
+    params = {"gate": resolved_gate(gate), "eval_prompts": len(eval_prompts or []),
+              "code_version": code_version(), "flow_parameters": flow_parameters or {}}
+    files: dict[str, bytes | str | Path] = {
+        STATS_FILE: json.dumps(out.stats, sort_keys=True, default=str, indent=1)}
+    html = report_html(ws, parent, dataset, out)
+    if html is not None:
+        files["report.html"] = html
+    return ws.publish(dataset, out.kept, rejects=out.rejects, parents=[parent.snapshot_id], params=params,
+                      kind="clean", flow_run=flow_run, cache_key=cache_key, input_rows=parent.kept,
+                      tables=out.tables, files=files, meta={"code_version": code_version()})
+
+
+STATS_FILE = "gate_stats.json"
+
+
+def report_html(ws: Workspace, parent: SnapshotInfo, dataset: str, out: GateOutput) -> str | None:
+    try:
+        from data_quality.report import render_report
+    except ImportError:
+        return None
+    return render_report(out, parent=parent, dataset=dataset)
+
+
+def recorded_gate_stats(info: SnapshotInfo) -> dict[str, Any] | None:
+    p = info.path / STATS_FILE
+    return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
+
+
+def clean_dataset_name(ws: Workspace, ref: str, dataset: str | None) -> str:
+    if dataset:
+        return dataset
+    parent = ws.resolve(ref).dataset
+    return parent[: -len("_raw")] if parent.endswith("_raw") else f"{parent}_clean"
+
+
+# -- summaries (artifact content; plain data so tests can check it without Prefect) -------------------------
+def counts_rows(info: SnapshotInfo, rejects_by_reason: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = [
+        {"what": "input rows", "count": info.input_rows},
+        {"what": "kept", "count": info.kept},
+        {"what": "rejected", "count": info.rejected},
+        {"what": "quarantined", "count": info.quarantined},
+    ]
+    for reason, n in sorted((rejects_by_reason or {}).items(), key=lambda kv: (-kv[1], kv[0])):
+        rows.append({"what": f"rejected: {reason}", "count": n})
+    return rows
+
+
+def rejects_by_reason(ws: Workspace, info: SnapshotInfo) -> dict[str, int]:
+    if not info.rejected:
+        return {}
+    tbl = ws.read_rejects(info.snapshot_id).group_by(["rule", "reason"]).aggregate([("reason", "count")])
+    return {f"{r['rule']}/{r['reason']}": int(r["reason_count"]) for r in tbl.to_pylist()}
+
+
+_LB_KEYS = ("pairs", "frac_chosen_longer", "weighted_frac_chosen_longer", "mean_len_chosen", "mean_len_rejected",
+            "corr_margin_length_diff", "weight_mean", "weight_max", "ties")
+
+
+def length_bias_markdown(info: SnapshotInfo, stats: dict[str, Any] | None) -> str:
+    """A short Markdown summary of the length-bias statistics the gate recorded."""
+    lb = _find_length_bias(stats or {})
+    lines = [f"# Length bias: {info.snapshot_id}", ""]
+    if not lb:
+        return "\n".join([*lines, "No length-bias statistics were recorded for this snapshot."])
+    lines += ["| statistic | value |", "| --- | --- |"]
+    for k in _LB_KEYS:
+        if k in lb and lb[k] is not None:
+            v = lb[k]
+            lines.append(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |")
+    lc = lb.get("length_controlled")
+    if isinstance(lc, dict) and lc:
+        lines += ["", "Length-controlled estimate:", "", "```json", json.dumps(lc, indent=1, default=str)[:3000],
+                  "```"]
+    return "\n".join(lines)
+
+
+def _find_length_bias(stats: dict[str, Any]) -> dict[str, Any] | None:
+    for key in ("length_bias", "checks"):
+        v = stats.get(key)
+        if isinstance(v, dict) and "frac_chosen_longer" in v:
+            return v
+        if isinstance(v, dict) and isinstance(v.get("length_bias"), dict):
+            return v["length_bias"]
+    return None
