@@ -81,22 +81,15 @@ def clean_flow(params: CleanParams) -> SnapshotInfo:
 
 def _sharded_gate(pairs: Any, gate: dict[str, Any], eval_prompts: list[str] | None, n_shards: int) -> Any:
     """Local phases fan out over shards on the flow's task runner; global phases run once on the merge."""
-    from data_quality.gate import GateConfig
-    from data_quality.gate import steps as gate_steps
 
-    names = [n for n, _ in gate_steps(GateConfig.from_dict(gate), eval_prompts)]
-    table = sharding.add_positions(pairs)
-    outputs = []
-    for phase in sharding.plan(names):
-        if phase.sharded:
-            futures = [tasks.gate_shard.submit(shard, phase.names, gate, eval_prompts)
-                       for shard in sharding.split(table, n_shards)]
-            out = sharding.merge([f.result() for f in futures], phase.names)
-        else:
-            out = tasks.gate_merged(table, phase.names, gate, eval_prompts)
-        table = out.kept
-        outputs.append(out)
-    return sharding.finish(pairs.num_rows, table, outputs, gate)
+    def map_shards(shards: list[Any], names: list[str]) -> list[sharding.PhaseOutput]:
+        futures = [tasks.gate_shard.submit(s, names, gate, eval_prompts) for s in shards]
+        return [f.result() for f in futures]
+
+    def run_global(table: Any, names: list[str]) -> sharding.PhaseOutput:
+        return tasks.gate_merged(table, names, gate, eval_prompts)
+
+    return sharding.run_sharded(pairs, gate, eval_prompts, n_shards, map_shards=map_shards, run_global=run_global)
 
 
 def task_runner(cfg: RunnerConfig) -> TaskRunner[Any]:

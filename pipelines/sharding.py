@@ -148,6 +148,39 @@ def _merge_value(key: str, vals: list[Any]) -> Any:
     return _UNMERGEABLE
 
 
+ShardMap = Callable[[list[pa.Table], list[str]], list[PhaseOutput]]
+PhaseRun = Callable[[pa.Table, list[str]], PhaseOutput]
+
+
+def run_sharded(pairs: pa.Table, gate: dict[str, Any], eval_prompts: Sequence[str] | None, n_shards: int, *,
+                map_shards: ShardMap | None = None, run_global: PhaseRun | None = None) -> Any:
+    """The gate over `n_shards` shards; `map_shards`/`run_global` let a flow put the work on a task runner.
+
+    Without them every shard runs here, one after the other: same result, no parallelism (tests, debugging).
+    """
+    from data_quality.gate import GateConfig, steps
+
+    prompts = list(eval_prompts) if eval_prompts else None
+
+    def local_map(shards: list[pa.Table], names: list[str]) -> list[PhaseOutput]:
+        return [run_steps(s, names, gate, prompts) for s in shards]
+
+    def local_global(table: pa.Table, names: list[str]) -> PhaseOutput:
+        return run_steps(table, names, gate, prompts)
+
+    names = [n for n, _ in steps(GateConfig.from_dict(gate), prompts)]
+    table = add_positions(pairs)
+    outputs = []
+    for phase in plan(names):
+        if phase.sharded:
+            out = merge((map_shards or local_map)(split(table, n_shards), phase.names), phase.names)
+        else:
+            out = (run_global or local_global)(table, phase.names)
+        table = out.kept
+        outputs.append(out)
+    return finish(pairs.num_rows, table, outputs, gate)
+
+
 def finish(pairs_in: int, kept: pa.Table, phase_outputs: Sequence[PhaseOutput], gate: dict[str, Any]) -> Any:
     """Assemble a GateOutput shaped like `run_gate`'s, from the phases in order."""
     from data_quality.checks.tables import stats_tables

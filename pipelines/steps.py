@@ -206,6 +206,26 @@ def recorded_gate_stats(info: SnapshotInfo) -> dict[str, Any] | None:
     return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
 
 
+def clean(ws: Workspace, ref: str, gate: dict[str, Any] | None = None, *, dataset: str | None = None,
+          eval_prompts: Sequence[str] | None = None, shards: int = 1, flow_run: str | None = None,
+          flow_parameters: dict[str, Any] | None = None) -> SnapshotInfo:
+    """Snapshot -> gate -> clean snapshot, or the existing one when input, gate config and code are unchanged."""
+    from pipelines.sharding import run_sharded
+
+    gate = dict(gate or {})
+    parent = ws.resolve(ref)
+    name = clean_dataset_name(ws, parent.snapshot_id, dataset)
+    key = clean_cache_key(ws, parent, name, gate, eval_prompts)
+    hit = ws.find_cached(key)
+    if hit is not None:
+        log.info("clean %s: unchanged, reusing %s", parent.snapshot_id, hit.snapshot_id)
+        return hit
+    pairs = ws.read(parent.snapshot_id)
+    out = run_gate(pairs, gate, eval_prompts) if shards <= 1 else run_sharded(pairs, gate, eval_prompts, shards)
+    return publish_clean(ws, parent, name, out, gate=gate, cache_key=key, flow_run=flow_run,
+                         flow_parameters=flow_parameters, eval_prompts=eval_prompts)
+
+
 def clean_dataset_name(ws: Workspace, ref: str, dataset: str | None) -> str:
     if dataset:
         return dataset
