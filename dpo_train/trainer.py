@@ -289,7 +289,7 @@ def _guard(value: torch.Tensor, step: int, what: str, data: Any, idx: np.ndarray
     if not torch.isfinite(value).all():
         ids = table.column("pair_id").take(data.rows[np.asarray(idx)][:5]).to_pylist()
         raise FloatingPointError(
-            f"non-finite {what} ({float(value)}) at step {step} on pairs {ids}...: lower lr, check the data "
+            f"non-finite {what} ({float(value.detach())}) at step {step} on pairs {ids}...: lower lr, check the data "
             "(empty answers, extreme weights) or use float32; the last checkpoint is intact")
 
 
