@@ -39,14 +39,20 @@ def render_prompt(tokenizer: Any, messages: Sequence[dict]) -> str:
 def encode_prompt(tokenizer: Any, messages: Sequence[dict]) -> list[int]:
     """Token ids of the rendered prompt; special tokens come from the template when there is one."""
     text = render_prompt(tokenizer, messages)
-    return list(tokenizer(text, add_special_tokens=not has_chat_template(tokenizer))["input_ids"])
+    ids = list(tokenizer(text, add_special_tokens=not has_chat_template(tokenizer))["input_ids"])
+    bos = getattr(tokenizer, "bos_token_id", None)
+    # A template that writes BOS plus a tokenizer that adds one gives two; training keeps one (batching.py).
+    if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
+        del ids[0]
+    return ids
 
 
 def encode_response(tokenizer: Any, response: str) -> list[int]:
     """Token ids of an answer as the sampler emits it: the text, then EOS (when the tokenizer has one)."""
     ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
+    eos = tokenizer.eos_token_id
+    if eos is not None and (not ids or ids[-1] != eos):  # one EOS, as training does
+        ids.append(int(eos))
     return ids
 
 

@@ -225,3 +225,22 @@ def test_transformers_greedy_and_response_encoding(tiny_model_dir, chat_prompts)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert encode_response(tok, "Paris")[-1] == tok.eos_token_id
     assert render_prompt(tok, chat_prompts[0]).endswith("<|assistant|>\n")
+
+
+@pytest.mark.parametrize("chat_template", [True, False])
+def test_prompt_and_answer_tokens_match_training(tiny_model_dir, chat_prompts, chat_template):
+    """Generation, the implicit reward and KL must see exactly the token ids the trainer trains on."""
+    from transformers import AutoTokenizer
+
+    from dpo_train.batching import tokenize_pairs
+    from storage.schema import build_pair_table
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    if not chat_template:
+        tok.chat_template = None
+    answers = ["Mix flour.", "Why did the chicken cross the road?", "Paris.", "Read the tutorial", "Yes"]
+    pairs = build_pair_table({"prompt": chat_prompts, "chosen": answers, "rejected": ["No"] * 5,
+                              "source": ["t"] * 5, "source_row": list(range(5))})
+    tp = tokenize_pairs(pairs, tok, max_length=400, max_prompt_length=200)
+    assert tp.prompt == [encode_prompt(tok, m) for m in chat_prompts]
+    assert tp.chosen == [encode_response(tok, a) for a in answers]
