@@ -244,3 +244,21 @@ def test_prompt_and_answer_tokens_match_training(tiny_model_dir, chat_prompts, c
     tp = tokenize_pairs(pairs, tok, max_length=400, max_prompt_length=200)
     assert tp.prompt == [encode_prompt(tok, m) for m in chat_prompts]
     assert tp.chosen == [encode_response(tok, a) for a in answers]
+
+
+def test_command_line_writes_parquet(tiny_model_dir, tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from dpo_train.generation.__main__ import main
+
+    src = tmp_path / "prompts.jsonl"
+    src.write_text("\n".join(json.dumps(p) for p in [{"prompt": "How do I bake bread?"},
+                                                      {"prompt": [{"role": "user", "content": "A joke?"}]},
+                                                      {"prompt": "Is it safe?"}]))
+    out = tmp_path / "gen" / "shard0.parquet"
+    assert main(["--model", str(tiny_model_dir), "--prompts", str(src), "--out", str(out), "--n", "2",
+                 "--max-new-tokens", "4", "--num-shards", "2", "--shard-index", "0", "--temperature", "0.7"]) == 0
+    t = pq.read_table(out)
+    assert t.num_rows == 4 and t.schema.equals(GENERATION_SCHEMA, check_metadata=False)
