@@ -37,18 +37,27 @@ def text_field(value: object, name: str, opts: IngestOptions) -> str:
     return value
 
 
-def check_text(value: str, name: str, opts: IngestOptions, allow_empty: bool = False) -> None:
+def check_text(value: str, name: str, opts: IngestOptions, allow_empty: bool = False, scan: bool = True) -> None:
+    """`scan=False` skips the NUL/encoding/size scan for a substring of text already scanned."""
     if not allow_empty and not value.strip():
         raise RowError(name, "is empty" if not value else "is whitespace only")
+    if not scan:
+        return
     # Encoding costs a copy, so only strings that could be too large pay for it.
     if len(value) * 4 > opts.max_field_bytes:
         size = len(value.encode("utf-8", "surrogatepass"))
         if size > opts.max_field_bytes:
             raise RowError(name, f"is {size} bytes, over the max_field_bytes limit of {opts.max_field_bytes}")
-    bad = _BAD_CHARS.search(value)
-    if bad:
-        what = "a NUL character" if bad.group() == "\x00" else "bytes that are not valid UTF-8"
-        raise RowError(name, f"contains {what} at character {bad.start()}")
+    # isascii() is O(1) in CPython, so the regex only runs on non-ASCII text, the only kind with surrogates.
+    bad = value.find("\x00") if value.isascii() else _first_bad(value)
+    if bad >= 0:
+        what = "a NUL character" if value[bad] == "\x00" else "bytes that are not valid UTF-8"
+        raise RowError(name, f"contains {what} at character {bad}")
+
+
+def _first_bad(value: str) -> int:
+    m = _BAD_CHARS.search(value)
+    return m.start() if m else -1
 
 
 def get(rec: dict, *names: str) -> tuple[str, object]:

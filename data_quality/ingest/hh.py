@@ -72,8 +72,8 @@ def _handle(out: Collector, row: int, rec: dict) -> None:
     pr, ar = _split(rejected, "rejected")
     if pc != pr:
         raise _diverge_error(pc, pr)
-    check_text(ac, "chosen", opts)
-    check_text(ar, "rejected", opts)
+    check_text(ac, "chosen", opts, scan=False)
+    check_text(ar, "rejected", opts, scan=False)
     out.keep(row, parse_prompt(pc), ac, ar)
 
 

@@ -43,8 +43,8 @@ def _standard(out: Collector, row: int, rec: dict) -> None:
         if not shared.strip():
             raise RowError("prompt", "is missing and chosen/rejected share no prefix to take it from")
         prompt = shared.strip()
-        check_text(chosen, "chosen", opts)
-        check_text(rejected, "rejected", opts)
+        check_text(chosen, "chosen", opts, scan=False)
+        check_text(rejected, "rejected", opts, scan=False)
     out.keep(row, user_prompt(prompt), chosen, rejected)
 
 
