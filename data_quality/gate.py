@@ -128,11 +128,12 @@ def run_gate(pairs: pa.Table, cfg: GateConfig | None = None, eval_prompts: Seque
     rejects: list[pa.Table] = []
     per_check: dict[str, Any] = {}
     for name, fn in steps(cfg, eval_prompts):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = fn(table)
         table = res.kept
         rejects.append(res.rejects)
-        per_check[name] = {**res.stats, "seconds": round(time.perf_counter() - t0, 4)}
+        per_check[name] = {**res.stats, "seconds": round(time.perf_counter() - t0, 4),
+                           "cpu_seconds": round(time.process_time() - c0, 4)}
     all_rejects = pa.concat_tables(rejects) if rejects else REJECTS_SCHEMA.empty_table()
     kept = conform(table)
     if kept.num_rows + all_rejects.num_rows != n_in:  # the accounting invariant; a bug if it ever fires

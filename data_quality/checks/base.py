@@ -63,7 +63,8 @@ def apply(table: pa.Table, decision: Decision, rule: str, cfg: Any) -> CheckResu
         stats.update(rows_out=n, dropped={})
         return CheckResult(table, empty_rejects(), stats)
     idx = np.flatnonzero(decision.drop)
-    kept = table.filter(pa.array(~decision.drop))
+    # take() by indices is several times cheaper than Table.filter (which plans an Acero query).
+    kept = table.take(pa.array(np.flatnonzero(~decision.drop)))
     dup = decision.duplicate_of[idx].tolist() if decision.duplicate_of is not None else None
     rejects = rejects_table(table.take(pa.array(idx)), rule, decision.reason[idx].tolist(), params_json(cfg), dup)
     stats.update(rows_out=kept.num_rows, dropped=decision.counts())

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -28,8 +29,8 @@ class DegenerateConfig:
     max_words: int | None = None
 
 
-def _folded(arr: pa.ChunkedArray) -> pa.ChunkedArray:
-    return pc.utf8_lower(pc.replace_substring_regex(pc.utf8_trim_whitespace(arr), r"\s+", " "))
+def _folded(arr: pa.ChunkedArray | pa.Array) -> pl.Series:
+    return pl.Series(arr).str.replace_all(r"\s{2,}|[^\S ]", " ").str.strip_chars().str.to_lowercase()
 
 
 def _np(arr: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -48,12 +49,19 @@ def decide(table: pa.Table, cfg: DegenerateConfig) -> Decision:
     if cfg.drop_identical:
         d.mark(_np(pc.equal(sides["chosen"], sides["rejected"])), "identical_answers")
     if cfg.drop_prompt_echo:
-        prompt = _folded(table.column("prompt_text"))
+        # Folding is costly, so only answers whose length is close to the prompt's are compared.
+        p_chars = _np(pc.utf8_length(table.column("prompt_text")))
         for s, a in sides.items():
-            d.mark(_np(pc.equal(_folded(a), prompt)), f"{s}_repeats_prompt")
+            near = np.flatnonzero(np.abs(chars[s] - p_chars) <= 0.2 * p_chars + 8)
+            if near.size:
+                idx = pa.array(near)
+                same = (_folded(pc.take(a, idx)) == _folded(pc.take(table.column("prompt_text"), idx))).to_numpy()
+                echo = np.zeros(n, dtype=bool)
+                echo[near[same]] = True
+                d.mark(echo, f"{s}_repeats_prompt")
     words = {}
     if cfg.min_words or cfg.max_words is not None:
-        words = {s: _np(pc.count_substring_regex(a, r"\S+")) for s, a in sides.items()}
+        words = {s: pl.Series(a).str.count_matches(r"\S+").to_numpy() for s, a in sides.items()}
     for s in sides:
         d.mark(chars[s] < cfg.min_chars, f"{s}_too_short")
         if cfg.min_words:

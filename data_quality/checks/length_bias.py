@@ -70,7 +70,7 @@ def _sigmoid(v: float) -> float:
     return float(1.0 / (1.0 + np.exp(-v)))
 
 
-def length_controlled(table: pa.Table, diff: np.ndarray, max_models: int) -> dict:
+def length_controlled(table: pa.Table, diff: np.ndarray, max_models: int, keep: np.ndarray | None = None) -> dict:
     """Overall length effect, plus raw and length-controlled win rates per model when models are named."""
     out: dict = {}
     n = diff.size
@@ -82,6 +82,8 @@ def length_controlled(table: pa.Table, diff: np.ndarray, max_models: int) -> dic
     d_a = np.where(flip, -diff, diff)
     y = (~flip).astype(np.float64)  # A is the chosen answer unless flipped
     w = np.asarray(table.column("weight").to_numpy(zero_copy_only=False), dtype=np.float64)
+    if keep is not None:
+        w = w * keep
     beta = logistic_fit(np.tanh(d_a / scale), y)
     beta_w = logistic_fit(np.tanh(d_a / scale), y, w)
     out.update(length_coef=float(beta[1]), length_coef_weighted=float(beta_w[1]),
@@ -199,16 +201,17 @@ def run(table: pa.Table, cfg: LengthBiasConfig) -> CheckResult:
         "rejected_len_hist": histogram(lr.astype(float), bins=cfg.hist_bins),
         "mean_len_chosen": float(lc.mean()) if n else None, "mean_len_rejected": float(lr.mean()) if n else None,
         "corr_margin_length_diff": corr,
-        "length_controlled": length_controlled(table, diff, cfg.max_models),
     }
     d = Decision.keep_all(n)
     if cfg.mode == "stats" or n == 0:
         stats["diff_hist"] = diff_histogram(diff, base, cfg.hist_bins)
+        stats["length_controlled"] = length_controlled(table, diff, cfg.max_models)
         d.stats = stats
         return apply(table, d, RULE, cfg)
     weights, keep, bins = balance(diff, base, cfg, np.random.default_rng(cfg.seed))
     d.mark(~keep, "length_balance_subsample")
     table = table.set_column(table.schema.get_field_index("weight"), "weight", pa.array(weights, pa.float64()))
+    stats["length_controlled"] = length_controlled(table, diff, cfg.max_models, keep)
     stats.update(bins=bins, diff_hist=diff_histogram(diff, weights * keep, cfg.hist_bins),
                  diff_hist_before=diff_histogram(diff, base, cfg.hist_bins),
                  weighted_frac_chosen_longer=weighted_frac_longer(diff, weights * keep),

@@ -30,7 +30,7 @@ class NearDupConfig:
     enabled: bool = True
     threshold: float = 0.8  # exact Jaccard of word shingles at or above which pairs are duplicates
     ngram: int = 3
-    num_perm: int = 128
+    num_perm: int = 64  # OPH bins; 64 gives 12 bands x 5 rows at 0.8
     target_recall: float = 0.99  # candidate probability at J == threshold
     fields: tuple[str, ...] = ("prompt_text", "chosen", "rejected")
     max_bucket: int = 64  # larger LSH buckets are linked as a star, not all pairs
