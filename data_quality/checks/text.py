@@ -53,7 +53,7 @@ def shingles(tok: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray, n
     with np.errstate(over="ignore"):
         # Shifted slices over the flat array: shingles that straddle two rows are computed, then masked out.
         h = tok.copy()
-        for j in range(1, k):
+        for j in range(1, min(k, n)):
             h[: n - j] = (h[: n - j] ^ tok[j:]) * _STEP + np.uint64(j)
         h = mix64(h)
         valid = np.arange(n, dtype=np.int64) + k <= np.repeat(ends, counts)

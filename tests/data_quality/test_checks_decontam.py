@@ -1,0 +1,25 @@
+"""Decontamination against user-supplied eval prompts."""
+
+from __future__ import annotations
+
+from data_quality.checks import decontam
+from storage.schema import build_pair_table
+
+EVAL = ["Write a short poem about the autumn leaves falling in the quiet park at dusk"]
+
+
+def test_decontam_prompt_and_answer_overlap() -> None:
+    rows = [
+        ("Please write a short poem about the autumn leaves falling in the quiet park", "ok", "no"),  # prompt
+        ("Something else entirely", "Sure: poem about the autumn leaves falling in the quiet park at dusk", "x"),
+        ("Write a poem", "Leaves fall.", "No."),  # shares fewer than 8 consecutive words
+    ]
+    t = build_pair_table({"prompt": [[{"role": "user", "content": p}] for p, _, _ in rows],
+                          "chosen": [c for _, c, _ in rows], "rejected": [r for _, _, r in rows],
+                          "source": ["t"] * 3, "source_row": [0, 1, 2]})
+    res = decontam.run(t, decontam.DecontamConfig(ngram=8), EVAL)
+    assert dict(zip(res.rejects.column("source_row").to_pylist(), res.rejects.column("reason").to_pylist(),
+                    strict=True)) == {0: "contaminated_prompt", 1: "contaminated_chosen"}
+    only_prompt = decontam.run(t, decontam.DecontamConfig(fields=("prompt_text",)), EVAL)
+    assert only_prompt.rejects.column("source_row").to_pylist() == [0]
+    assert decontam.run(t, decontam.DecontamConfig(), None).kept.num_rows == 3
