@@ -1,0 +1,215 @@
+"""This trainer vs TRL's DPOTrainer (default, precomputed reference) vs a plain forward+backward, in one run.
+
+    .venv/bin/python benchmarks/bench_train.py [--pairs 512] [--threads 1]
+
+Same tiny Llama (4 layers, hidden 256, 4 heads, vocab 8k), same pairs (prompts ~32 tokens, answers 64-96),
+batch 8, max length 192, fp32, one epoch, AdamW at the same lr, dropout off. TRL is a benchmark-only import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dpo_train.batching import collate, concatenated_forward, epoch_order, tokenize_pairs
+from dpo_train.losses import Batch, LossParams, compute_loss
+from dpo_train.tiny import default_corpus, make_tiny_model
+from dpo_train.trainer import TrainConfig, train
+from storage.schema import build_pair_table
+from storage.workspace import Workspace
+
+BATCH, MAX_LEN, LR, BETA = 8, 192, 1e-4, 0.1
+
+
+def make_pairs(tok, n: int, seed: int = 0):
+    """Spans of real hh-rlhf text cut to target token counts (prompt ~32, answers 64-96)."""
+    rng = random.Random(seed)
+    ids = tok(" ".join(default_corpus(2000)), add_special_tokens=False)["input_ids"]
+    specials = set(tok.all_special_ids)
+    ids = [i for i in ids if i not in specials]
+
+    def span(k: int) -> str:
+        start = rng.randrange(0, len(ids) - k)
+        return tok.decode(ids[start:start + k]).strip()
+
+    rows = [(span(rng.randint(24, 30)), span(rng.randint(60, 90)), span(rng.randint(60, 90))) for _ in range(n)]
+    return build_pair_table({"prompt": [[{"role": "user", "content": p}] for p, _, _ in rows],
+                             "chosen": [c for _, c, _ in rows], "rejected": [r for _, _, r in rows],
+                             "source": ["bench"] * n, "source_row": list(range(n))})
+
+
+class _Clock:
+    """Per-step timestamps; the training phase is timed from the end of step 1 (no warm-up effects)."""
+
+    def __init__(self) -> None:
+        self.t: list[float] = []
+
+    def tick(self, *_a, **_k) -> None:
+        self.t.append(time.perf_counter())
+
+    def pairs_per_s(self) -> float:
+        return (len(self.t) - 1) * BATCH / (self.t[-1] - self.t[0])
+
+
+def run_ours(model_dir: Path, table, root: Path) -> dict:
+    ws = Workspace(root)
+    snap = ws.publish("bench", table)
+    cfg = TrainConfig(snapshot=snap.snapshot_id, model=str(model_dir), lr=LR, beta=BETA, per_device_batch_size=BATCH,
+                      max_length=MAX_LEN, max_prompt_length=96, epochs=1, save_steps=0, report=False,
+                      warmup_steps=0, max_grad_norm=1.0, device="cpu", run_id="ours")
+    clock = _Clock()
+    t0 = time.perf_counter()
+    res = train(cfg, ws, on_step=clock.tick)
+    e2e = time.perf_counter() - t0
+    clock2 = _Clock()
+    t1 = time.perf_counter()
+    again = train(cfg.replace(run_id="ours-again"), ws, on_step=clock2.tick)
+    e2e_cached = time.perf_counter() - t1
+    assert not again.reference_computed
+    return {"e2e": e2e, "train_pps": clock.pairs_per_s(), "e2e_cached": e2e_cached, "steps": res.steps}
+
+
+def _trl_dataset(tok, table):
+    from datasets import Dataset
+
+    from dpo_train.batching import render_prompts
+
+    prompts, _ = render_prompts(tok, table.column("prompt").to_pylist())
+    return Dataset.from_dict({"prompt": prompts, "chosen": table.column("chosen").to_pylist(),
+                              "rejected": table.column("rejected").to_pylist()})
+
+
+def _trl_trainer(model_dir: Path, tok, table, out: Path, *, precompute: bool, ref_dir: Path | None = None,
+                 callbacks=()):
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(output_dir=str(out), per_device_train_batch_size=BATCH, max_length=MAX_LEN, beta=BETA,
+                     learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, num_train_epochs=1,
+                     max_grad_norm=1.0, logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=True,
+                     precompute_ref_log_probs=precompute, dataloader_num_workers=0, seed=0, disable_tqdm=True)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ref = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32) if ref_dir else None
+    return DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=_trl_dataset(tok, table),
+                      processing_class=tok, callbacks=list(callbacks))
+
+
+def run_trl(model_dir: Path, tok, table, out: Path, *, precompute: bool) -> dict:
+    from transformers import TrainerCallback
+
+    clock = _Clock()
+
+    class Tick(TrainerCallback):
+        def on_step_end(self, *a, **k):
+            clock.tick()
+
+    t0 = time.perf_counter()
+    trainer = _trl_trainer(model_dir, tok, table, out, precompute=precompute, callbacks=[Tick()])
+    trainer.train()
+    return {"e2e": time.perf_counter() - t0, "train_pps": clock.pairs_per_s()}
+
+
+def run_plain(model_dir: Path, tok, table) -> dict:
+    """The floor: model(labels=...).loss.backward() over exactly our batches (both answers of each pair)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    data = tokenize_pairs(table, tok, max_length=MAX_LEN, max_prompt_length=96)
+    clock = _Clock()
+    for idx in epoch_order(data.lengths(), BATCH, seed=0, epoch=0):
+        b = collate(data, idx, tok.pad_token_id)
+        model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], labels=b["labels"]).loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        clock.tick()
+    return {"train_pps": clock.pairs_per_s()}
+
+
+def first_batch_check(model_dir: Path, ref_dir: Path, tok, table, out: Path) -> dict:
+    """Loss and rewards on the same 8 pairs, with a reference different from the policy so they are not trivial."""
+    from transformers import AutoModelForCausalLM
+
+    sub = table.slice(0, BATCH)
+    trainer = _trl_trainer(model_dir, tok, sub, out, precompute=False, ref_dir=ref_dir)
+    trainer.model.eval()
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(BATCH)])
+    with torch.no_grad():
+        trl_loss = float(trainer.compute_loss(trainer.model, batch))
+    m = trainer._metrics["eval"]
+    trl_c, trl_r = m["rewards/chosen"][-1], m["rewards/rejected"][-1]
+
+    policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    ref = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32).eval()
+    data = tokenize_pairs(sub, tok, max_length=MAX_LEN, max_prompt_length=96)
+    b = collate(data, np.arange(BATCH), tok.pad_token_id)
+    with torch.no_grad():
+        p, r = concatenated_forward(policy, b), concatenated_forward(ref, b)
+        losses, cr, rr = compute_loss("sigmoid", Batch(p["chosen_logps"], p["rejected_logps"], r["chosen_logps"],
+                                                       r["rejected_logps"]), LossParams(beta=BETA))
+    return {"ours": (float(losses.mean()), float(cr.mean()), float(rr.mean())), "trl": (trl_loss, trl_c, trl_r)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pairs", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    logging.disable(logging.WARNING)
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    work = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    kw = dict(vocab_size=8192, n_layers=4, hidden=256, heads=4, max_positions=512)
+    model_dir = make_tiny_model(work / "policy", seed=0, **kw)
+    ref_dir = make_tiny_model(work / "ref", seed=1, **kw)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    table = make_pairs(tok, args.pairs)
+    data = tokenize_pairs(table, tok, max_length=MAX_LEN, max_prompt_length=96)
+    pl = np.mean([len(p) for p in data.prompt])
+    al = np.mean([len(c) for c in data.chosen] + [len(r) for r in data.rejected])
+
+    check = first_batch_check(model_dir, ref_dir, tok, table, work / "trl-check")
+    ours = run_ours(model_dir, table, work / "ws")
+    trl_default = run_trl(model_dir, tok, table, work / "trl-default", precompute=False)
+    trl_pre = run_trl(model_dir, tok, table, work / "trl-pre", precompute=True)
+    plain = run_plain(model_dir, tok, table)
+
+    print(f"\n{args.pairs} pairs (prompt {pl:.0f} tok, answers {al:.0f} tok), batch {BATCH}, max_length {MAX_LEN}, "
+          f"fp32, {args.threads} thread(s), torch {torch.__version__}")
+    diffs = [abs(a - b) for a, b in zip(check["ours"], check["trl"], strict=True)]
+    print("\nfirst batch (sigmoid DPO, reference != policy)   loss        reward_c    reward_r")
+    print(f"  this trainer                                 {check['ours'][0]:.7f}  {check['ours'][1]:+.7f}  "
+          f"{check['ours'][2]:+.7f}")
+    print(f"  TRL DPOTrainer                               {check['trl'][0]:.7f}  {check['trl'][1]:+.7f}  "
+          f"{check['trl'][2]:+.7f}")
+    print(f"  max |diff| = {max(diffs):.2e}  ({'PASS' if max(diffs) <= 1e-5 else 'FAIL'} at 1e-5)")
+    print("\n| run | end-to-end s | train pairs/s |")
+    print("| --- | ---: | ---: |")
+    print(f"| this trainer (reference pass + train) | {ours['e2e']:.1f} | {ours['train_pps']:.2f} |")
+    print(f"| this trainer, 2nd run (cached reference) | {ours['e2e_cached']:.1f} | |")
+    print(f"| TRL DPOTrainer default | {trl_default['e2e']:.1f} | {trl_default['train_pps']:.2f} |")
+    print(f"| TRL DPOTrainer precompute_ref_log_probs | {trl_pre['e2e']:.1f} | {trl_pre['train_pps']:.2f} |")
+    print(f"| plain forward+backward (same tokens) | | {plain['train_pps']:.2f} |")
+    print("\n| ratio | value | target |")
+    print("| --- | ---: | --- |")
+    print(f"| end-to-end: TRL default / ours | {trl_default['e2e'] / ours['e2e']:.2f}x | >= 2x |")
+    print(f"| train pairs/s: ours / TRL precomputed | {ours['train_pps'] / trl_pre['train_pps']:.2f}x | >= 1.6x |")
+    print(f"| train pairs/s: plain fwd+bwd / ours | {plain['train_pps'] / ours['train_pps']:.2f}x | <= 1.1x |")
+
+
+if __name__ == "__main__":
+    main()
