@@ -144,9 +144,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dpo_train.trainer import train
-
     from dpo_train.config import TrainConfig
+    from dpo_train.trainer import train
 
     cfg_dict: dict[str, Any] = _load_toml(args.config).get("train", {}) if args.config else {}
     cfg_dict.update({k: v for k, v in {"snapshot": args.snapshot, "model": args.model, "loss": args.loss,

@@ -1,0 +1,104 @@
+"""Configuration of iterative DPO rounds (`dpo iterate --config F`): one strict model, defaults in one place.
+
+The sub-tables `generation`, `judge`, `pairs`, `gate` and `train` are passed to the part that owns them
+(GenerationConfig, make_judge, PairingConfig, GateConfig, TrainConfig), each of which rejects unknown keys;
+they are validated here, at load time, so a typo fails before round 1 starts rather than in the middle of it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipelines.config import ConfigError
+
+# Keys the round flow sets itself; a user setting them would silently be overridden, so they are refused.
+_FLOW_OWNED_TRAIN_KEYS = {"snapshot", "model", "ref_model", "output_dir", "run_id"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PromptsConfig(_Strict):
+    snapshot: str  # pairs snapshot whose distinct prompts are the pool ("alpaca" or "alpaca@2")
+    per_round: int = Field(16, ge=1)  # prompts sampled per round (fresh ones each round while the pool lasts)
+    eval_prompts: int = Field(8, ge=1)  # held-out prompts, fixed across rounds, for evaluation
+    max_prompt_chars: int = Field(1500, ge=1)  # longer prompts are skipped (and counted) before sampling
+    seed: int = 0
+
+
+class EvalConfig(_Strict):
+    samples: int = Field(2, ge=1)  # answers per eval prompt
+    kl: bool = True
+    win_rate: bool = True
+
+
+class IterateConfig(_Strict):
+    experiment: str = Field("iterate", pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+    workspace: str | None = None
+    rounds: int = Field(2, ge=1)
+    policy: str  # HF-format directory of the initial policy (also the reference when reference = "initial")
+    reference: Literal["initial", "previous"] = "initial"
+    prompts: PromptsConfig
+    generation: dict[str, Any] = Field(default_factory=lambda: {"n": 4, "max_new_tokens": 48, "temperature": 1.0})
+    judge: dict[str, Any] = Field(
+        default_factory=lambda: {"type": "python", "function": "dpo_train.judges.functions:prompt_overlap"})
+    judge_train_on: str | None = None  # for a bradley_terry judge: the snapshot to train it on (once)
+    pairs: dict[str, Any] = Field(default_factory=lambda: {"rule": "best_vs_worst", "min_margin": 0.0})
+    gate: dict[str, Any] = Field(default_factory=dict)
+    train: dict[str, Any] = Field(default_factory=dict)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("train")
+    @classmethod
+    def _no_flow_owned(cls, v: dict[str, Any]) -> dict[str, Any]:
+        bad = sorted(set(v) & _FLOW_OWNED_TRAIN_KEYS)
+        if bad:
+            raise ValueError(f"train keys {bad} are set by the round flow (policy/reference/snapshot per round)")
+        return v
+
+    def check_parts(self) -> None:
+        """Validate the sub-tables with their owners' strict parsers."""
+        from data_quality.gate import GateConfig
+        from dpo_train.config import TrainConfig
+        from dpo_train.generation import GenerationConfig
+        from dpo_train.pairing import PairingConfig
+
+        GenerationConfig.from_dict({**self.generation, "model": self.policy})
+        PairingConfig.from_dict(self.pairs)
+        GateConfig.from_dict(self.gate)
+        TrainConfig.from_dict({**self.train, "snapshot": "x", "model": self.policy})
+        if self.judge.get("type") == "bradley_terry" and not (self.judge.get("path") or self.judge_train_on):
+            raise ValueError("a bradley_terry judge needs `path` or a top-level `judge_train_on` snapshot")
+
+
+def parse_iterate_config(raw: dict[str, Any], *, where: str = "<config>", base: Path | None = None) -> IterateConfig:
+    raw = dict(raw.get("iterate", raw))
+    if base is not None:  # relative paths in a config file are relative to the file
+        for key in ("policy", "workspace"):
+            if isinstance(raw.get(key), str) and raw[key] and not Path(raw[key]).is_absolute():
+                raw[key] = str((base / raw[key]).resolve())
+    try:
+        cfg = IterateConfig.model_validate(raw)
+        cfg.check_parts()
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"{where}: invalid iterate config:\n" + "\n".join(lines)) from exc
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    return cfg
+
+
+def load_iterate_config(path: str | Path) -> IterateConfig:
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{p}: config file not found") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: {exc}") from exc
+    return parse_iterate_config(raw, where=str(p), base=p.parent)
