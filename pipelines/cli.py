@@ -7,14 +7,14 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+# Tables are wide; when piped (no terminal to measure) don't squeeze them into 80 columns.
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _ws(args: argparse.Namespace):
@@ -37,30 +37,27 @@ def _print_table(rows: list[dict[str, Any]], title: str | None = None, max_width
 
 # -- verbs ------------------------------------------------------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from data_quality.ingest import ingest_files
+    from pipelines import steps
 
+    ws = _ws(args)
     with console.status(f"reading {len(args.sources)} source(s)"):
-        res = ingest_files([str(s) for s in args.sources], format=args.format)
-    info = _ws(args).publish(args.dataset, res.pairs, rejects=res.rejects, quarantine=res.quarantine,
-                             input_rows=res.input_rows, kind="raw",
-                             params={"sources": [str(s) for s in args.sources], "format": args.format,
-                                     "formats": {str(k): v for k, v in res.formats.items()}})
-    if res.quarantine.num_rows:
-        first = res.quarantine.slice(0, 3).to_pylist()
-        for q in first:
-            console.print(f"[yellow]quarantined[/] {q['source']} row {q['source_row']}"
-                          f" field {q['field'] or '-'}: {q['error']}")
+        info = steps.ingest(ws, [str(s) for s in args.sources], args.dataset, format=args.format)
+    if info.quarantined:
+        for q in ws.read_quarantine(info.snapshot_id).slice(0, 5).to_pylist():
+            console.print(f"[yellow]quarantined[/] {q['source']} row {q['source_row']}: {q['error']}")
+        if info.quarantined > 5:
+            console.print(f"... and {info.quarantined - 5} more (see the quarantine view)")
     _print_table([_counts(info)], title=f"ingested {info.snapshot_id}")
     return 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from data_quality.clean import clean_snapshot
+    from pipelines import steps
 
-    gate = _load_gate_config(args.config)
-    eval_prompts = _read_lines(args.eval_prompts) if args.eval_prompts else None
+    gate = _load_toml(args.config).get("gate", {}) if args.config else {}
+    eval_prompts = steps.read_eval_prompts(args.eval_prompts)
     with console.status(f"cleaning {args.snapshot}"):
-        info = clean_snapshot(_ws(args), args.snapshot, gate, dataset=args.dataset, eval_prompts=eval_prompts)
+        info = steps.clean(_ws(args), args.snapshot, gate, dataset=args.dataset, eval_prompts=eval_prompts)
     _print_table([_counts(info)], title=f"cleaned {info.parents[0] if info.parents else ''} -> {info.snapshot_id}")
     report = info.path / "report.html"
     if report.exists():
@@ -108,9 +105,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     schema = ws.read(info.snapshot_id).schema
     _print_table([{"column": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema], title="schema")
     if info.rejected:
+        from storage.catalog import quote_literal
+
         rows = ws.sql(
-            f"SELECT rule, reason, count(*) AS n FROM rejects WHERE snapshot_id = '{info.snapshot_id}' "  # noqa: S608
-            "GROUP BY ALL ORDER BY n DESC LIMIT 20"
+            "SELECT rule, reason, count(*) AS n FROM rejects WHERE snapshot_id = "  # noqa: S608 (quoted literal)
+            + quote_literal(info.snapshot_id) + " GROUP BY ALL ORDER BY n DESC LIMIT 20"
         ).to_pylist()
         _print_table(rows, title="rejects by rule")
     if info.params:
@@ -190,19 +189,6 @@ def _load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise SystemExit(f"error: {path}: {exc}") from exc
-
-
-def _load_gate_config(path: str | None):
-    from data_quality.gate import GateConfig
-
-    if path is None:
-        return GateConfig()
-    data = _load_toml(path)
-    return GateConfig.from_dict(data.get("gate", data))
-
-
-def _read_lines(path: str) -> list[str]:
-    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
