@@ -110,10 +110,12 @@ def length_controlled(table: pa.Table, diff: np.ndarray, max_models: int, keep: 
 
 def _bins(absdiff: np.ndarray, pos: np.ndarray, neg: np.ndarray, n_bins: int) -> np.ndarray:
     """Quantile edges of |diff| merged until every bin holds both chosen-longer and rejected-longer rows."""
-    moving = absdiff[pos | neg]
-    if moving.size == 0:
+    if not (pos.any() or neg.any()):
         return np.array([0.0, np.inf])
-    edges = np.unique(np.quantile(moving, np.linspace(0, 1, n_bins + 1)))
+    # Quantiles of the minority side: every bin then holds some of the rows that are hardest to balance,
+    # so bins need little merging and stay narrow where the minority lives.
+    minority = absdiff[pos] if 0 < pos.sum() <= neg.sum() else absdiff[neg] if neg.any() else absdiff[pos]
+    edges = np.unique(np.quantile(minority, np.linspace(0, 1, n_bins + 1)))
     edges = np.concatenate([[0.5], edges[1:-1], [np.inf]]) if edges.size > 2 else np.array([0.5, np.inf])
     idx = np.searchsorted(edges, absdiff, side="right") - 1
     p = np.bincount(idx[pos], minlength=edges.size - 1)

@@ -98,6 +98,19 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
+def chunk_band_keys(texts: pl.Series, cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(band keys (n, bands), has-shingles mask) for a batch of texts."""
+    bands, rows = choose_bands(cfg.threshold, cfg.num_perm, cfg.target_recall)
+    sig = signatures(texts, cfg)
+    return band_keys(sig, bands, rows), sig[:, 0] != _EMPTY
+
+
+def shingle_sets40(texts: pl.Series, ngram: int) -> np.ndarray:
+    """Sorted unique (row << 40 | 40-bit shingle hash) keys: each row's shingle set, ready to merge."""
+    h, r = text_shingles(texts, ngram)
+    return np.unique((r.astype(np.uint64) << np.uint64(40)) | (h >> np.uint64(24)))
+
+
 def candidates(keys: np.ndarray, valid: np.ndarray, max_bucket: int) -> np.ndarray:
     """Candidate pairs (i < j) sharing a bucket in any band, as an (m, 2) int64 array."""
     out = []
@@ -139,8 +152,7 @@ def exact_jaccard(pairs: np.ndarray, get_texts: Callable[[np.ndarray], pl.Series
     if pairs.size == 0:
         return np.zeros(0)
     rows = np.unique(pairs)
-    h, r = text_shingles(get_texts(rows), ngram)
-    key = np.unique((r.astype(np.uint64) << np.uint64(40)) | (h >> np.uint64(24)))  # per-row set, sorted
+    key = shingle_sets40(get_texts(rows), ngram)
     local = (key >> np.uint64(40)).astype(np.int64)
     vals = key & np.uint64((1 << 40) - 1)
     starts = np.searchsorted(local, np.arange(rows.size))
@@ -181,23 +193,22 @@ def components(edges: np.ndarray, n: int) -> np.ndarray:
             return labels
 
 
-def find_clusters(texts: pl.Series, cfg: NearDupConfig) -> tuple[np.ndarray, dict]:
-    """(label per row, stats) for a text column processed in chunks (signatures are never all in memory)."""
+def find_clusters(texts: pl.Series, cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(label per row, verified pairs (m, 2), stats) for a text column, signed in chunks of rows."""
     n = texts.len()
     bands, rows = choose_bands(cfg.threshold, cfg.num_perm, cfg.target_recall)
     keys = np.empty((n, bands), dtype=np.uint64)
     valid = np.ones(n, dtype=bool)
     for lo in range(0, n, cfg.chunk_rows):
-        sig = signatures(texts.slice(lo, cfg.chunk_rows), cfg)
-        keys[lo:lo + sig.shape[0]] = band_keys(sig, bands, rows)
-        valid[lo:lo + sig.shape[0]] = sig[:, 0] != _EMPTY
+        k, v = chunk_band_keys(texts.slice(lo, cfg.chunk_rows), cfg)
+        keys[lo:lo + len(v)], valid[lo:lo + len(v)] = k, v
     cand = candidates(keys, valid, cfg.max_bucket)
     jac = exact_jaccard(cand, lambda r: texts.gather(r), cfg.ngram)
     edges = cand[jac >= cfg.threshold]
     labels = components(edges, n)
     stats = {"bands": bands, "rows_per_band": rows, "candidates": int(len(cand)), "verified_pairs": int(len(edges)),
              "candidate_precision": float(len(edges) / len(cand)) if len(cand) else None}
-    return labels, stats
+    return labels, edges, stats
 
 
 def decide(table: pa.Table, cfg: NearDupConfig) -> Decision:
@@ -205,7 +216,7 @@ def decide(table: pa.Table, cfg: NearDupConfig) -> Decision:
     d = Decision.keep_all(n)
     if n == 0:
         return d
-    labels, stats = find_clusters(pair_text(table, cfg.fields), cfg)
+    labels, _, stats = find_clusters(pair_text(table, cfg.fields), cfg)
     dup = labels != np.arange(n)
     d.mark(dup, "near_duplicate")
     ids = np.asarray(table.column("pair_id").to_numpy(zero_copy_only=False), dtype=object)

@@ -62,7 +62,7 @@ def test_near_dup_hand_made_keeps_first_across_sources() -> None:
 def test_near_dup_recall_and_precision_on_planted_set() -> None:
     data = make_synthetic(3000, seed=3, rates={"near_dup": 0.1, "exact_dup": 0.0, "contradiction": 0.0})
     cfg = near_dup.NearDupConfig(threshold=0.7)
-    labels, stats = near_dup.find_clusters(near_dup.pair_text(data.table, cfg.fields), cfg)
+    labels, _, stats = near_dup.find_clusters(near_dup.pair_text(data.table, cfg.fields), cfg)
     truth = data.near_dup_pairs
     true = truth[truth[:, 2] >= cfg.threshold]
     i, j = true[:, 0].astype(int), true[:, 1].astype(int)
