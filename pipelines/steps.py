@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import xxhash
 
-from storage.schema import SCHEMA_VERSION
+from storage.schema import SCHEMA_VERSION, hash_text
 from storage.workspace import SnapshotInfo, Workspace
 
 log = logging.getLogger("dpo.pipelines")
@@ -178,27 +178,22 @@ def publish_clean(ws: Workspace, parent: SnapshotInfo, dataset: str, out: GateOu
     hit = ws.find_cached(cache_key)
     if hit is not None:
         return hit
-    params = {"gate": resolved_gate(gate), "eval_prompts": len(eval_prompts or []),
+    from data_quality.report import render_report
+
+    # Same params layout as data_quality.clean.clean_snapshot (thresholds at the top level), plus provenance.
+    prompts = list(eval_prompts or [])
+    params = {**resolved_gate(gate),
+              "eval_prompts": {"count": len(prompts), "xxh3": hash_text("\n".join(prompts)) if prompts else None},
               "code_version": code_version(), "flow_parameters": flow_parameters or {}}
     files: dict[str, bytes | str | Path] = {
+        "report.html": render_report(out, parent=parent, dataset=dataset),
         STATS_FILE: json.dumps(out.stats, sort_keys=True, default=str, indent=1)}
-    html = report_html(ws, parent, dataset, out)
-    if html is not None:
-        files["report.html"] = html
     return ws.publish(dataset, out.kept, rejects=out.rejects, parents=[parent.snapshot_id], params=params,
                       kind="clean", flow_run=flow_run, cache_key=cache_key, input_rows=parent.kept,
                       tables=out.tables, files=files, meta={"code_version": code_version()})
 
 
 STATS_FILE = "gate_stats.json"
-
-
-def report_html(ws: Workspace, parent: SnapshotInfo, dataset: str, out: GateOutput) -> str | None:
-    try:
-        from data_quality.report import render_report
-    except ImportError:
-        return None
-    return render_report(out, parent=parent, dataset=dataset)
 
 
 def recorded_gate_stats(info: SnapshotInfo) -> dict[str, Any] | None:
@@ -227,10 +222,9 @@ def clean(ws: Workspace, ref: str, gate: dict[str, Any] | None = None, *, datase
 
 
 def clean_dataset_name(ws: Workspace, ref: str, dataset: str | None) -> str:
-    if dataset:
-        return dataset
-    parent = ws.resolve(ref).dataset
-    return parent[: -len("_raw")] if parent.endswith("_raw") else f"{parent}_clean"
+    from data_quality.clean import clean_dataset_name as default_name
+
+    return dataset or default_name(ws.resolve(ref).dataset)
 
 
 # -- summaries (artifact content; plain data so tests can check it without Prefect) -------------------------

@@ -45,11 +45,11 @@ def test_clean_reuses_snapshot_until_gate_or_parent_change(workspace: Workspace,
     raw = steps.ingest(workspace, [str(hh_small)], "hh_raw")
     c1 = steps.clean(workspace, "hh_raw")
     assert c1.dataset == "hh" and c1.kind == "clean" and c1.parents == [raw.snapshot_id]
-    assert c1.params["gate"]["dedup"]["enabled"] is True  # thresholds recorded, defaults filled in
+    assert c1.params["dedup"]["enabled"] is True  # thresholds recorded, defaults filled in
     # the spelled-out default and the empty config are the same configuration
     assert steps.clean(workspace, "hh_raw", {"dedup": {"enabled": True}}).snapshot_id == c1.snapshot_id
     assert steps.clean(workspace, "hh_raw@1", shards=3).snapshot_id == c1.snapshot_id
     c2 = steps.clean(workspace, "hh_raw", {"near_identical": {"max_similarity": 0.5}})
     assert c2.snapshot_id == "hh@2" and c2.rejected >= c1.rejected
     assert [s.version for s in workspace.list_snapshots("hh")] == [1, 2]
-    assert steps.recorded_gate_stats(c1) is not None
+    assert steps.recorded_gate_stats(c1) is not None and (c1.path / "report.html").exists()

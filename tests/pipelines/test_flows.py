@@ -44,8 +44,7 @@ def test_ingest_then_clean_records_runs_params_and_artifacts(tmp_path: Path, hh_
     arts = _artifacts(clean.flow_run)
     assert {"table", "markdown"} <= set(arts)
     assert "frac_chosen_longer" in str(arts["markdown"].data)
-    if (clean.path / "report.html").exists():
-        assert str(arts["link"].data).startswith("file://")
+    assert str(arts["link"].data) == (clean.path / "report.html").as_uri()
 
     # A second run on the same input is a cache hit: same snapshot, nothing new written, still an artifact.
     again = run_ingest([str(hh_with_broken)], "hh_raw", workspace=ws.root)
