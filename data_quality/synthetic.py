@@ -105,7 +105,7 @@ def make_synthetic(n: int, *, seed: int = 0, rates: dict[str, float] | None = No
         defect[take[d]] = d
     pool = order[at:]  # clean rows that copies may be made from
     # Copies: exact duplicates, near-duplicate groups and swapped (contradicting) rows.
-    n_groups = max(1, counts["near_dup"] // 2) if counts["near_dup"] else 0
+    n_groups = counts["near_dup"]  # an upper bound: groups of 1..group_max-1 copies, trimmed to the count
     group_base = rng.choice(pool, size=min(n_groups, pool.size), replace=False) if n_groups else np.zeros(0, int)
     copies_per = rng.integers(1, group_max, size=group_base.size) if group_base.size else np.zeros(0, int)
     near_src = np.repeat(group_base, copies_per)[: counts["near_dup"]]
