@@ -92,10 +92,16 @@ def _trl_trainer(model_dir: Path, tok, table, out: Path, *, precompute: bool, re
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
+    # TRL's configs default to bf16=True, and accelerate then wraps the *reference* model's forward in a CPU bf16
+    # autocast (prepare_model), which alone moved the first-batch rewards by ~3e-3. The benchmark is fp32, so bf16
+    # is off. Gradient checkpointing (another TRL default) is off too: it re-runs the forward to save memory we
+    # do not need here, and leaving it on would make TRL look slower than it has to be.
     args = DPOConfig(output_dir=str(out), per_device_train_batch_size=BATCH, max_length=MAX_LEN, beta=BETA,
                      learning_rate=LR, lr_scheduler_type="linear", warmup_steps=0, num_train_epochs=1,
                      max_grad_norm=1.0, logging_steps=10_000, save_strategy="no", report_to=[], use_cpu=True,
-                     precompute_ref_log_probs=precompute, dataloader_num_workers=0, seed=0, disable_tqdm=True)
+                     precompute_ref_log_probs=precompute, dataloader_num_workers=0, seed=0, disable_tqdm=True,
+                     bf16=False, gradient_checkpointing=False, loss_type=["sigmoid"], label_smoothing=0.0,
+                     disable_dropout=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32) if ref_dir else None
     return DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=_trl_dataset(tok, table),
