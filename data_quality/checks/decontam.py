@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from .base import CheckResult, Decision, apply
-from .text import text_shingles
+from .text import sorted_unique, text_shingles
 
 RULE = "decontam"
 
@@ -34,7 +34,7 @@ class DecontamConfig:
 
 def eval_ngrams(eval_prompts: Sequence[str], ngram: int) -> np.ndarray:
     h, _ = text_shingles(list(eval_prompts), ngram)
-    return np.unique(h)
+    return sorted_unique(h)
 
 
 def decide(table: pa.Table, cfg: DecontamConfig, eval_prompts: Sequence[str] | None) -> Decision:

@@ -19,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 
 from .base import CheckResult, Decision, apply
-from .text import mix64, text_shingles
+from .text import mix64, sorted_unique, text_shingles
 
 RULE = "near_dup"
 _EMPTY = np.iinfo(np.uint64).max
@@ -108,7 +108,7 @@ def chunk_band_keys(texts: pl.Series, cfg: NearDupConfig) -> tuple[np.ndarray, n
 def shingle_sets40(texts: pl.Series, ngram: int) -> np.ndarray:
     """Sorted unique (row << 40 | 40-bit shingle hash) keys: each row's shingle set, ready to merge."""
     h, r = text_shingles(texts, ngram)
-    return np.unique((r.astype(np.uint64) << np.uint64(40)) | (h >> np.uint64(24)))
+    return sorted_unique((r.astype(np.uint64) << np.uint64(40)) | (h >> np.uint64(24)))
 
 
 def candidates(keys: np.ndarray, valid: np.ndarray, max_bucket: int) -> np.ndarray:
@@ -142,7 +142,7 @@ def candidates(keys: np.ndarray, valid: np.ndarray, max_bucket: int) -> np.ndarr
         return np.zeros((0, 2), np.int64)
     pairs = np.sort(np.concatenate(out), axis=1)
     n = max(int(keys.shape[0]), 1)
-    code = np.unique(pairs[:, 0] * n + pairs[:, 1])
+    code = sorted_unique(pairs[:, 0] * n + pairs[:, 1])
     return np.stack([code // n, code % n], axis=1)
 
 
@@ -151,7 +151,7 @@ def exact_jaccard(pairs: np.ndarray, get_texts: Callable[[np.ndarray], pl.Series
     """Exact Jaccard of the shingle sets (40-bit hashes) of each candidate pair."""
     if pairs.size == 0:
         return np.zeros(0)
-    rows = np.unique(pairs)
+    rows = sorted_unique(pairs.ravel())
     key = shingle_sets40(get_texts(rows), ngram)
     local = (key >> np.uint64(40)).astype(np.int64)
     vals = key & np.uint64((1 << 40) - 1)
@@ -195,15 +195,21 @@ def components(edges: np.ndarray, n: int) -> np.ndarray:
 
 def find_clusters(texts: pl.Series, cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray, dict]:
     """(label per row, verified pairs (m, 2), stats) for a text column, signed in chunks of rows."""
-    n = texts.len()
+    return cluster_rows(texts.len(), lambda lo, hi: texts.slice(lo, hi - lo), texts.gather, cfg)
+
+
+def cluster_rows(n: int, chunk: Callable[[int, int], pl.Series], rows_text: Callable[[np.ndarray], pl.Series],
+                 cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Clusters of `n` texts given by `chunk(lo, hi)`; only candidate rows are fetched again to verify."""
     bands, rows = choose_bands(cfg.threshold, cfg.num_perm, cfg.target_recall)
     keys = np.empty((n, bands), dtype=np.uint64)
     valid = np.ones(n, dtype=bool)
     for lo in range(0, n, cfg.chunk_rows):
-        k, v = chunk_band_keys(texts.slice(lo, cfg.chunk_rows), cfg)
+        k, v = chunk_band_keys(chunk(lo, min(n, lo + cfg.chunk_rows)), cfg)
         keys[lo:lo + len(v)], valid[lo:lo + len(v)] = k, v
     cand = candidates(keys, valid, cfg.max_bucket)
-    jac = exact_jaccard(cand, lambda r: texts.gather(r), cfg.ngram)
+    del keys
+    jac = exact_jaccard(cand, rows_text, cfg.ngram)
     edges = cand[jac >= cfg.threshold]
     labels = components(edges, n)
     stats = {"bands": bands, "rows_per_band": rows, "candidates": int(len(cand)), "verified_pairs": int(len(edges)),
@@ -216,7 +222,9 @@ def decide(table: pa.Table, cfg: NearDupConfig) -> Decision:
     d = Decision.keep_all(n)
     if n == 0:
         return d
-    labels, _, stats = find_clusters(pair_text(table, cfg.fields), cfg)
+    # Pair texts are built a chunk at a time, never for the whole table at once.
+    labels, _, stats = cluster_rows(n, lambda lo, hi: pair_text(table.slice(lo, hi - lo), cfg.fields),
+                                    lambda rows: pair_text(table.take(pa.array(rows)), cfg.fields), cfg)
     dup = labels != np.arange(n)
     d.mark(dup, "near_duplicate")
     ids = np.asarray(table.column("pair_id").to_numpy(zero_copy_only=False), dtype=object)

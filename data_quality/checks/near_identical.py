@@ -51,14 +51,18 @@ def similarity(chosen: list[str], rejected: list[str], scorer: str = "ratio",
 
 def decide(table: pa.Table, cfg: NearIdenticalConfig) -> Decision:
     n = table.num_rows
-    chosen = table.column("chosen").to_pylist()
-    rejected = table.column("rejected").to_pylist()
-    sim = similarity(chosen, rejected, cfg.scorer, cutoff=cfg.max_similarity)
+    sim = np.zeros(n)
+    step = 20_000  # Python strings for one chunk at a time keep the peak memory flat
+    for lo in range(0, n, step):
+        part = table.slice(lo, step)
+        sim[lo:lo + part.num_rows] = similarity(part.column("chosen").to_pylist(), part.column("rejected").to_pylist(),
+                                                cfg.scorer, cutoff=cfg.max_similarity)
     d = Decision.keep_all(n)
     d.mark(sim >= cfg.max_similarity, "near_identical_answers")
     rng = np.random.default_rng(cfg.seed)
     sample = np.sort(rng.choice(n, size=min(n, cfg.sample_for_stats), replace=False)) if n else np.zeros(0, int)
-    sample_sim = similarity([chosen[i] for i in sample], [rejected[i] for i in sample], cfg.scorer)
+    picked = table.take(pa.array(sample, pa.int64()))
+    sample_sim = similarity(picked.column("chosen").to_pylist(), picked.column("rejected").to_pylist(), cfg.scorer)
     d.stats = {
         "near_identical": int(d.drop.sum()),
         "similarity_sample_size": int(sample.size),

@@ -93,7 +93,8 @@ def run(table: pa.Table, cfg: NormaliseConfig) -> CheckResult:
     table = table.set_column(table.schema.get_field_index("prompt"), "prompt",
                              _normalise_prompt(table.column("prompt"), cfg))
     old_ids = table.column("pair_id").to_numpy(zero_copy_only=False) if "pair_id" in table.column_names else None
-    table = with_ids(table)
+    # with_ids builds Python objects per row; slices keep that transient memory bounded.
+    table = pa.concat_tables([with_ids(table.slice(lo, 50_000)) for lo in range(0, table.num_rows, 50_000)])
     if old_ids is not None:
         stats["pair_id_changed"] = int(np.sum(old_ids != table.column("pair_id").to_numpy(zero_copy_only=False)))
     return apply(table, Decision.keep_all(table.num_rows, stats), RULE, cfg)

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 
 from data_quality.checks import decontam, degenerate, length_bias, near_dup, near_identical, normalise
 from data_quality.checks.base import params_json
+from data_quality.checks.text import sorted_unique
 from storage.schema import PAIR_SCHEMA, REJECTS_SCHEMA, conform, rejects_table
 
 
@@ -232,7 +233,7 @@ def _near_dup(con: duckdb.DuckDBPyConnection, stage: Path, cfg: near_dup.NearDup
         con.read_parquet(str(sh_path)).create("sh")
         edges = con.execute(_SQL["verify"], [cfg.threshold]).fetchnumpy()
         e = np.stack([edges["a"], edges["b"]], axis=1).astype(np.int64)
-    nodes = np.unique(e)  # components over the rows that have an edge, not over every row
+    nodes = sorted_unique(e.ravel())  # components over the rows that have an edge, not over every row
     labels = near_dup.components(np.searchsorted(nodes, e), nodes.size)
     rep = nodes[labels]  # the smallest gid of a component: the first row in input order
     dup = rep != nodes
