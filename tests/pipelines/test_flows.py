@@ -23,7 +23,7 @@ def _artifacts(flow_run_id: str) -> dict[str, Any]:
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(
             artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-    return {a.type: a for a in arts}
+    return {a.key: a for a in arts if a.key}
 
 
 def test_ingest_then_clean_records_runs_params_and_artifacts(tmp_path: Path, hh_with_broken: Path) -> None:
@@ -34,7 +34,7 @@ def test_ingest_then_clean_records_runs_params_and_artifacts(tmp_path: Path, hh_
     assert raw.params["inputs"][0]["xxh3"] == steps.file_hash(hh_with_broken)
     assert any("{not json" in (r or "") for r in ws.read_quarantine(raw.snapshot_id).column("raw").to_pylist())
     arts = _artifacts(raw.flow_run)
-    assert "table" in arts and "quarantined" in str(arts["table"].data)
+    assert arts["counts-hh-raw"].type == "table" and "quarantined" in str(arts["counts-hh-raw"].data)
 
     clean = run_clean(raw.snapshot_id, workspace=ws.root)
     assert clean.flow_run and clean.flow_run != raw.flow_run
@@ -42,9 +42,10 @@ def test_ingest_then_clean_records_runs_params_and_artifacts(tmp_path: Path, hh_
     assert clean.kept + clean.rejected == raw.kept
     assert clean.params["flow_parameters"]["ref"] == raw.snapshot_id
     arts = _artifacts(clean.flow_run)
-    assert {"table", "markdown"} <= set(arts)
-    assert "frac_chosen_longer" in str(arts["markdown"].data)
-    assert str(arts["link"].data) == (clean.path / "report.html").as_uri()
+    assert set(arts) == {"counts-hh", "length-bias-hh", "report-hh"}
+    assert "rejected" in str(arts["counts-hh"].data)
+    assert "frac_chosen_longer" in str(arts["length-bias-hh"].data)
+    assert (clean.path / "report.html").as_uri() in str(arts["report-hh"].data)
 
     # A second run on the same input is a cache hit: same snapshot, nothing new written, still an artifact.
     again = run_ingest([str(hh_with_broken)], "hh_raw", workspace=ws.root)
