@@ -38,3 +38,13 @@ def test_sharded_dask_clean_equals_single_process(tmp_path: Path, shared_data: P
     assert (sharded.kept, sharded.rejected) == (single.kept, single.rejected)
     assert _rejects(dask_ws, sharded.snapshot_id) == _rejects(single_ws, single.snapshot_id)
     assert sharded.params["flow_parameters"]["runner"]["kind"] == "dask"
+
+
+@pytest.mark.slow
+def test_dask_worker_processes(tmp_path: Path, shared_data: Path) -> None:
+    """Worker processes (the default for kind = "dask"): tasks and tables travel by pickle."""
+    single_ws, dask_ws = _raw(tmp_path / "single", shared_data), _raw(tmp_path / "dask", shared_data)
+    single = steps.clean(single_ws, "mix_raw")
+    runner = RunnerConfig(kind="dask", n_workers=2, processes=True, shards=3)
+    sharded = run_clean("mix_raw", workspace=dask_ws.root, runner=runner)
+    assert sharded.content_hash == single.content_hash
