@@ -7,19 +7,16 @@ workspace, so a run that dies leaves either a whole snapshot or none; rerunning 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from pipelines import sharding, steps, tasks
 from pipelines.config import CleanParams, IngestParams, RunnerConfig, load_refresh_config
 from storage.workspace import SnapshotInfo, Workspace
-
-log = logging.getLogger("dpo.pipelines")
 
 
 def _run_id() -> str | None:
@@ -39,14 +36,14 @@ def ingest_flow(params: IngestParams) -> SnapshotInfo:
     key = steps.ingest_cache_key(fps, params.dataset, params.format, params.options)
     hit = ws.find_cached(key)
     if hit is not None:
-        log.info("ingest %s: inputs and config unchanged, reusing %s", params.dataset, hit.snapshot_id)
+        get_run_logger().info("ingest %s: inputs and config unchanged, reusing %s", params.dataset, hit.snapshot_id)
         tasks.emit_artifacts(ws, hit, cached=True)
         return hit
     res = tasks.with_retries(tasks.read_sources, params.retry)(params.paths, params.format, params.options)
     record = steps.ingest_params_record(fps, params.format, params.options, params.model_dump(mode="json"))
     info = tasks.with_retries(tasks.publish_raw, params.retry)(
         str(ws.root), params.dataset, res, key, record, _run_id())
-    log.info("ingest %s: %d input rows -> %s (kept %d, rejected %d, quarantined %d)", params.dataset,
+    get_run_logger().info("ingest %s: %d input rows -> %s (kept %d, rejected %d, quarantined %d)", params.dataset,
              info.input_rows, info.snapshot_id, info.kept, info.rejected, info.quarantined)
     tasks.emit_artifacts(ws, info, cached=False)
     return info
@@ -62,7 +59,7 @@ def clean_flow(params: CleanParams) -> SnapshotInfo:
     key = steps.clean_cache_key(ws, parent, dataset, params.gate, eval_prompts)
     hit = ws.find_cached(key)
     if hit is not None:
-        log.info("clean %s: input and gate config unchanged, reusing %s", parent.snapshot_id, hit.snapshot_id)
+        get_run_logger().info("clean %s: input and gate config unchanged, reusing %s", parent.snapshot_id, hit.snapshot_id)
         tasks.emit_artifacts(ws, hit, cached=True)
         return hit
     pairs = tasks.with_retries(tasks.load_pairs, params.retry)(str(ws.root), parent.snapshot_id)
@@ -73,7 +70,7 @@ def clean_flow(params: CleanParams) -> SnapshotInfo:
     info = tasks.with_retries(tasks.publish_clean, params.retry)(
         str(ws.root), parent.snapshot_id, dataset, out, params.gate, key, _run_id(),
         params.model_dump(mode="json"), eval_prompts)
-    log.info("clean %s -> %s: kept %d, rejected %d", parent.snapshot_id, info.snapshot_id, info.kept,
+    get_run_logger().info("clean %s -> %s: kept %d, rejected %d", parent.snapshot_id, info.snapshot_id, info.kept,
              info.rejected)
     tasks.emit_artifacts(ws, info, cached=False, stats=out.stats)
     return info
