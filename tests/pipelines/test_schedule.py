@@ -109,17 +109,9 @@ def test_serve_registers_cron_deployment_and_runs_get_scheduled(tmp_path: Path) 
         assert (tmp_path / "ws" / "catalog.duckdb").exists()
         assert runner.poll() is None, "serve exited early"
 
-        import sqlalchemy
-        if sqlalchemy.__version__.startswith("2.0."):
-            runs = _poll(scheduled, "a scheduled flow run", deadline)
-            assert runs[0]["state"]["type"] == "SCHEDULED"
-        else:
-            # Prefect 3.8.8's scheduler service bulk-inserts FlowRun rows whose hybrid `state` attribute has
-            # no bulk_dml setter; SQLAlchemy 2.1 refuses that, so the server logs an error every loop and
-            # creates no scheduled runs. Pinning sqlalchemy<2.1 fixes it (see the pipelines report).
-            time.sleep(3)
-            if not scheduled():
-                pytest.xfail(f"Prefect 3.8.8 scheduler is broken with SQLAlchemy {sqlalchemy.__version__}")
+        # pyproject pins sqlalchemy<2.1: with 2.1 Prefect 3.8.8's scheduler creates no runs at all.
+        runs = _poll(scheduled, "a scheduled flow run", deadline)
+        assert runs[0]["state"]["type"] == "SCHEDULED"
     finally:
         if runner is not None:
             _stop(runner)
