@@ -143,22 +143,27 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from dpo_train.config import TrainConfig
-    from dpo_train.trainer import train
-
     cfg_dict: dict[str, Any] = _load_toml(args.config).get("train", {}) if args.config else {}
     cfg_dict.update({k: v for k, v in {"snapshot": args.snapshot, "model": args.model, "loss": args.loss,
                                        "max_steps": args.max_steps, "mode": args.mode,
                                        "output_dir": args.output_dir}.items() if v is not None})
-    result = train(TrainConfig.from_dict(cfg_dict), _ws(args))
-    out.print(f"run {getattr(result, 'run_id', result)} finished")
+    from pipelines.demo import train_with_progress
+
+    _quiet_transformers()
+    result = train_with_progress(cfg_dict, _ws(args), f"{cfg_dict.get('mode', 'dpo')} on {cfg_dict.get('snapshot')}")
+    out.print(f"run {result.run_id}: {result.steps} steps, trained on {result.snapshot_id}")
+    out.print(f"checkpoint: {result.checkpoint}")
+    if result.report:
+        out.print(f"report: {result.report}")
     return 0
 
 
 def cmd_iterate(args: argparse.Namespace) -> int:
     from pipelines.rounds import run_iterate
 
-    run_iterate(args.config, rounds=args.rounds, workspace=args.workspace)
+    _quiet_transformers()
+    history = run_iterate(args.config, rounds=args.rounds, workspace=args.workspace)
+    out.print(f"{len(history) - 1} round(s) complete; lineage: dpo rounds")
     return 0
 
 
@@ -171,8 +176,17 @@ def cmd_rounds(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
+    _quiet_transformers()
     run_demo(workspace=args.workspace, quick=args.quick)
     return 0
+
+
+def _quiet_transformers() -> None:
+    """Weight-loading progress bars of every model load would bury the command's own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------
@@ -249,7 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     import duckdb
 
+    from pipelines.logging import configure_logging
+
     args = build_parser().parse_args(argv)
+    configure_logging()
     try:
         return args.fn(args)
     except duckdb.Error as exc:

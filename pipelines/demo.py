@@ -51,7 +51,7 @@ def shared_data_dir() -> Path:
     return path
 
 
-def _train_with_progress(cfg_dict: dict[str, Any], ws: Workspace, label: str) -> Any:
+def train_with_progress(cfg_dict: dict[str, Any], ws: Workspace, label: str) -> Any:
     from dpo_train.config import TrainConfig
     from dpo_train.trainer import train
 
@@ -70,9 +70,7 @@ def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = F
     from dpo_train.tiny import make_tiny_model
     from pipelines import steps
     from pipelines.iterate_config import parse_iterate_config
-    from pipelines.logging import configure_logging
 
-    configure_logging()
     s = DemoSettings.quick() if quick else DemoSettings()
     t0 = time.perf_counter()
     ws = Workspace(workspace)
@@ -95,11 +93,11 @@ def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = F
     lc_clean = stage("clean concise + verbose", lambda: steps.clean(ws, lc.snapshot_id, {}))
     tiny = stage("build a tiny model + tokenizer locally", lambda: make_tiny_model(ws.path("models", "tiny")))
 
-    sft = _train_with_progress({"mode": "sft", "snapshot": hh_clean.snapshot_id, "model": str(tiny),
+    sft = train_with_progress({"mode": "sft", "snapshot": hh_clean.snapshot_id, "model": str(tiny),
                                 "max_steps": s.sft_steps, "lr": 1e-3, "per_device_batch_size": 8,
                                 "max_length": 256, "max_prompt_length": 128, "run_id": "demo-sft", "save_steps": 0}, ws,
                                "SFT on chosen answers (makes the reference)")
-    dpo = _train_with_progress({"mode": "dpo", "snapshot": hh_clean.snapshot_id, "model": str(sft.checkpoint),
+    dpo = train_with_progress({"mode": "dpo", "snapshot": hh_clean.snapshot_id, "model": str(sft.checkpoint),
                                 "max_steps": s.dpo_steps, "lr": 1e-4, "beta": 0.1, "per_device_batch_size": 8,
                                 "max_length": 256, "max_prompt_length": 128, "run_id": "demo-dpo", "save_steps": 0}, ws,
                                "DPO on the clean HH snapshot")
@@ -126,6 +124,19 @@ def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = F
     return summary
 
 
+_WHERE_TO_LOOK = """[bold green]demo finished[/] in {seconds:.0f}s. Where to look:
+  snapshots and lineage   dpo {w}snapshots ; dpo {w}show {hh_clean}
+  dropped rows, by reason dpo {w}sql "select rule, reason, count(*) from rejects group by all order by 3 desc"
+  training metrics        dpo {w}sql "select step, name, value from metrics where name = 'loss' order by run_id, step"
+  iterative rounds        dpo {w}rounds
+  quality reports         {root}/snapshots/<dataset>/v<N>/report.html (e.g. the length-bias one:
+                          {lc_report})
+  run reports             {root}/runs/<run_id>/report.html ; rounds: {root}/rounds/demo/report.html
+  any DuckDB client       duckdb {root}/catalog.duckdb  (views: snapshots, rejects, quarantine, runs, metrics, rounds)
+  Prefect UI              prefect server start   (then re-run; flow runs appear at http://127.0.0.1:4200)
+"""
+
+
 def _where_to_look(ws: Workspace, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
@@ -133,22 +144,13 @@ def _where_to_look(ws: Workspace, summary: dict[str, Any], history: list[dict[st
     for col in ("round", "judge score mean", "KL to reference", "mean answer tokens", "win rate vs previous"):
         t.add_column(col)
     for rec in history:
-        t.add_row(str(rec.get("round")), _fmt(rec, "score", "current", "mean"), _fmt(rec, "kl", "kl_mean"),
+        t.add_row(str(rec.get("round")), _fmt(rec, "score", "current", "mean"), _fmt(rec, "kl", "kl"),
                   _fmt(rec, "length", "current", "mean_tokens"), _fmt(rec, "win_rate", "win_rate"))
     console.print(t)
     w = f"-w {ws.root} " if Path.cwd() / "dpo-workspace" != ws.root else ""
-    console.print(f"""
-[bold green]demo finished[/] in {summary['seconds']:.0f}s. Where to look:
-  snapshots and lineage   dpo {w}snapshots ; dpo {w}show {summary['hh_clean']}
-  dropped rows, by reason dpo {w}sql "select rule, reason, count(*) from rejects group by all order by 3 desc"
-  training metrics        dpo {w}sql "select step, name, value from metrics where name = 'loss' order by run_id, step"
-  iterative rounds        dpo {w}rounds
-  quality reports         {ws.root}/snapshots/<dataset>/v<N>/report.html (e.g. the length-bias one:
-                          {ws.resolve(summary['length_bias']).path / 'report.html'})
-  run reports             {ws.root}/runs/<run_id>/report.html ; rounds: {ws.root}/rounds/demo/report.html
-  any DuckDB client       duckdb {ws.root}/catalog.duckdb  (views: snapshots, rejects, quarantine, runs, metrics, rounds)
-  Prefect UI              prefect server start   (then re-run; flow runs appear at http://127.0.0.1:4200)
-""")
+    console.print(_WHERE_TO_LOOK.format(seconds=summary["seconds"], w=w, hh_clean=summary["hh_clean"], root=ws.root,
+                                        lc_report=ws.resolve(summary["length_bias"]).path / "report.html"),
+                  soft_wrap=True)
 
 
 def _fmt(rec: dict[str, Any], *path: str) -> str:
