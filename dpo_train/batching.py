@@ -18,6 +18,8 @@ import pyarrow as pa
 import torch
 from torch import Tensor
 
+from dpo_train.logps import target_logps
+
 log = logging.getLogger(__name__)
 
 IGNORE = -100
@@ -206,16 +208,13 @@ def collate(data: TokenizedPairs, indices: np.ndarray, pad_id: int, *, pairs: bo
         attention[row, : len(s)] = 1
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels,
             "weights": torch.as_tensor(data.weights[indices], dtype=torch.float32),
-            "min_prompt": torch.tensor(min(prompt_lens))}
+            "min_prompt": torch.tensor(min(prompt_lens)), "tokens": torch.tensor(sum(len(s) for s in seqs))}
 
 
 def sequence_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Summed log-prob of the labelled tokens per row and their count; logits[:, t] predicts labels[:, t]."""
-    mask = labels != IGNORE
-    targets = labels.masked_fill(~mask, 0)
-    logits = logits.float()
-    token_logps = torch.gather(logits, -1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
-    return (token_logps * mask).sum(-1), mask.sum(-1)
+    token_logps = target_logps(logits, labels.unsqueeze(-1), IGNORE).squeeze(-1)
+    return token_logps.sum(-1), (labels != IGNORE).sum(-1)
 
 
 def concatenated_forward(model: torch.nn.Module, batch: dict[str, Tensor], *, pairs: bool = True,

@@ -48,6 +48,9 @@ class TrainConfig:
     seed: int = 0
     shuffle: bool = True
     group_by_length: bool = True
+    # DPO: chosen and rejected in one row behind a single copy of the prompt (4D mask, see dpo_train/prefix.py);
+    # same log-probs, fewer tokens. Needs eager/sdpa attention; turn off for flash-attention kernels.
+    share_prompt: bool = True
 
     # reference log-probs
     precompute_reference: bool = True  # compute once, publish as a kind="reference" snapshot, reuse after

@@ -19,6 +19,7 @@ import torch
 
 from dpo_train.batching import TokenizedPairs, collate, concatenated_forward
 from dpo_train.config import TrainConfig
+from dpo_train.prefix import collate_shared, shared_forward, shared_lengths
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +83,21 @@ def check_meta(found: dict[str, Any], expected: dict[str, Any], snapshot_id: str
             f"snapshot to recompute them, or use the reference model and settings they were made with.")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def compute_reference_logps(model: torch.nn.Module, data: TokenizedPairs, *, batch_size: int, pad_id: int,
-                            device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+                            device: torch.device, share_prompt: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Summed answer log-probs of every pair under `model`, batched longest first to pad little."""
     was_training = model.training
     model.eval()
     chosen = np.zeros(len(data), dtype=np.float64)
     rejected = np.zeros(len(data), dtype=np.float64)
-    order = np.argsort(-data.lengths(), kind="stable")
+    order = np.argsort(-(shared_lengths(data) if share_prompt else data.lengths()), kind="stable")
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
-        out = concatenated_forward(model, batch)
+        if share_prompt:
+            out = shared_forward(model, {k: v.to(device) for k, v in collate_shared(data, idx, pad_id).items()})
+        else:
+            out = concatenated_forward(model, {k: v.to(device) for k, v in collate(data, idx, pad_id).items()})
         chosen[idx] = out["chosen_logps"].double().cpu().numpy()
         rejected[idx] = out["rejected_logps"].double().cpu().numpy()
     model.train(was_training)

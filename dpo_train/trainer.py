@@ -29,6 +29,7 @@ from dpo_train.batching import collate, concatenated_forward, epoch_order, split
 from dpo_train.config import TrainConfig
 from dpo_train.losses import Batch, LossParams, compute_loss, get_loss
 from dpo_train.metrics import DPO_SUMS, SFT_SUMS, MetricBuffer, StepSums, dpo_metrics, sft_metrics
+from dpo_train.prefix import check_supported, collate_shared, shared_forward, shared_lengths
 from dpo_train.reference import compute_reference_logps, ensure_reference, reference_meta
 from dpo_train.report import write_report
 
@@ -120,6 +121,16 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
 
     # -- reference log-probs: cached in a snapshot, computed by rank 0 when missing -------------------------
     dpo = cfg.mode == "dpo"
+    # One row [prompt, chosen, rejected] per pair (prompt encoded once, see prefix.py) or two rows per pair.
+    shared = dpo and cfg.share_prompt
+
+    def make_batch(idx: np.ndarray) -> dict[str, torch.Tensor]:
+        b = collate_shared(data, idx, pad_id) if shared else collate(data, idx, pad_id, pairs=dpo)
+        return {k: v.to(dist.device) for k, v in b.items()}
+
+    def forward(m: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return shared_forward(m, batch) if shared else concatenated_forward(m, batch, pairs=dpo)
+
     spec = get_loss(cfg.loss)
     needs_ref = dpo and spec.needs_reference
     ref_chosen = ref_rejected = None
@@ -132,7 +143,7 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
         def compute() -> tuple[np.ndarray, np.ndarray]:
             ref = _load_model(ref_path, cfg, dist.device)
             out = compute_reference_logps(ref, data, batch_size=cfg.reference_batch_size, pad_id=pad_id,
-                                          device=dist.device)
+                                          device=dist.device, share_prompt=cfg.share_prompt)
             del ref
             return out
 
@@ -148,6 +159,8 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
     model = _load_model(base_path, cfg, dist.device)
     if cfg.lora:
         model = _add_lora(model, cfg, resume_from)
+    if shared:
+        check_supported(model)
     ref_model = None
     if needs_ref and not cfg.precompute_reference and not cfg.lora:
         ref_model = _load_model(cfg.ref_model or cfg.model, cfg, dist.device).eval().requires_grad_(False)
@@ -160,7 +173,7 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
     global_batch = cfg.per_device_batch_size * cfg.grad_accum * dist.world
     order_kw = dict(global_batch=global_batch, seed=cfg.seed, shuffle=cfg.shuffle,
                     group_by_length=cfg.group_by_length, drop_last=dist.world > 1)
-    lengths = data.lengths()
+    lengths = shared_lengths(data) if shared else data.lengths()
     per_epoch = len(epoch_order(lengths, epoch=0, **order_kw))
     total = per_epoch * cfg.epochs if cfg.max_steps <= 0 else min(cfg.max_steps, per_epoch * cfg.epochs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, total))
@@ -192,9 +205,9 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
         with torch.no_grad():
             if cfg.lora:  # the reference is the base model: the same weights with the adapters switched off
                 with D.unwrap(model).disable_adapter():
-                    out = concatenated_forward(D.unwrap(model), batch)
+                    out = forward(D.unwrap(model), batch)
             else:
-                out = concatenated_forward(ref_model, batch)
+                out = forward(ref_model, batch)
         return out["chosen_logps"], out["rejected_logps"]
 
     def save(at: int) -> Path | None:
@@ -219,11 +232,11 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
             sums = StepSums(DPO_SUMS if dpo else SFT_SUMS)
             t0 = time.perf_counter()
             for m, idx in enumerate(micro):
-                batch = {k: v.to(dist.device) for k, v in collate(data, idx, pad_id, pairs=dpo).items()}
+                batch = make_batch(idx)
                 sync = m == len(micro) - 1 or not hasattr(model, "no_sync")
                 ctx = model.no_sync() if not sync else nullcontext()
                 with ctx:
-                    out = concatenated_forward(model, batch, pairs=dpo)
+                    out = forward(model, batch)
                     w = batch["weights"]
                     if dpo:
                         rc, rr = reference_logps(batch, idx) if needs_ref else (None, None)
@@ -239,7 +252,7 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
                     _guard(loss, step, "loss", data, idx, table)
                     (loss * dist.world).backward()
                 sums.add(loss=loss, pairs=len(idx), logp_chosen=out["chosen_logps"], len_chosen=out["chosen_lengths"],
-                         tokens=batch["attention_mask"].sum())
+                         tokens=batch["tokens"])
                 if dpo:
                     sums.add(reward_chosen=cr, reward_rejected=rj, reward_acc=(cr > rj).float(),
                              logp_rejected=out["rejected_logps"], len_rejected=out["rejected_lengths"],
