@@ -1,7 +1,7 @@
 """From pair rows to model inputs: templating, tokenisation, truncation, batching and the joint forward.
 
 Prompt and answer are tokenised separately and concatenated (answer + EOS), which is exactly what a sampler
-produces at generation time; the prompt rule matches `dpo_train.templates` (chat template with
+produces at generation time; the prompt rule is `dpo_train.templates` (chat template with
 add_generation_prompt and no extra special tokens; a plain "User: ...\\n\\nAssistant:" template otherwise).
 Every truncation, drop and template anomaly is counted in `TokenizeStats` and logged, never silent.
 """
@@ -19,12 +19,12 @@ import torch
 from torch import Tensor
 
 from dpo_train.logps import target_logps
+from dpo_train.templates import has_chat_template, render_prompt
 
 log = logging.getLogger(__name__)
 
 IGNORE = -100
 TRUNCATION_MODES = ("keep_end", "keep_start")
-_PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
 @dataclass
@@ -63,14 +63,11 @@ class TokenizedPairs:
 
 
 def render_prompts(tokenizer: Any, prompts: Sequence[Sequence[dict]]) -> tuple[list[str], bool]:
-    """Prompt strings and whether the tokenizer should add its own special tokens (plain template only)."""
-    if getattr(tokenizer, "chat_template", None):
-        texts = [tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"]} for m in msgs],
-                                               add_generation_prompt=True, tokenize=False) for msgs in prompts]
-        return texts, False
-    texts = ["".join(f"{_PLAIN_ROLES.get(m['role'], m['role'])}: {m['content']}\n\n" for m in msgs) + "Assistant:"
-             for msgs in prompts]
-    return texts, True
+    """Prompt strings and whether the tokenizer should add its own special tokens (plain template only).
+
+    The rendering rule lives in `dpo_train.templates`, shared with generation, judges and evaluation, so a
+    prompt is tokenised the same way everywhere."""
+    return [render_prompt(tokenizer, msgs) for msgs in prompts], not has_chat_template(tokenizer)
 
 
 def _encode(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
