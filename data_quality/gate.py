@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 
 from data_quality.checks import (
@@ -29,7 +30,7 @@ from data_quality.checks import (
     near_identical,
     normalise,
 )
-from data_quality.checks.base import CheckResult
+from data_quality.checks.base import CheckResult, apply
 from data_quality.checks.tables import stats_tables
 from storage.schema import REJECTS_SCHEMA, conform
 
@@ -106,6 +107,23 @@ Step = tuple[str, Callable[[pa.Table], CheckResult]]
 
 def steps(cfg: GateConfig, eval_prompts: Sequence[str] | None = None) -> list[Step]:
     """The pipeline, in order; disabled checks are left out."""
+    # Decontam tokenises every text; handing its near-dup band keys on saves near_dup a second pass.
+    # near_dup only uses them when its input is exactly decontam's output (same pair ids, same order).
+    shared: dict[str, Any] = {}
+
+    def run_decontam(t: pa.Table) -> CheckResult:
+        d = decontam.decide(t, cfg.decontam, eval_prompts, cfg.near_dup if cfg.near_dup.enabled else None)
+        if "near_dup_keys" in d.extra:
+            keep = ~d.drop
+            keys, valid = d.extra.pop("near_dup_keys")
+            shared["near_dup"] = (pl.Series(t.column("pair_id")).filter(keep), keys[keep], valid[keep])
+        return apply(t, d, decontam.RULE, cfg.decontam)
+
+    def run_near_dup(t: pa.Table) -> CheckResult:
+        pre = shared.pop("near_dup", None)
+        reuse = pre is not None and pre[0].equals(pl.Series(t.column("pair_id")))
+        return near_dup.run(t, cfg.near_dup, pre[1:] if reuse and pre is not None else None)
+
     pipeline: list[tuple[str, bool, Callable[[pa.Table], CheckResult]]] = [
         ("normalise", cfg.normalise.enabled, lambda t: normalise.run(t, cfg.normalise)),
         ("degenerate", cfg.degenerate.enabled, lambda t: degenerate.run(t, cfg.degenerate)),
@@ -113,9 +131,8 @@ def steps(cfg: GateConfig, eval_prompts: Sequence[str] | None = None) -> list[St
         ("dedup", cfg.dedup.enabled, lambda t: dedup.run(t, cfg.dedup)),
         ("near_identical", cfg.near_identical.enabled, lambda t: near_identical.run(t, cfg.near_identical)),
         ("margins", cfg.margins.enabled, lambda t: margins.run(t, cfg.margins)),
-        ("decontam", cfg.decontam.enabled and bool(eval_prompts),
-         lambda t: decontam.run(t, cfg.decontam, eval_prompts)),
-        ("near_dup", cfg.near_dup.enabled, lambda t: near_dup.run(t, cfg.near_dup)),
+        ("decontam", cfg.decontam.enabled and bool(eval_prompts), run_decontam),
+        ("near_dup", cfg.near_dup.enabled, run_near_dup),
         ("length_bias", cfg.length_bias.enabled, lambda t: length_bias.run(t, cfg.length_bias)),
     ]
     return [(name, fn) for name, on, fn in pipeline if on]
@@ -127,7 +144,11 @@ def run_gate(pairs: pa.Table, cfg: GateConfig | None = None, eval_prompts: Seque
     n_in = table.num_rows
     rejects: list[pa.Table] = []
     per_check: dict[str, Any] = {}
+    pool = pa.default_memory_pool()
     for name, fn in steps(cfg, eval_prompts):
+        # Arrow's allocator keeps freed pages; Polars allocates separately, so without this the two
+        # caches add up and the peak is set by memory neither is using.
+        pool.release_unused()
         t0, c0 = time.perf_counter(), time.process_time()
         res = fn(table)
         table = res.kept

@@ -29,6 +29,7 @@ class Decision:
     reason: np.ndarray  # object (str | None), meaningful where drop
     duplicate_of: np.ndarray | None = None  # object (pair_id | None)
     stats: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # by-products a later check may reuse (not recorded)
 
     @classmethod
     def keep_all(cls, n: int, stats: dict[str, Any] | None = None) -> Decision:

@@ -1,7 +1,9 @@
 """Decontamination: drop pairs whose prompt or answers share word n-grams with user-supplied eval prompts.
 
-N-grams are the same hashed word shingles as near-dup (lower-cased `\\w+` tokens). An eval prompt shorter
+N-grams are hashed word shingles over the same lower-cased `\\w+` tokens as near-dup. An eval prompt shorter
 than n tokens contributes its whole token sequence, which then only matches a text of the same short form.
+Given the near-dup config, the same tokenising pass also yields the near-dup band keys of every row, so the
+gate reads the text once for both checks.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from . import near_dup
 from .base import CheckResult, Decision, apply
-from .text import sorted_unique, text_shingles
+from .text import concat_tokens, shingles, sorted_unique, text_shingles, tokens
 
 RULE = "decontam"
+_MASK = np.uint64((1 << 22) - 1)
 
 
 @dataclass(frozen=True)
@@ -37,47 +41,51 @@ def eval_ngrams(eval_prompts: Sequence[str], ngram: int) -> np.ndarray:
     return sorted_unique(h)
 
 
-def decide(table: pa.Table, cfg: DecontamConfig, eval_prompts: Sequence[str] | None) -> Decision:
+def _contaminated(tok: np.ndarray, counts: np.ndarray, ref: np.ndarray, bitmap: np.ndarray,
+                  cfg: DecontamConfig) -> np.ndarray:
+    h, row = shingles(tok, counts, cfg.ngram)
+    hit = np.zeros(h.size, dtype=bool)
+    # A bitmap on the low hash bits rules out almost every shingle with one cache-friendly lookup;
+    # only the few that pass are confirmed by binary search.
+    maybe = np.flatnonzero(bitmap[(h & _MASK).astype(np.int64)])
+    pos = np.minimum(np.searchsorted(ref, h[maybe]), ref.size - 1)
+    hit[maybe] = ref[pos] == h[maybe]
+    if cfg.min_matches <= 1:
+        return np.bincount(row[hit], minlength=counts.size) > 0
+    distinct = sorted_unique((row[hit].astype(np.uint64) << np.uint64(40)) | (h[hit] >> np.uint64(24)))
+    return np.bincount((distinct >> np.uint64(40)).astype(np.int64), minlength=counts.size) >= cfg.min_matches
+
+
+def decide(table: pa.Table, cfg: DecontamConfig, eval_prompts: Sequence[str] | None,
+           near_dup_cfg: near_dup.NearDupConfig | None = None) -> Decision:
     n = table.num_rows
     d = Decision.keep_all(n)
     if not eval_prompts or n == 0:
         d.stats = {"eval_prompts": len(eval_prompts or ()), "eval_ngrams": 0}
         return d
     ref = eval_ngrams(eval_prompts, cfg.ngram)
-    per_field = {}
+    bitmap = np.zeros(1 << 22, dtype=bool)
+    bitmap[(ref & _MASK).astype(np.int64)] = True
+    bad = {f: np.zeros(n, dtype=bool) for f in cfg.fields}
+    fields = list(dict.fromkeys(cfg.fields + (near_dup_cfg.fields if near_dup_cfg else ())))
+    keys = valid = None
+    for lo in range(0, n, cfg.chunk_rows):  # chunks bound the exploded-token memory
+        part = table.slice(lo, cfg.chunk_rows)
+        toks = {f: tokens(part.column(f)) for f in fields}
+        for f in cfg.fields:
+            bad[f][lo:lo + part.num_rows] = _contaminated(*toks[f], ref, bitmap, cfg)
+        if near_dup_cfg is not None:
+            k, v = near_dup.keys_from_tokens(*concat_tokens([toks[f] for f in near_dup_cfg.fields]), near_dup_cfg)
+            if keys is None:
+                keys, valid = np.empty((n, k.shape[1]), np.uint64), np.empty(n, bool)
+            keys[lo:lo + part.num_rows], valid[lo:lo + part.num_rows] = k, v
     for f in cfg.fields:
-        bad = np.zeros(n, dtype=bool)
-        for lo in range(0, n, cfg.chunk_rows):  # chunks bound the exploded-token memory
-            bad[lo:lo + cfg.chunk_rows] = _contaminated(table.column(f).slice(lo, cfg.chunk_rows), ref, cfg)
-        per_field[f] = int(bad.sum())
-        d.mark(bad, "contaminated_prompt" if f == "prompt_text" else f"contaminated_{f}")
-    d.stats = {"eval_prompts": len(eval_prompts), "eval_ngrams": int(ref.size), "contaminated_by_field": per_field}
+        d.mark(bad[f], "contaminated_prompt" if f == "prompt_text" else f"contaminated_{f}")
+    if keys is not None:
+        d.extra["near_dup_keys"] = (keys, valid)
+    d.stats = {"eval_prompts": len(eval_prompts), "eval_ngrams": int(ref.size),
+               "contaminated_by_field": {f: int(b.sum()) for f, b in bad.items()}}
     return d
-
-
-_MASK = np.uint64((1 << 22) - 1)
-
-
-def _bitmap(ref: np.ndarray) -> np.ndarray:
-    bits = np.zeros(1 << 22, dtype=bool)
-    bits[(ref & _MASK).astype(np.int64)] = True
-    return bits
-
-
-def _contaminated(texts: pa.ChunkedArray, ref: np.ndarray, cfg: DecontamConfig) -> np.ndarray:
-    n = len(texts)
-    h, row = text_shingles(texts, cfg.ngram)
-    hit = np.zeros(h.size, dtype=bool)
-    if ref.size:
-        # A bitmap on the low hash bits rules out almost every shingle with one cache-friendly lookup;
-        # only the few that pass are confirmed by binary search.
-        maybe = np.flatnonzero(_bitmap(ref)[(h & _MASK).astype(np.int64)])
-        pos = np.minimum(np.searchsorted(ref, h[maybe]), ref.size - 1)
-        hit[maybe] = ref[pos] == h[maybe]
-    # Distinct matching n-grams per row: unique (row, hash) pairs among the hits.
-    pairs = np.unique(np.stack([row[hit], h[hit].view(np.int64)], axis=1), axis=0) if hit.any() \
-        else np.zeros((0, 2), np.int64)
-    return np.bincount(pairs[:, 0], minlength=n) >= cfg.min_matches
 
 
 def run(table: pa.Table, cfg: DecontamConfig, eval_prompts: Sequence[str] | None = None) -> CheckResult:

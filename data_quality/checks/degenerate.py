@@ -52,7 +52,7 @@ def decide(table: pa.Table, cfg: DegenerateConfig) -> Decision:
         # Folding is costly, so only answers whose length is close to the prompt's are compared.
         p_chars = _np(pc.utf8_length(table.column("prompt_text")))
         for s, a in sides.items():
-            near = np.flatnonzero(np.abs(chars[s] - p_chars) <= 0.2 * p_chars + 8)
+            near = np.flatnonzero(np.abs(chars[s] - p_chars) <= 0.05 * p_chars + 2)
             if near.size:
                 idx = pa.array(near)
                 same = (_folded(pc.take(a, idx)) == _folded(pc.take(table.column("prompt_text"), idx))).to_numpy()

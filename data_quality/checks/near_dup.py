@@ -19,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 
 from .base import CheckResult, Decision, apply
-from .text import mix64, sorted_unique, text_shingles
+from .text import mix64, shingles, sorted_unique, text_shingles, tokens
 
 RULE = "near_dup"
 _EMPTY = np.iinfo(np.uint64).max
@@ -62,9 +62,13 @@ def pair_text(table: pa.Table, fields: tuple[str, ...]) -> pl.Series:
 
 def signatures(texts: pl.Series, cfg: NearDupConfig) -> np.ndarray:
     """(rows, num_perm) uint64 OPH signatures; rows without shingles are all _EMPTY."""
+    return signatures_from_tokens(*tokens(texts), cfg)
+
+
+def signatures_from_tokens(tok: np.ndarray, counts: np.ndarray, cfg: NearDupConfig) -> np.ndarray:
     k = cfg.num_perm
-    n = texts.len()
-    h, row = text_shingles(texts, cfg.ngram)
+    n = counts.size
+    h, row = shingles(tok, counts, cfg.ngram)
     with np.errstate(over="ignore"):
         h = mix64(h ^ np.uint64(cfg.seed * 0x9E3779B97F4A7C15 % 2**64))
     bins = (((h >> np.uint64(32)) * np.uint64(k)) >> np.uint64(32)).astype(np.int64)
@@ -100,8 +104,13 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
 
 def chunk_band_keys(texts: pl.Series, cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray]:
     """(band keys (n, bands), has-shingles mask) for a batch of texts."""
+    return keys_from_tokens(*tokens(texts), cfg)
+
+
+def keys_from_tokens(tok: np.ndarray, counts: np.ndarray, cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Band keys from already-tokenised pair texts (lets another check share one tokenising pass)."""
     bands, rows = choose_bands(cfg.threshold, cfg.num_perm, cfg.target_recall)
-    sig = signatures(texts, cfg)
+    sig = signatures_from_tokens(tok, counts, cfg)
     return band_keys(sig, bands, rows), sig[:, 0] != _EMPTY
 
 
@@ -199,14 +208,21 @@ def find_clusters(texts: pl.Series, cfg: NearDupConfig) -> tuple[np.ndarray, np.
 
 
 def cluster_rows(n: int, chunk: Callable[[int, int], pl.Series], rows_text: Callable[[np.ndarray], pl.Series],
-                 cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Clusters of `n` texts given by `chunk(lo, hi)`; only candidate rows are fetched again to verify."""
+                 cfg: NearDupConfig, precomputed: tuple[np.ndarray, np.ndarray] | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Clusters of `n` texts given by `chunk(lo, hi)`; only candidate rows are fetched again to verify.
+
+    `precomputed` = (band keys, valid) for exactly these rows, when an earlier pass already tokenised them.
+    """
     bands, rows = choose_bands(cfg.threshold, cfg.num_perm, cfg.target_recall)
-    keys = np.empty((n, bands), dtype=np.uint64)
-    valid = np.ones(n, dtype=bool)
-    for lo in range(0, n, cfg.chunk_rows):
-        k, v = chunk_band_keys(chunk(lo, min(n, lo + cfg.chunk_rows)), cfg)
-        keys[lo:lo + len(v)], valid[lo:lo + len(v)] = k, v
+    if precomputed is not None:
+        keys, valid = precomputed
+    else:
+        keys = np.empty((n, bands), dtype=np.uint64)
+        valid = np.ones(n, dtype=bool)
+        for lo in range(0, n, cfg.chunk_rows):
+            k, v = chunk_band_keys(chunk(lo, min(n, lo + cfg.chunk_rows)), cfg)
+            keys[lo:lo + len(v)], valid[lo:lo + len(v)] = k, v
     cand = candidates(keys, valid, cfg.max_bucket)
     del keys
     jac = exact_jaccard(cand, rows_text, cfg.ngram)
@@ -217,14 +233,15 @@ def cluster_rows(n: int, chunk: Callable[[int, int], pl.Series], rows_text: Call
     return labels, edges, stats
 
 
-def decide(table: pa.Table, cfg: NearDupConfig) -> Decision:
+def decide(table: pa.Table, cfg: NearDupConfig,
+           precomputed: tuple[np.ndarray, np.ndarray] | None = None) -> Decision:
     n = table.num_rows
     d = Decision.keep_all(n)
     if n == 0:
         return d
     # Pair texts are built a chunk at a time, never for the whole table at once.
     labels, _, stats = cluster_rows(n, lambda lo, hi: pair_text(table.slice(lo, hi - lo), cfg.fields),
-                                    lambda rows: pair_text(table.take(pa.array(rows)), cfg.fields), cfg)
+                                    lambda rows: pair_text(table.take(pa.array(rows)), cfg.fields), cfg, precomputed)
     dup = labels != np.arange(n)
     d.mark(dup, "near_duplicate")
     ids = np.asarray(table.column("pair_id").to_numpy(zero_copy_only=False), dtype=object)
@@ -241,5 +258,5 @@ def decide(table: pa.Table, cfg: NearDupConfig) -> Decision:
     return d
 
 
-def run(table: pa.Table, cfg: NearDupConfig) -> CheckResult:
-    return apply(table, decide(table, cfg), RULE, cfg)
+def run(table: pa.Table, cfg: NearDupConfig, precomputed: tuple[np.ndarray, np.ndarray] | None = None) -> CheckResult:
+    return apply(table, decide(table, cfg, precomputed), RULE, cfg)

@@ -18,6 +18,7 @@ from storage.schema import MESSAGE_TYPE, with_ids
 from .base import CheckResult, Decision, apply
 
 RULE = "normalise"
+_IDS = ["prompt_text", "prompt_id", "pair_id"]
 # A leading speaker label on an answer is an artefact of splitting dialogues (HH-RLHF style).
 _LEADING_ROLE = r"^\s*(?:Assistant|AI|Bot|Answer)\s*:\s*"
 # An answer that runs on into the next human turn: everything from the marker on is not the answer.
@@ -47,7 +48,8 @@ def normalise_text(arr: pa.Array | pa.ChunkedArray, cfg: NormaliseConfig) -> pa.
     if not cfg.collapse_whitespace:
         return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     # Patterns only match where there is something to change, so clean text costs one scan per rule.
-    s = (pl.Series(arr)
+    # One chunk out: Arrow's take() concatenates a chunked column first, on every later check.
+    s = (pl.Series(arr).rechunk()
          .str.replace_many(["\r\n", "\r", "\u200b", "\ufeff", "\u200c", "\u200d"], ["\n", "\n", "", "", "", ""])
          .str.replace_all(_ODD_SPACE, " ")
          .str.replace_all(r" \n ?|\n ", "\n")
@@ -69,7 +71,7 @@ def _strip_roles(arr: pa.Array) -> tuple[pa.Array, int]:
 
 def _normalise_prompt(col: pa.ChunkedArray, cfg: NormaliseConfig) -> pa.ChunkedArray:
     chunks = []
-    for chunk in col.chunks:
+    for chunk in [col.combine_chunks()]:
         values = chunk.flatten()  # respects slicing, so offsets must be rebased to 0
         offsets = pc.subtract(chunk.offsets, chunk.offsets[0])
         content = normalise_text(values.field("content"), cfg)
@@ -93,8 +95,16 @@ def run(table: pa.Table, cfg: NormaliseConfig) -> CheckResult:
     table = table.set_column(table.schema.get_field_index("prompt"), "prompt",
                              _normalise_prompt(table.column("prompt"), cfg))
     old_ids = table.column("pair_id").to_numpy(zero_copy_only=False) if "pair_id" in table.column_names else None
-    # with_ids builds Python objects per row; slices keep that transient memory bounded.
-    table = pa.concat_tables([with_ids(table.slice(lo, 50_000)) for lo in range(0, table.num_rows, 50_000)])
+    # with_ids builds Python objects per row; slices keep that transient memory bounded, and the id columns
+    # are joined back into single chunks.
+    parts = [with_ids(table.slice(lo, 50_000)).select(_IDS) for lo in range(0, table.num_rows, 50_000)]
+    for name in _IDS:
+        arr = pa.concat_arrays([c for p in parts for c in p.column(name).chunks])
+        if name in table.column_names:
+            table = table.set_column(table.schema.get_field_index(name), name, arr)
+        else:
+            table = table.append_column(name, arr)
+    table = table.combine_chunks()  # only the small columns are still chunked; the text is already one chunk
     if old_ids is not None:
         stats["pair_id_changed"] = int(np.sum(old_ids != table.column("pair_id").to_numpy(zero_copy_only=False)))
     return apply(table, Decision.keep_all(table.num_rows, stats), RULE, cfg)

@@ -79,6 +79,17 @@ def shingles(tok: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray, n
     return np.concatenate(out_h), np.concatenate(out_r)
 
 
+def concat_tokens(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row concatenation of token streams (in field order): the tokens of the fields joined as one text."""
+    counts = np.sum([c for _, c in parts], axis=0).astype(np.int64)
+    out = np.empty(int(counts.sum()), dtype=np.uint64)
+    offset = np.cumsum(counts) - counts
+    for tok, c in parts:
+        out[np.repeat(offset - (np.cumsum(c) - c), c) + np.arange(tok.size)] = tok
+        offset = offset + c
+    return out, counts
+
+
 def text_shingles(texts: pa.Array | pa.ChunkedArray | pl.Series | list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
     tok, counts = tokens(texts)
     return shingles(tok, counts, k)

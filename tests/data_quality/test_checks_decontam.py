@@ -23,3 +23,12 @@ def test_decontam_prompt_and_answer_overlap() -> None:
     only_prompt = decontam.run(t, decontam.DecontamConfig(fields=("prompt_text",)), EVAL)
     assert only_prompt.rejects.column("source_row").to_pylist() == [0]
     assert decontam.run(t, decontam.DecontamConfig(), None).kept.num_rows == 3
+
+
+def test_decontam_min_matches_counts_distinct_ngrams() -> None:
+    t = build_pair_table({"prompt": [[{"role": "user", "content": "hello"}]] * 2,
+                          "chosen": ["Sure: poem about the autumn leaves falling in the quiet park at dusk", "fine"],
+                          "rejected": ["x", "y"], "source": ["t"] * 2, "source_row": [0, 1]})
+    # The answer shares 12 consecutive words ("poem ... dusk") with the eval prompt: 5 distinct 8-grams.
+    assert decontam.run(t, decontam.DecontamConfig(min_matches=5), EVAL).rejects.num_rows == 1
+    assert decontam.run(t, decontam.DecontamConfig(min_matches=6), EVAL).rejects.num_rows == 0
