@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from rapidfuzz import fuzz, process
+from rapidfuzz import fuzz, process, utils
 
 from .base import CheckResult, Decision, apply, histogram
 
@@ -29,6 +29,7 @@ class NearIdenticalConfig:
     enabled: bool = True
     max_similarity: float = 0.95  # drop when similarity >= this (0..1)
     scorer: str = "ratio"
+    fold_case_punct: bool = True  # compare lower-cased text without punctuation ("Thanks!" == "thanks.")
     sample_for_stats: int = 5_000
     seed: int = 0
 
@@ -40,11 +41,12 @@ class NearIdenticalConfig:
 
 
 def similarity(chosen: list[str], rejected: list[str], scorer: str = "ratio",
-               cutoff: float | None = None) -> np.ndarray:
+               cutoff: float | None = None, fold: bool = True) -> np.ndarray:
     """Pairwise similarity in [0, 1]; with a cutoff, values below it come back as 0."""
     if not chosen:
         return np.zeros(0)
     scores = process.cpdist(chosen, rejected, scorer=SCORERS[scorer], workers=1,
+                            processor=utils.default_process if fold else None,
                             score_cutoff=None if cutoff is None else cutoff * 100.0, dtype=np.float32)
     return np.asarray(scores, dtype=np.float64) / 100.0
 
@@ -56,13 +58,14 @@ def decide(table: pa.Table, cfg: NearIdenticalConfig) -> Decision:
     for lo in range(0, n, step):
         part = table.slice(lo, step)
         sim[lo:lo + part.num_rows] = similarity(part.column("chosen").to_pylist(), part.column("rejected").to_pylist(),
-                                                cfg.scorer, cutoff=cfg.max_similarity)
+                                                cfg.scorer, cutoff=cfg.max_similarity, fold=cfg.fold_case_punct)
     d = Decision.keep_all(n)
     d.mark(sim >= cfg.max_similarity, "near_identical_answers")
     rng = np.random.default_rng(cfg.seed)
     sample = np.sort(rng.choice(n, size=min(n, cfg.sample_for_stats), replace=False)) if n else np.zeros(0, int)
     picked = table.take(pa.array(sample, pa.int64()))
-    sample_sim = similarity(picked.column("chosen").to_pylist(), picked.column("rejected").to_pylist(), cfg.scorer)
+    sample_sim = similarity(picked.column("chosen").to_pylist(), picked.column("rejected").to_pylist(), cfg.scorer,
+                            fold=cfg.fold_case_punct)
     d.stats = {
         "near_identical": int(d.drop.sum()),
         "similarity_sample_size": int(sample.size),
