@@ -4,6 +4,11 @@
 
 Same tiny Llama (4 layers, hidden 256, 4 heads, vocab 8k), same pairs (prompts ~32 tokens, answers 64-96),
 batch 8, max length 192, fp32, one epoch, AdamW at the same lr, dropout off. TRL is a benchmark-only import.
+
+"Plain forward+backward" is the floor for the unshared layout: `model(labels=...).loss.backward()` over the
+same tokens (each pair as two rows, prompt+chosen and prompt+rejected), the same batches, optimizer and
+clipping. This trainer may beat it: it encodes each prompt once (dpo_train/prefix.py) and runs the LM head
+on answer positions only, which the plain causal-LM loss does not.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpo_train.batching import collate, concatenated_forward, epoch_order, tokenize_pairs
+from dpo_train.batching import collate, epoch_order, tokenize_pairs
 from dpo_train.losses import Batch, LossParams, compute_loss
+from dpo_train.prefix import collate_shared, shared_forward
 from dpo_train.tiny import default_corpus, make_tiny_model
 from dpo_train.trainer import TrainConfig, train
 from storage.schema import build_pair_table
@@ -74,7 +80,8 @@ def run_ours(model_dir: Path, table, root: Path) -> dict:
     again = train(cfg.replace(run_id="ours-again"), ws, on_step=clock2.tick)
     e2e_cached = time.perf_counter() - t1
     assert not again.reference_computed
-    return {"e2e": e2e, "train_pps": clock.pairs_per_s(), "e2e_cached": e2e_cached, "steps": res.steps}
+    return {"e2e": e2e, "train_pps": clock.pairs_per_s(), "e2e_cached": e2e_cached, "steps": res.steps,
+            "train_pps_cached": clock2.pairs_per_s()}
 
 
 def _trl_dataset(tok, table):
@@ -157,9 +164,9 @@ def first_batch_check(model_dir: Path, ref_dir: Path, tok, table, out: Path) -> 
     policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ref = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32).eval()
     data = tokenize_pairs(sub, tok, max_length=MAX_LEN, max_prompt_length=96)
-    b = collate(data, np.arange(BATCH), tok.pad_token_id)
+    b = collate_shared(data, np.arange(BATCH), tok.pad_token_id)  # the layout the trainer trains with
     with torch.no_grad():
-        p, r = concatenated_forward(policy, b), concatenated_forward(ref, b)
+        p, r = shared_forward(policy, b), shared_forward(ref, b)
         losses, cr, rr = compute_loss("sigmoid", Batch(p["chosen_logps"], p["rejected_logps"], r["chosen_logps"],
                                                        r["rejected_logps"]), LossParams(beta=BETA))
     return {"ours": (float(losses.mean()), float(cr.mean()), float(rr.mean())), "trl": (trl_loss, trl_c, trl_r)}
@@ -178,6 +185,9 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    import datasets
+
+    datasets.disable_progress_bars()
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     kw = dict(vocab_size=8192, n_layers=4, hidden=256, heads=4, max_positions=512)
     model_dir = make_tiny_model(work / "policy", seed=0, **kw)
@@ -194,7 +204,8 @@ def main() -> None:
     trl_pre = run_trl(model_dir, tok, table, work / "trl-pre", precompute=True)
     plain = run_plain(model_dir, tok, table)
 
-    print(f"\n{args.pairs} pairs (prompt {pl:.0f} tok, answers {al:.0f} tok), batch {BATCH}, max_length {MAX_LEN}, "
+    print(f"\n{args.pairs} pairs (prompt {pl:.0f} tok, answers {al:.0f} tok; {2 * pl + 2 * al:.0f} tok/pair as two "
+          f"rows, {pl + 2 * al:.0f} with the prompt shared), batch {BATCH}, max_length {MAX_LEN}, "
           f"fp32, {args.threads} thread(s), torch {torch.__version__}")
     diffs = [abs(a - b) for a, b in zip(check["ours"], check["trl"], strict=True)]
     print("\nfirst batch (sigmoid DPO, reference != policy)   loss        reward_c    reward_r")
@@ -206,7 +217,7 @@ def main() -> None:
     print("\n| run | end-to-end s | train pairs/s |")
     print("| --- | ---: | ---: |")
     print(f"| this trainer (reference pass + train) | {ours['e2e']:.1f} | {ours['train_pps']:.2f} |")
-    print(f"| this trainer, 2nd run (cached reference) | {ours['e2e_cached']:.1f} | |")
+    print(f"| this trainer, 2nd run (cached reference) | {ours['e2e_cached']:.1f} | {ours['train_pps_cached']:.2f} |")
     print(f"| TRL DPOTrainer default | {trl_default['e2e']:.1f} | {trl_default['train_pps']:.2f} |")
     print(f"| TRL DPOTrainer precompute_ref_log_probs | {trl_pre['e2e']:.1f} | {trl_pre['train_pps']:.2f} |")
     print(f"| plain forward+backward (same tokens) | | {plain['train_pps']:.2f} |")
