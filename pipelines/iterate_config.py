@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from pipelines.config import ConfigError
 
+BUILTIN = "builtin:"
 # Keys the round flow sets itself; a user setting them would silently be overridden, so they are refused.
 _FLOW_OWNED_TRAIN_KEYS = {"snapshot", "model", "ref_model", "output_dir", "run_id"}
 
@@ -25,6 +26,9 @@ class _Strict(BaseModel):
 
 class PromptsConfig(_Strict):
     snapshot: str  # pairs snapshot whose distinct prompts are the pool ("alpaca" or "alpaca@2")
+    # Files to ingest + clean into `snapshot` when the workspace does not have it yet (cached like `dpo refresh`).
+    sources: list[str] = Field(default_factory=list)
+    format: str | None = None
     per_round: int = Field(16, ge=1)  # prompts sampled per round (fresh ones each round while the pool lasts)
     eval_prompts: int = Field(8, ge=1)  # held-out prompts, fixed across rounds, for evaluation
     max_prompt_chars: int = Field(1500, ge=1)  # longer prompts are skipped (and counted) before sampling
@@ -41,7 +45,9 @@ class IterateConfig(_Strict):
     experiment: str = Field("iterate", pattern=r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
     workspace: str | None = None
     rounds: int = Field(2, ge=1)
-    policy: str  # HF-format directory of the initial policy (also the reference when reference = "initial")
+    # HF-format directory of the initial policy (also the reference when reference = "initial"), or
+    # "builtin:tiny" for the tiny local model (built into <workspace>/models/tiny, no download).
+    policy: str
     reference: Literal["initial", "previous"] = "initial"
     prompts: PromptsConfig
     generation: dict[str, Any] = Field(default_factory=lambda: {"n": 4, "max_new_tokens": 48, "temperature": 1.0})
@@ -68,6 +74,8 @@ class IterateConfig(_Strict):
         from dpo_train.generation import GenerationConfig
         from dpo_train.pairing import PairingConfig
 
+        if self.policy.startswith(BUILTIN) and self.policy != BUILTIN + "tiny":
+            raise ValueError(f"unknown built-in policy {self.policy!r}; the only one is 'builtin:tiny'")
         GenerationConfig.from_dict({**self.generation, "model": self.policy})
         PairingConfig.from_dict(self.pairs)
         GateConfig.from_dict(self.gate)
@@ -80,8 +88,13 @@ def parse_iterate_config(raw: dict[str, Any], *, where: str = "<config>", base: 
     raw = dict(raw.get("iterate", raw))
     if base is not None:  # relative paths in a config file are relative to the file
         for key in ("policy", "workspace"):
-            if isinstance(raw.get(key), str) and raw[key] and not Path(raw[key]).is_absolute():
-                raw[key] = str((base / raw[key]).resolve())
+            value = raw.get(key)
+            if isinstance(value, str) and value and not value.startswith(BUILTIN) and not Path(value).is_absolute():
+                raw[key] = str((base / value).resolve())
+        prompts = raw.get("prompts")
+        if isinstance(prompts, dict) and isinstance(prompts.get("sources"), list):
+            raw["prompts"] = {**prompts, "sources": [s if Path(s).is_absolute() else str((base / s).resolve())
+                                                     for s in prompts["sources"]]}
     try:
         cfg = IterateConfig.model_validate(raw)
         cfg.check_parts()

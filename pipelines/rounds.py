@@ -24,7 +24,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.iterate_config import IterateConfig, load_iterate_config
+from pipelines.iterate_config import BUILTIN, IterateConfig, load_iterate_config
 from storage.workspace import Workspace
 
 log = logging.getLogger("dpo.rounds")
@@ -84,6 +84,23 @@ class Rounds:
 
 
 # -- the steps (plain functions over artefacts) ------------------------------------------------------------
+def ensure_inputs(ws: Workspace, cfg: IterateConfig) -> IterateConfig:
+    """Make the prompt snapshot (from `prompts.sources`) and the built-in tiny policy when they are missing."""
+    from storage.workspace import parse_ref
+
+    name, _ = parse_ref(cfg.prompts.snapshot)
+    if cfg.prompts.sources and not ws.list_snapshots(name):
+        from pipelines import steps
+
+        raw = steps.ingest(ws, cfg.prompts.sources, f"{name}_raw", format=cfg.prompts.format)
+        steps.clean(ws, raw.snapshot_id, cfg.gate, dataset=name)
+    if cfg.policy == BUILTIN + "tiny":
+        from dpo_train.tiny import make_tiny_model
+
+        cfg = cfg.model_copy(update={"policy": str(make_tiny_model(ws.path("models", "tiny")))})
+    return cfg
+
+
 def prompt_pool(ws: Workspace, cfg: IterateConfig) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
     """Distinct prompts of the pool snapshot, shuffled once by seed; the first `eval_prompts` are held out."""
     src = ws.resolve(cfg.prompts.snapshot)
@@ -233,6 +250,7 @@ def iterate(cfg: IterateConfig, ws: Workspace | None = None, *, rounds: int | No
     from dpo_train.evaluation import write_report
 
     ws = ws or Workspace(cfg.workspace)
+    cfg = ensure_inputs(ws, cfg)
     runner = Rounds(ws, cfg) if execute is None else Rounds(ws, cfg, execute)
     eval_prompts, pool, pool_stats = prompt_pool(ws, cfg)
     judge = make_round_judge(ws, cfg, runner)
