@@ -74,19 +74,23 @@ def signatures_from_tokens(tok: np.ndarray, counts: np.ndarray, cfg: NearDupConf
     bins = (((h >> np.uint64(32)) * np.uint64(k)) >> np.uint64(32)).astype(np.int64)
     sig = np.full(n * k, _EMPTY, dtype=np.uint64)
     np.minimum.at(sig, row * k + bins, h & np.uint64(0xFFFFFFFF))
-    sig = sig.reshape(n, k)
-    empty = sig == _EMPTY
-    if empty.any():
-        # Rotation densification: an empty bin takes the next non-empty bin to its right (circularly),
-        # offset by the distance so borrowed values never equal native ones.
-        both = np.concatenate([sig, sig], axis=1)
-        pos = np.where(np.concatenate([~empty, ~empty], axis=1), np.arange(2 * k), 2 * k)
-        nxt = np.minimum.accumulate(pos[:, ::-1], axis=1)[:, ::-1][:, :k]
-        has = nxt < 2 * k
-        dist = np.where(has, nxt - np.arange(k), 0).astype(np.uint64)
-        borrowed = np.take_along_axis(both, np.minimum(nxt, 2 * k - 1), axis=1) + (dist << np.uint64(32))
-        sig = np.where(empty & has, borrowed, sig)
-    return sig
+    # Rotation densification: an empty bin takes the next non-empty bin to its right (circularly), offset
+    # by the distance so borrowed values never equal native ones. Only empty slots are visited, one step
+    # of distance per round; runs of empty bins are short, so there are few rounds.
+    pending = np.flatnonzero(sig == _EMPTY)
+    if pending.size:
+        native = sig.copy()
+        row_base = pending - pending % k
+        col = pending % k
+        for dist in range(1, k):
+            src = native[row_base + (col + dist) % k]
+            found = src != _EMPTY
+            sig[pending[found]] = src[found] + (np.uint64(dist) << np.uint64(32))
+            keep = ~found
+            pending, row_base, col = pending[keep], row_base[keep], col[keep]
+            if not pending.size:
+                break
+    return sig.reshape(n, k)
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:

@@ -15,7 +15,6 @@ Rows whose decision was made in step 1 or 2 never hold their text in memory beyo
 from __future__ import annotations
 
 import dataclasses
-import json
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,8 @@ from data_quality.checks.text import sorted_unique
 from storage.schema import PAIR_SCHEMA, REJECTS_SCHEMA, conform, rejects_table
 
 
-def _keys(t: pa.Table, gid0: int, ni: np.ndarray, dc: np.ndarray, cfg: Any) -> tuple[pa.Table, pa.Table]:
+def _keys(t: pa.Table, gid0: int, ni: np.ndarray, dc: np.ndarray, cfg: Any,
+          nd_keys: tuple[np.ndarray, np.ndarray] | None) -> tuple[pa.Table, pa.Table]:
     n = t.num_rows
     margin, prob = (np.asarray(a) for a in _margins(t))
     lc, lr = length_bias.lengths(t, cfg.length_bias.unit)
@@ -45,7 +45,9 @@ def _keys(t: pa.Table, gid0: int, ni: np.ndarray, dc: np.ndarray, cfg: Any) -> t
         "w": t.column("weight"), "ni": pa.array(ni, pa.string()), "dc": pa.array(dc, pa.string()),
     }
     nd_cfg = cfg.near_dup
-    if nd_cfg.enabled and n:
+    if nd_keys is not None:
+        keys, ok = nd_keys
+    elif nd_cfg.enabled and n:
         keys, ok = near_dup.chunk_band_keys(near_dup.pair_text(t, nd_cfg.fields), nd_cfg)
     else:
         keys, ok = np.zeros((n, 0), np.uint64), np.zeros(n, bool)
@@ -63,6 +65,7 @@ def _margins(t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _deferred(t: pa.Table, cfg: Any, eval_prompts: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Row-local decisions applied later in gate order; decontam's tokenising pass also yields near-dup keys."""
     n = t.num_rows
     ni = np.full(n, None, object)
     dc = np.full(n, None, object)
@@ -72,8 +75,9 @@ def _deferred(t: pa.Table, cfg: Any, eval_prompts: Sequence[str] | None) -> tupl
         ni[d.drop] = d.reason[d.drop]
         st["similarity_hist"] = d.stats["similarity_hist"]
     if cfg.decontam.enabled and eval_prompts and n:
-        d = decontam.decide(t, cfg.decontam, eval_prompts)
+        d = decontam.decide(t, cfg.decontam, eval_prompts, cfg.near_dup if cfg.near_dup.enabled else None)
         dc[d.drop] = d.reason[d.drop]
+        st["near_dup_keys"] = d.extra.get("near_dup_keys")
     return ni, dc, st
 
 
@@ -117,7 +121,7 @@ def run_gate_streaming(in_path: str | Path, out_path: str | Path, cfg: Any = Non
                         dropped.setdefault(name, {})[r] = dropped.get(name, {}).get(r, 0) + c
             ni, dc, st = _deferred(t, cfg, eval_prompts)
             sim_hist = _add_hist(sim_hist, st.get("similarity_hist"))
-            k, bk = _keys(t, gid, ni, dc, cfg)
+            k, bk = _keys(t, gid, ni, dc, cfg, st.get("near_dup_keys"))
             stage_w = stage_w or pq.ParquetWriter(stage, PAIR_SCHEMA)
             keys_w = keys_w or pq.ParquetWriter(keys_path, k.schema)
             bands_w = bands_w or pq.ParquetWriter(bands_path, bk.schema)
@@ -299,7 +303,3 @@ def _write(stage: Path, out_path: str | Path, rej_w: pq.ParquetWriter, con: duck
             base = hi
     out_w.close()
     return kept_total
-
-
-def stats_json(stats: dict[str, Any]) -> str:
-    return json.dumps(stats, sort_keys=True, default=str)
