@@ -58,6 +58,11 @@ def _keys(t: pa.Table, gid0: int, ni: np.ndarray, dc: np.ndarray, cfg: Any,
     return pa.table(cols), bands
 
 
+def _batches(path: str | Path, batch_size: int, columns: list[str] | None = None) -> Any:
+    # pre_buffer would keep every row group's I/O buffers alive while iterating: memory grows with the file.
+    return pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=batch_size, columns=columns)
+
+
 def _margins(t: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     from data_quality.checks.margins import margin_arrays
 
@@ -106,9 +111,10 @@ def run_gate_streaming(in_path: str | Path, out_path: str | Path, cfg: Any = Non
         n_in = gid = 0
         dropped: dict[str, dict[str, int]] = {}
         sim_hist = None
-        for batch in pq.ParquetFile(in_path).iter_batches(batch_size=batch_rows):
+        for batch in _batches(in_path, batch_size=batch_rows):
             t = conform(pa.Table.from_batches([batch]))
             n_in += t.num_rows
+            pa.default_memory_pool().release_unused()
             for name, on, fn in (("normalise", cfg.normalise.enabled, lambda x: normalise.run(x, cfg.normalise)),
                                  ("degenerate", cfg.degenerate.enabled,
                                   lambda x: degenerate.run(x, cfg.degenerate))):
@@ -224,7 +230,7 @@ def _near_dup(con: duckdb.DuckDBPyConnection, stage: Path, cfg: near_dup.NearDup
         sh_path = stage.with_name("shingles.parquet")
         writer = pq.ParquetWriter(sh_path, pa.schema([("gid", pa.int64()), ("h", pa.uint64())]))
         base = 0
-        for batch in pq.ParquetFile(stage).iter_batches(batch_size=50_000, columns=list(cfg.fields)):
+        for batch in _batches(stage, batch_size=50_000, columns=list(cfg.fields)):
             lo, hi = np.searchsorted(rows, [base, base + batch.num_rows])
             if hi > lo:
                 local = rows[lo:hi] - base
@@ -282,7 +288,7 @@ def _write(stage: Path, out_path: str | Path, rej_w: pq.ParquetWriter, con: duck
     out_w = pq.ParquetWriter(out_path, PAIR_SCHEMA)
     kept_total = base = 0
     if n:
-        for batch in pq.ParquetFile(stage).iter_batches(batch_size=batch_rows):
+        for batch in _batches(stage, batch_size=batch_rows):
             t = pa.Table.from_batches([batch])
             hi = base + t.num_rows
             d = con.sql("SELECT gid, rule, reason, dup_of FROM drops WHERE gid >= $1 AND gid < $2 ORDER BY gid",
