@@ -151,6 +151,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _quiet_transformers()
     result = train_with_progress(cfg_dict, _ws(args), f"{cfg_dict.get('mode', 'dpo')} on {cfg_dict.get('snapshot')}")
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return 0
     out.print(f"run {result.run_id}: {result.steps} steps, trained on {result.snapshot_id}")
     out.print(f"checkpoint: {result.checkpoint}")
     if result.report:

@@ -56,8 +56,10 @@ def train_with_progress(cfg_dict: dict[str, Any], ws: Workspace, label: str) -> 
     from dpo_train.trainer import train
 
     cfg = TrainConfig.from_dict(cfg_dict)
-    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
+    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+               TimeElapsedColumn())
+    # Under torchrun every rank runs this; only rank 0 draws the bar.
+    with Progress(*columns, console=console, disable=os.environ.get("RANK", "0") != "0") as progress:
         task = progress.add_task(label, total=cfg.max_steps if cfg.max_steps > 0 else None, loss="-")
 
         def on_step(step: int, metrics: dict[str, float]) -> None:
