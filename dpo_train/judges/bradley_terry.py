@@ -147,7 +147,7 @@ def train_bradley_terry(pairs: pa.Table, *, dim: int = 4096, bigrams: bool = Tru
     rows = np.repeat(np.arange(2 * n), counts)
     sign = np.where(rows < n, 1.0, -1.0).astype(np.float32)
     diff = torch.sparse_coo_tensor(np.stack([rows % n, cols]), torch.from_numpy(vals * sign),
-                                   (n, feat.size)).coalesce()
+                                   (n, feat.size), check_invariants=False).coalesce()
     gen = torch.Generator().manual_seed(seed)
     w = (torch.randn(feat.size, 1, generator=gen) * 1e-3).requires_grad_(True)
     train_t = torch.from_numpy(~is_val)
