@@ -236,8 +236,9 @@ def _eval_generations(ws: Workspace, cfg: IterateConfig, runner: Rounds, round: 
     from dpo_train.generation import generate
     from dpo_train.judges import score
 
-    # The same seed every round: differences between rounds come from the policy, not the sampler.
-    gcfg = generation_cfg(cfg, model, seed_offset=0, n=cfg.eval.samples)
+    # The same seed every round: differences between rounds come from the policy, not the sampler. Pure
+    # sampling (T=1, top-p 1): the KL estimate E_pi[log pi - log pi_ref] is only unbiased for samples of pi.
+    gcfg = generation_cfg(cfg, model, seed_offset=0, n=cfg.eval.samples, temperature=1.0, top_p=1.0)
     gens = score(generate(eval_prompts, gcfg), judge)
     _write_parquet(gens, ws.path("rounds", cfg.experiment, f"round-{round:03d}", "eval_generations.parquet"))
     return gens
