@@ -68,7 +68,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def cmd_refresh(args: argparse.Namespace) -> int:
     from pipelines.flows import run_refresh
 
-    infos = run_refresh(args.config, workspace=args.workspace)
+    with console.status(f"refreshing the sources of {args.config} (flow run logs below)"):
+        infos = run_refresh(args.config, workspace=args.workspace)
     _print_table([_counts(i) for i in infos], title="refresh")
     return 0
 
