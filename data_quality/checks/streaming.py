@@ -98,7 +98,7 @@ def _add_hist(acc: dict | None, h: dict | None) -> dict | None:
 def run_gate_streaming(in_path: str | Path, out_path: str | Path, cfg: Any = None, *,
                        eval_prompts: Sequence[str] | None = None, rejects_path: str | Path | None = None,
                        batch_rows: int = 50_000, tmp_dir: str | Path | None = None,
-                       memory_limit: str = "400MB", threads: int | None = None) -> dict[str, Any]:
+                       memory_limit: str = "300MB", threads: int | None = None) -> dict[str, Any]:
     """Gate `in_path` (Parquet, PAIR_SCHEMA) into `out_path` (+ `rejects_path`); returns the stats dict."""
     from data_quality.gate import GateConfig
 
@@ -138,8 +138,10 @@ def run_gate_streaming(in_path: str | Path, out_path: str | Path, cfg: Any = Non
         for w in (stage_w, keys_w, bands_w):
             if w is not None:
                 w.close()
-        con = duckdb.connect(config={"memory_limit": memory_limit, "temp_directory": str(tmpd / "duck"),
-                                     **({"threads": threads} if threads else {})})
+        # A database file, not :memory:, so DuckDB can evict its tables and keep to memory_limit.
+        con = duckdb.connect(str(tmpd / "gate.duckdb"),
+                             config={"memory_limit": memory_limit, "temp_directory": str(tmpd / "duck"),
+                                     "preserve_insertion_order": False, **({"threads": threads} if threads else {})})
         stats = _decide(con, keys_path, bands_path, stage, cfg) if gid else {}
         weights, lb_stats = _length_bias(con, gid, cfg) if gid else (np.zeros(0), {})
         n_kept = _write(stage, out_path, rej_w, con, weights, cfg, batch_rows, gid)
@@ -218,6 +220,10 @@ def _decide(con: duckdb.DuckDBPyConnection, keys_path: Path, bands_path: Path, s
         stats["near_dup"] = _near_dup(con, stage, cfg.near_dup)
     for rule, reason, c in con.execute("SELECT rule, reason, count(*) FROM drops GROUP BY ALL").fetchall():
         stats.setdefault(rule, {}).setdefault("dropped", {})[reason] = int(c)
+    # The rest only reads `drops` and a few key columns: give the buffer pool back to the process.
+    for name in ("sh", "cand", "bandkeys"):
+        con.execute(f"DROP TABLE IF EXISTS {name}")  # noqa: S608 - fixed names
+    con.execute("SET memory_limit = '128MB'")
     return stats
 
 
@@ -289,6 +295,7 @@ def _write(stage: Path, out_path: str | Path, rej_w: pq.ParquetWriter, con: duck
     kept_total = base = 0
     if n:
         for batch in _batches(stage, batch_size=batch_rows):
+            pa.default_memory_pool().release_unused()
             t = pa.Table.from_batches([batch])
             hi = base + t.num_rows
             d = con.sql("SELECT gid, rule, reason, dup_of FROM drops WHERE gid >= $1 AND gid < $2 ORDER BY gid",
