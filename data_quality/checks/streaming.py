@@ -180,19 +180,13 @@ _SQL = {
                    "(PARTITION BY prompt_id ORDER BY CASE WHEN isfinite(margin) THEN margin WHEN isfinite(prob) "
                    "THEN prob - 0.5 ELSE 0 END DESC, gid) r FROM alive) WHERE r > $1",
     "decontam": "INSERT INTO drops SELECT gid, 'decontam', dc, NULL FROM alive WHERE dc IS NOT NULL",
-    # LSH buckets per band; buckets larger than max_bucket are linked as a star to their first row.
-    "candidates": """CREATE TABLE cand AS WITH bk AS (SELECT b.* FROM bandkeys b JOIN alive USING (gid)),
-        g AS (SELECT band, key, count(*) n, min(gid) f FROM bk GROUP BY ALL HAVING count(*) > 1)
-        SELECT DISTINCT a, b FROM (
-          SELECT x.gid a, y.gid b FROM bk x JOIN bk y ON x.band = y.band AND x.key = y.key AND x.gid < y.gid
-            JOIN g ON g.band = x.band AND g.key = x.key WHERE g.n <= $1
-          UNION ALL SELECT g.f, x.gid FROM bk x JOIN g ON g.band = x.band AND g.key = x.key
-            WHERE g.n > $1 AND x.gid <> g.f)""",
+    "band": "SELECT b.gid, b.key FROM bandkeys b JOIN alive USING (gid) WHERE b.band = $1",
     # Exact Jaccard of candidate pairs from their shingle sets (only candidate rows have any).
-    "verify": """WITH sz AS (SELECT gid, count(*) n FROM sh GROUP BY gid),
-        i AS (SELECT c.a, c.b, count(*) inter FROM cand c JOIN sh s1 ON s1.gid = c.a
+    "verify": """WITH sz AS (SELECT gid, count(*) n FROM sh WHERE gid IN (SELECT a FROM cp UNION SELECT b FROM cp)
+                  GROUP BY gid),
+        i AS (SELECT c.a, c.b, count(*) inter FROM cp c JOIN sh s1 ON s1.gid = c.a
               JOIN sh s2 ON s2.gid = c.b AND s2.h = s1.h GROUP BY ALL)
-        SELECT c.a, c.b FROM cand c JOIN sz sa ON sa.gid = c.a JOIN sz sb ON sb.gid = c.b LEFT JOIN i USING (a, b)
+        SELECT c.a, c.b FROM cp c JOIN sz sa ON sa.gid = c.a JOIN sz sb ON sb.gid = c.b LEFT JOIN i USING (a, b)
         WHERE coalesce(i.inter, 0) >= $1 * (sa.n + sb.n - coalesce(i.inter, 0))""",
 }
 
@@ -221,16 +215,27 @@ def _decide(con: duckdb.DuckDBPyConnection, keys_path: Path, bands_path: Path, s
     for rule, reason, c in con.execute("SELECT rule, reason, count(*) FROM drops GROUP BY ALL").fetchall():
         stats.setdefault(rule, {}).setdefault("dropped", {})[reason] = int(c)
     # The rest only reads `drops` and a few key columns: give the buffer pool back to the process.
-    for name in ("sh", "cand", "bandkeys"):
+    for name in ("sh", "bandkeys"):
         con.execute(f"DROP TABLE IF EXISTS {name}")  # noqa: S608 - fixed names
     con.execute("SET memory_limit = '128MB'")
     return stats
 
 
 def _near_dup(con: duckdb.DuckDBPyConnection, stage: Path, cfg: near_dup.NearDupConfig) -> dict:
-    con.execute(_SQL["candidates"], [cfg.max_bucket])
-    rows = np.sort(con.execute("SELECT a FROM cand UNION SELECT b FROM cand").fetchnumpy()["a"].astype(np.int64))
-    n_cand = con.execute("SELECT count(*) FROM cand").fetchall()[0][0]
+    # LSH buckets one band at a time (memory ~ rows of one band), with the in-memory check's bucketing.
+    bands, _ = near_dup.choose_bands(cfg.threshold, cfg.num_perm, cfg.target_recall)
+    codes = []
+    for b in range(bands):
+        got = con.execute(_SQL["band"], [b]).fetchnumpy()
+        gids = got["gid"].astype(np.int64)
+        pairs = near_dup.candidates(got["key"].astype(np.uint64)[:, None], np.ones(gids.size, bool), cfg.max_bucket)
+        ga, gb = gids[pairs[:, 0]], gids[pairs[:, 1]]
+        codes.append(sorted_unique((np.minimum(ga, gb).astype(np.uint64) << np.uint64(32))
+                                   | np.maximum(ga, gb).astype(np.uint64)))
+    code = sorted_unique(np.concatenate(codes)) if codes else np.zeros(0, np.uint64)
+    cand = np.stack([(code >> np.uint64(32)).astype(np.int64), (code & np.uint64(0xFFFFFFFF)).astype(np.int64)], 1)
+    rows = sorted_unique(cand.ravel())
+    n_cand = len(cand)
     e = np.zeros((0, 2), np.int64)
     if rows.size:
         sh_path = stage.with_name("shingles.parquet")
@@ -247,8 +252,13 @@ def _near_dup(con: duckdb.DuckDBPyConnection, stage: Path, cfg: near_dup.NearDup
             base += batch.num_rows
         writer.close()
         con.read_parquet(str(sh_path)).create("sh")
-        edges = con.execute(_SQL["verify"], [cfg.threshold]).fetchnumpy()
-        e = np.stack([edges["a"], edges["b"]], axis=1).astype(np.int64)
+        found = []
+        for lo in range(0, len(cand), 20_000):  # small batches of pairs keep the join's hash tables small
+            con.register("cp", pa.table({"a": cand[lo:lo + 20_000, 0], "b": cand[lo:lo + 20_000, 1]}))
+            edges = con.execute(_SQL["verify"], [cfg.threshold]).fetchnumpy()
+            found.append(np.stack([edges["a"], edges["b"]], axis=1).astype(np.int64))
+            con.unregister("cp")
+        e = np.concatenate(found)
     nodes = sorted_unique(e.ravel())  # components over the rows that have an edge, not over every row
     labels = near_dup.components(np.searchsorted(nodes, e), nodes.size)
     rep = nodes[labels]  # the smallest gid of a component: the first row in input order
