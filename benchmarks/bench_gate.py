@@ -50,9 +50,21 @@ def child_gate(inp: str, out: str, stream: bool) -> None:
         pq.write_table(res.rejects.select(["source_row", "rule", "reason"]), out + ".rejects.parquet")
         pq.write_table(res.kept.select(["source_row", "weight"]), out + ".kept.parquet")
     cpu, wall = time.process_time() - c0, time.perf_counter() - w0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _vm_hwm_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(out + ".json").write_text(json.dumps({"cpu": cpu, "wall": wall, "peak_mb": peak, "stats": stats},
                                               default=str))
+
+
+def _vm_hwm_mb() -> float | None:
+    """Peak RSS of this process image. ru_maxrss is not used where avoidable: after fork+exec it can carry
+    the parent's high-water mark (here the generator's), which would overstate the gate's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
 
 
 def run_child(inp: Path, out: Path, stream: bool) -> dict:
