@@ -23,6 +23,7 @@ from .text import mix64, shingles, sorted_unique, text_shingles, tokens
 
 RULE = "near_dup"
 _EMPTY = np.iinfo(np.uint64).max
+_M = np.uint64(0x9E3779B97F4A7C15)
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ def signatures_from_tokens(tok: np.ndarray, counts: np.ndarray, cfg: NearDupConf
     k = cfg.num_perm
     n = counts.size
     h, row = shingles(tok, counts, cfg.ngram)
-    with np.errstate(over="ignore"):
-        h = mix64(h ^ np.uint64(cfg.seed * 0x9E3779B97F4A7C15 % 2**64))
+    # Shingle hashes are already mixed (uniform bits), so xor-ing a seed is enough to pick another permutation.
+    h = h ^ np.uint64(cfg.seed * 0x9E3779B97F4A7C15 % 2**64)
     bins = (((h >> np.uint64(32)) * np.uint64(k)) >> np.uint64(32)).astype(np.int64)
     sig = np.full(n * k, _EMPTY, dtype=np.uint64)
     np.minimum.at(sig, row * k + bins, h & np.uint64(0xFFFFFFFF))
@@ -94,16 +95,14 @@ def signatures_from_tokens(tok: np.ndarray, counts: np.ndarray, cfg: NearDupConf
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(n, bands) uint64 bucket keys; a row without shingles gets a unique-per-row key so it never collides."""
+    """(n, bands) uint64 bucket keys: the `rows` values of each band folded together, then mixed."""
     n = sig.shape[0]
-    keys = np.empty((n, bands), dtype=np.uint64)
+    blocks = sig[:, : bands * rows].reshape(n, bands, rows)
     with np.errstate(over="ignore"):
-        for b in range(bands):
-            acc = np.full(n, np.uint64(b + 1))
-            for v in sig[:, b * rows:(b + 1) * rows].T:
-                acc = mix64(acc ^ v)
-            keys[:, b] = acc
-    return keys
+        acc = np.broadcast_to(np.arange(1, bands + 1, dtype=np.uint64), (n, bands)).copy()
+        for r in range(rows):
+            acc = (acc ^ blocks[:, :, r]) * _M
+        return mix64(acc)
 
 
 def chunk_band_keys(texts: pl.Series, cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -42,7 +42,7 @@ def tokens(texts: pa.Array | pa.ChunkedArray | pl.Series | list[str]) -> tuple[n
     s = pl.Series(texts, dtype=pl.String) if not isinstance(texts, pl.Series) else texts
     # Same tokens as re.findall(r"\w+"): non-word runs become one space, then a literal split (much faster
     # than extract_all); the empty strings a leading or trailing separator leaves are dropped.
-    lists = s.fill_null("").str.to_lowercase().str.replace_all(r"[^\w ]+| {2,}", " ").str.strip_chars(" ").str.split(" ")
+    lists = s.fill_null("").str.to_lowercase().str.replace_all(r"[^\w ]+| {2,}", " ").str.split(" ")
     flat = lists.explode()
     nonempty = flat.str.len_bytes().fill_null(0) > 0
     lens = lists.list.len().to_numpy().astype(np.int64)
