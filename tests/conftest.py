@@ -34,5 +34,7 @@ def small_pairs():
 @pytest.fixture
 def shared_data() -> Path:
     if not SHARED_DATA.exists():
+        if os.environ.get("CI"):  # CI always has shared/ beside the clone: a missing copy must fail, not skip
+            pytest.fail(f"shared data not found at {SHARED_DATA} (set DPO_SHARED_DATA)")
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA

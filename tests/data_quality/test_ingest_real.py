@@ -64,6 +64,8 @@ ANNOTATIONS = [
 @pytest.fixture(scope="module")
 def annotations_result():
     if not SHARED_DATA.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared data not found at {SHARED_DATA}")
         pytest.skip("shared data not found")
     files = [SHARED_DATA / "alpaca_eval" / "annotations" / name for name, _ in ANNOTATIONS]
     return files, ingest_files(files)
