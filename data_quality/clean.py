@@ -11,6 +11,8 @@ from data_quality.report import render_report
 from storage.schema import hash_text
 from storage.workspace import SnapshotInfo, Workspace
 
+STATS_FILE = "gate_stats.json"
+
 
 def clean_dataset_name(parent_dataset: str) -> str:
     """`hh_raw` -> `hh`, anything else -> `<name>_clean` (the convention the pipelines use too)."""
@@ -31,14 +33,26 @@ def clean_snapshot(ws: Workspace, ref: str, cfg: GateConfig | dict[str, Any] | N
             return hit
     cfg = cfg if isinstance(cfg, GateConfig) else GateConfig.from_dict(cfg)
     parent = ws.resolve(ref)
-    pairs = ws.read(parent.snapshot_id)
-    res = run_gate(pairs, cfg, eval_prompts=list(eval_prompts) if eval_prompts else None)
-    name = dataset or clean_dataset_name(parent.dataset)
+    res = run_gate(ws.read(parent.snapshot_id), cfg, eval_prompts=list(eval_prompts) if eval_prompts else None)
+    return publish_clean(ws, parent, dataset or clean_dataset_name(parent.dataset), res, cfg,
+                         eval_prompts=eval_prompts, flow_run=flow_run, cache_key=cache_key)
+
+
+def publish_clean(ws: Workspace, parent: SnapshotInfo, dataset: str, result: Any, cfg: GateConfig, *,
+                  eval_prompts: Sequence[str] | None = None, flow_run: str | None = None,
+                  cache_key: str | None = None, extra_params: dict[str, Any] | None = None,
+                  meta: dict[str, Any] | None = None) -> SnapshotInfo:
+    """Publish a gate result (kept, rejects, stats, tables) as a clean snapshot of `parent`, with its report.
+
+    Also used by the sharded Prefect path, whose result is merged from shards but has the same fields.
+    """
     prompts = list(eval_prompts or [])
     params = {**cfg.to_dict(), "eval_prompts": {"count": len(prompts),
-                                                "xxh3": hash_text("\n".join(prompts)) if prompts else None}}
-    html = render_report(res, parent=parent, dataset=name)
-    files = {"report.html": html, "gate_stats.json": json.dumps(res.stats, sort_keys=True, default=str, indent=1)}
-    return ws.publish(name, res.kept, rejects=res.rejects, parents=[parent.snapshot_id], params=params, kind="clean",
-                      flow_run=flow_run, cache_key=cache_key, input_rows=pairs.num_rows, tables=res.tables,
-                      files=files)
+                                                "xxh3": hash_text("\n".join(prompts)) if prompts else None},
+              **(extra_params or {})}
+    files: dict[str, str | bytes] = {
+        "report.html": render_report(result, parent=parent, dataset=dataset),
+        STATS_FILE: json.dumps(result.stats, sort_keys=True, default=str, indent=1)}
+    return ws.publish(dataset, result.kept, rejects=result.rejects, parents=[parent.snapshot_id], params=params,
+                      kind="clean", flow_run=flow_run, cache_key=cache_key, input_rows=parent.kept,
+                      tables=dict(result.tables), files=files, meta=meta)

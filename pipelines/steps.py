@@ -22,7 +22,7 @@ from typing import Any
 import pyarrow as pa
 import xxhash
 
-from storage.schema import SCHEMA_VERSION, hash_text
+from storage.schema import SCHEMA_VERSION
 from storage.workspace import SnapshotInfo, Workspace
 
 log = logging.getLogger("dpo.pipelines")
@@ -178,25 +178,18 @@ def publish_clean(ws: Workspace, parent: SnapshotInfo, dataset: str, out: GateOu
     hit = ws.find_cached(cache_key)
     if hit is not None:
         return hit
-    from data_quality.report import render_report
+    from data_quality.clean import publish_clean as _publish
 
-    # Same params layout as data_quality.clean.clean_snapshot (thresholds at the top level), plus provenance.
-    prompts = list(eval_prompts or [])
-    params = {**resolved_gate(gate),
-              "eval_prompts": {"count": len(prompts), "xxh3": hash_text("\n".join(prompts)) if prompts else None},
-              "code_version": code_version(), "flow_parameters": flow_parameters or {}}
-    files: dict[str, bytes | str | Path] = {
-        "report.html": render_report(out, parent=parent, dataset=dataset),
-        STATS_FILE: json.dumps(out.stats, sort_keys=True, default=str, indent=1)}
-    return ws.publish(dataset, out.kept, rejects=out.rejects, parents=[parent.snapshot_id], params=params,
-                      kind="clean", flow_run=flow_run, cache_key=cache_key, input_rows=parent.kept,
-                      tables=out.tables, files=files, meta={"code_version": code_version()})
+    return _publish(ws, parent, dataset, out, gate_config(gate), eval_prompts=eval_prompts, flow_run=flow_run,
+                    cache_key=cache_key, meta={"code_version": code_version()},
+                    extra_params={"code_version": code_version(), "flow_parameters": flow_parameters or {}})
 
 
-STATS_FILE = "gate_stats.json"
 
 
 def recorded_gate_stats(info: SnapshotInfo) -> dict[str, Any] | None:
+    from data_quality.clean import STATS_FILE
+
     p = info.path / STATS_FILE
     return json.loads(p.read_text(encoding="utf-8")) if p.exists() else None
 
