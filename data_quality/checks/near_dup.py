@@ -37,10 +37,16 @@ class NearDupConfig:
     max_bucket: int = 64  # larger LSH buckets are linked as a star, not all pairs
     chunk_rows: int = 5_000
     seed: int = 1
+    # Also required of chosen and of rejected separately: two pairs that share a prompt and a long chosen
+    # answer but have different rejected answers are distinct training signals, though their concatenated
+    # text can be >= threshold similar (seen on AlpacaEval: one GPT-4 answer against many rejected ones).
+    min_answer_jaccard: float = 0.5
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold <= 1.0:
             raise ValueError("near_dup.threshold must be in (0, 1]")
+        if not 0.0 <= self.min_answer_jaccard <= 1.0:
+            raise ValueError("near_dup.min_answer_jaccard must be in [0, 1]")
         bad = set(self.fields) - {"prompt_text", "chosen", "rejected"}
         if bad:
             raise ValueError(f"near_dup.fields: unknown {sorted(bad)}")
@@ -189,6 +195,20 @@ def exact_jaccard(pairs: np.ndarray, get_texts: Callable[[np.ndarray], pl.Series
     return out
 
 
+ANSWER_FIELDS = ("chosen", "rejected")
+
+
+def answers_agree(edges: np.ndarray, field_texts: Callable[[np.ndarray, str], pl.Series],
+                  cfg: NearDupConfig) -> np.ndarray:
+    """Edges whose chosen and rejected answers are each >= cfg.min_answer_jaccard similar (exact Jaccard)."""
+    if edges.size == 0 or cfg.min_answer_jaccard <= 0.0:
+        return edges
+    keep = np.ones(len(edges), dtype=bool)
+    for name in ANSWER_FIELDS:
+        keep &= exact_jaccard(edges, lambda rows, f=name: field_texts(rows, f), cfg.ngram) >= cfg.min_answer_jaccard
+    return edges[keep]
+
+
 def components(edges: np.ndarray, n: int) -> np.ndarray:
     """Connected-component label per row = smallest row index in its component (min-label propagation)."""
     labels = np.arange(n, dtype=np.int64)
@@ -212,6 +232,7 @@ def find_clusters(texts: pl.Series, cfg: NearDupConfig) -> tuple[np.ndarray, np.
 
 def cluster_rows(n: int, chunk: Callable[[int, int], pl.Series], rows_text: Callable[[np.ndarray], pl.Series],
                  cfg: NearDupConfig, precomputed: tuple[np.ndarray, np.ndarray] | None = None,
+                 field_texts: Callable[[np.ndarray, str], pl.Series] | None = None,
                  ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Clusters of `n` texts given by `chunk(lo, hi)`; only candidate rows are fetched again to verify.
 
@@ -230,8 +251,12 @@ def cluster_rows(n: int, chunk: Callable[[int, int], pl.Series], rows_text: Call
     del keys
     jac = exact_jaccard(cand, rows_text, cfg.ngram)
     edges = cand[jac >= cfg.threshold]
+    similar_text = len(edges)
+    if field_texts is not None:
+        edges = answers_agree(edges, field_texts, cfg)
     labels = components(edges, n)
     stats = {"bands": bands, "rows_per_band": rows, "candidates": int(len(cand)), "verified_pairs": int(len(edges)),
+             "different_answers": int(similar_text - len(edges)),
              "candidate_precision": float(len(edges) / len(cand)) if len(cand) else None}
     return labels, edges, stats
 
@@ -244,7 +269,8 @@ def decide(table: pa.Table, cfg: NearDupConfig,
         return d
     # Pair texts are built a chunk at a time, never for the whole table at once.
     labels, _, stats = cluster_rows(n, lambda lo, hi: pair_text(table.slice(lo, hi - lo), cfg.fields),
-                                    lambda rows: pair_text(table.take(pa.array(rows)), cfg.fields), cfg, precomputed)
+                                    lambda rows: pair_text(table.take(pa.array(rows)), cfg.fields), cfg, precomputed,
+                                    field_texts=lambda rows, f: pl.Series(table.column(f).take(pa.array(rows))))
     dup = labels != np.arange(n)
     d.mark(dup, "near_duplicate")
     ids = np.asarray(table.column("pair_id").to_numpy(zero_copy_only=False), dtype=object)

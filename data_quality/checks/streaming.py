@@ -221,6 +221,17 @@ def _decide(con: duckdb.DuckDBPyConnection, keys_path: Path, bands_path: Path, s
     return stats
 
 
+def _gather(stage: Path, rows: np.ndarray, column: str) -> pl.Series:
+    """Values of `column` at sorted global row ids `rows`, read batch by batch from the staged Parquet."""
+    parts, base = [], 0
+    for batch in _batches(stage, batch_size=50_000, columns=[column]):
+        lo, hi = np.searchsorted(rows, [base, base + batch.num_rows])
+        if hi > lo:
+            parts.append(pl.Series(batch.column(0).take(pa.array(rows[lo:hi] - base))))
+        base += batch.num_rows
+    return pl.concat(parts) if parts else pl.Series(column, [], pl.String)
+
+
 def _near_dup(con: duckdb.DuckDBPyConnection, stage: Path, cfg: near_dup.NearDupConfig) -> dict:
     # LSH buckets one band at a time (memory ~ rows of one band), with the in-memory check's bucketing.
     bands, _ = near_dup.choose_bands(cfg.threshold, cfg.num_perm, cfg.target_recall)
@@ -259,6 +270,7 @@ def _near_dup(con: duckdb.DuckDBPyConnection, stage: Path, cfg: near_dup.NearDup
             found.append(np.stack([edges["a"], edges["b"]], axis=1).astype(np.int64))
             con.unregister("cp")
         e = np.concatenate(found)
+        e = near_dup.answers_agree(e, lambda rows, f: _gather(stage, rows, f), cfg)
     nodes = sorted_unique(e.ravel())  # components over the rows that have an edge, not over every row
     labels = near_dup.components(np.searchsorted(nodes, e), nodes.size)
     rep = nodes[labels]  # the smallest gid of a component: the first row in input order

@@ -90,3 +90,19 @@ def test_exact_jaccard_matches_reference() -> None:
     got = near_dup.exact_jaccard(pairs_, lambda rows: texts.gather(rows), 3)
     want = [jaccard(shingle_set(texts[int(a)], 3), shingle_set(texts[int(b)], 3)) for a, b in pairs_]
     assert np.allclose(got, want)
+
+
+def test_near_dup_needs_both_answers_similar() -> None:
+    # One long chosen answer shared by two pairs with different rejected answers (AlpacaEval's shape: one
+    # reference output against several models): the concatenated texts are > 0.8 similar, the pairs are not.
+    prompt = "explain how tides work"
+    long_chosen = " ".join(f"tide{i} moon{i}" for i in range(80))
+    t = pairs([(prompt, long_chosen, "the sea goes up and down because of wind"),
+               (prompt, long_chosen, "i do not know anything about oceans sorry"),
+               (prompt, long_chosen.replace("tide5 ", "tides "), "the sea goes up and down because of wind")])
+    res = near_dup.run(t, near_dup.NearDupConfig(threshold=0.8))
+    # rows 0 and 1 differ in the rejected answer: both stay; row 2 is a light edit of row 0: dropped
+    assert res.kept.column("source_row").to_pylist() == [0, 1]
+    assert res.stats["different_answers"] >= 1
+    loose = near_dup.run(t, near_dup.NearDupConfig(threshold=0.8, min_answer_jaccard=0.0))
+    assert loose.kept.column("source_row").to_pylist() == [0]
