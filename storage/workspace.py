@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from storage import catalog
+from storage import catalog, runs
 from storage.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA, SCHEMA_VERSION, conform
 
 if TYPE_CHECKING:
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 DEFAULT_WORKSPACE = "dpo-workspace"
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,127}$")
 _TMP_MAX_AGE_S = 3600.0
+# Names of catalog views and tables; a dataset of that name would shadow them in SQL.
+RESERVED_NAMES = frozenset({"snapshots", "rejects", "quarantine", "rounds", "runs", "metrics", "round_log",
+                            "snapshot_log", "catalog_meta"})
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,8 @@ class Workspace:
         meta: dict[str, Any] | None = None,
     ) -> SnapshotInfo:
         check_name(dataset)
+        if dataset in RESERVED_NAMES or self._is_table_name(dataset):
+            raise ValueError(f"dataset name {dataset!r} is reserved for a catalog view or table")
         pairs = conform(pairs)
         rejects = conform(rejects, REJECTS_SCHEMA) if rejects is not None else REJECTS_SCHEMA.empty_table()
         quarantine = (
@@ -193,8 +198,8 @@ class Workspace:
         extra_tables = dict(tables or {})
         for name in extra_tables:
             check_name(name, "table")
-            if name in ("pairs", "rejects", "quarantine", "snapshots", "rounds", "runs", "metrics"):
-                raise ValueError(f"extra table name {name!r} is reserved")
+            if name in RESERVED_NAMES or name == "pairs" or self.list_snapshots(name):
+                raise ValueError(f"extra table name {name!r} is reserved or names a dataset")
         for name in files or {}:
             if Path(name).name != name or name.startswith("."):
                 raise ValueError(f"snapshot file name {name!r} must be a plain file name")
@@ -226,6 +231,11 @@ class Workspace:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def _is_table_name(self, name: str) -> bool:
+        with catalog.connect(self.root, read_only=True) as con:
+            row = con.execute("SELECT count(*) FROM snapshot_log WHERE list_contains(tables, ?)", [name]).fetchone()
+        return bool(row and row[0])
 
     def _commit(self, tmp: Path, written: list[str], table_names: list[str], **kw: Any) -> SnapshotInfo:
         dataset = kw["dataset"]
@@ -331,54 +341,25 @@ class Workspace:
     def sql(self, query: str) -> pa.Table:
         return catalog.sql_read_only(self.root, query)
 
-    # -- runs, metrics, rounds -------------------------------------------------------------------------------
+    # -- runs, metrics, rounds (catalog tables; see storage/runs.py) ---------------------------------------------
     def record_run(self, run_id: str, *, kind: str, snapshot_id: str | None, model: str | None,
                    config: dict[str, Any], code_version: str | None, status: str, output_dir: str | None,
                    parent_run: str | None = None) -> None:
-        with catalog.connect(self.root) as con:
-            con.execute(
-                "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "coalesce((SELECT started_at FROM runs WHERE run_id = ?), now()), NULL)",
-                [run_id, kind, snapshot_id, model, _json(config), code_version, status, output_dir, parent_run,
-                 run_id],
-            )
+        runs.record_run(self.root, run_id, kind=kind, snapshot_id=snapshot_id, model=model, config=config,
+                        code_version=code_version, status=status, output_dir=output_dir, parent_run=parent_run)
 
     def update_run(self, run_id: str, *, status: str, finished: bool = True) -> None:
-        with catalog.connect(self.root) as con:
-            con.execute(
-                "UPDATE runs SET status = ?, finished_at = CASE WHEN ? THEN now() ELSE finished_at END "
-                "WHERE run_id = ?",
-                [status, finished, run_id],
-            )
+        runs.update_run(self.root, run_id, status=status, finished=finished)
 
     def log_metrics(self, run_id: str, rows: Sequence[tuple[int, str, float]]) -> None:
-        if not rows:
-            return
-        now = datetime.now(UTC)
-        with catalog.connect(self.root) as con:
-            con.executemany(
-                "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)",
-                [(run_id, int(s), str(n), float(v), now) for s, n, v in rows],
-            )
+        runs.log_metrics(self.root, run_id, rows)
 
     def record_round(self, experiment: str, round: int, step: str, *, status: str, artefact: str | None = None,
                      details: dict[str, Any] | None = None) -> None:
-        with catalog.connect(self.root) as con:
-            con.execute(
-                "INSERT OR REPLACE INTO round_log VALUES (?, ?, ?, ?, ?, ?, now())",
-                [experiment, round, step, status, artefact, _json(details or {})],
-            )
+        runs.record_round(self.root, experiment, round, step, status=status, artefact=artefact, details=details)
 
     def get_rounds(self, experiment: str) -> list[dict[str, Any]]:
-        with catalog.connect(self.root, read_only=True) as con:
-            cur = con.execute(
-                "SELECT experiment, round, step, status, artefact, details, updated_at FROM round_log "
-                "WHERE experiment = ? ORDER BY round, updated_at", [experiment])
-            cols = [d[0] for d in cur.description]
-            out = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
-        for r in out:
-            r["details"] = json.loads(r["details"]) if r["details"] else {}
-        return out
+        return runs.get_rounds(self.root, experiment)
 
 
 # A constant column list, not user input.

@@ -137,3 +137,15 @@ def test_export_formats(workspace, small_pairs, tmp_path, fmt, suffix):
     else:
         assert rows[0]["prompt"] == [{"role": "user", "content": "question 0"}]
         assert rows[0]["chosen"] == [{"role": "assistant", "content": "good answer 0"}]
+
+
+def test_names_that_would_shadow_catalog_views_are_refused(workspace, small_pairs):
+    for name in ("rejects", "snapshots", "metrics"):
+        with pytest.raises(ValueError, match="reserved"):
+            workspace.publish(name, small_pairs)
+    workspace.publish("hh", small_pairs)
+    with pytest.raises(ValueError, match="names a dataset"):
+        workspace.publish("other", small_pairs, tables={"hh": small_pairs.select(["pair_id"])})
+    workspace.publish("other", small_pairs, tables={"gate_summary": small_pairs.select(["pair_id"])})
+    with pytest.raises(ValueError, match="reserved"):
+        workspace.publish("gate_summary", small_pairs)
