@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import tempfile
 import time
@@ -111,8 +112,12 @@ def _trl_trainer(model_dir: Path, tok, table, out: Path, *, precompute: bool, re
                      disable_dropout=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(ref_dir, dtype=torch.float32) if ref_dir else None
-    return DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=_trl_dataset(tok, table),
-                      processing_class=tok, callbacks=list(callbacks))
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer = DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=_trl_dataset(tok, table),
+                         processing_class=tok, callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)  # disable_tqdm swaps the bar for a printer of log dicts
+    return trainer
 
 
 def run_trl(model_dir: Path, tok, table, out: Path, *, precompute: bool) -> dict:
@@ -178,6 +183,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # TRL's reference-pass bar ignores disable_tqdm
     warnings.filterwarnings("ignore")
     logging.disable(logging.WARNING)
     from transformers import AutoTokenizer
