@@ -74,6 +74,7 @@ def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = F
     from pipelines.iterate_config import parse_iterate_config
 
     s = DemoSettings.quick() if quick else DemoSettings()
+    tag = "-quick" if quick else ""  # the quick demo's runs and rounds never resume the full demo's
     t0 = time.perf_counter()
     ws = Workspace(workspace)
     data = shared_data_dir()
@@ -97,16 +98,16 @@ def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = F
 
     sft = train_with_progress({"mode": "sft", "snapshot": hh_clean.snapshot_id, "model": str(tiny),
                                 "max_steps": s.sft_steps, "lr": 1e-3, "per_device_batch_size": 8,
-                                "max_length": 256, "max_prompt_length": 128, "run_id": "demo-sft", "save_steps": 0}, ws,
+                                "max_length": 256, "max_prompt_length": 128, "run_id": f"demo-sft{tag}", "save_steps": 0}, ws,
                                "SFT on chosen answers (makes the reference)")
     # A few dozen steps see a fraction of the 2.3k pairs, so reference log-probs are computed per batch here
     # instead of precomputed for the whole snapshot (the rounds below show the cached path).
     dpo = train_with_progress({"mode": "dpo", "snapshot": hh_clean.snapshot_id, "model": str(sft.checkpoint),
                                 "precompute_reference": False, "max_steps": s.dpo_steps, "lr": 1e-4, "beta": 0.1, "per_device_batch_size": 8,
-                                "max_length": 256, "max_prompt_length": 128, "run_id": "demo-dpo", "save_steps": 0}, ws,
+                                "max_length": 256, "max_prompt_length": 128, "run_id": f"demo-dpo{tag}", "save_steps": 0}, ws,
                                "DPO on the clean HH snapshot")
     cfg = parse_iterate_config({
-        "experiment": "demo", "workspace": str(ws.root), "rounds": s.rounds, "policy": str(dpo.checkpoint),
+        "experiment": f"demo{tag}", "workspace": str(ws.root), "rounds": s.rounds, "policy": str(dpo.checkpoint),
         "reference": "initial",
         "prompts": {"snapshot": alpaca_clean.snapshot_id, "per_round": s.per_round, "eval_prompts": s.eval_prompts},
         "generation": {"n": s.n, "max_new_tokens": s.max_new_tokens, "temperature": 1.0, "top_p": 0.95},
@@ -123,7 +124,8 @@ def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = F
     elapsed = time.perf_counter() - t0
     summary = {"workspace": str(ws.root), "seconds": elapsed, "hh_clean": hh_clean.snapshot_id,
                "alpaca_clean": alpaca_clean.snapshot_id, "length_bias": lc_clean.snapshot_id,
-               "sft_run": sft.run_id, "dpo_run": dpo.run_id, "rounds": len(history) - 1}
+               "sft_run": sft.run_id, "dpo_run": dpo.run_id, "rounds": len(history) - 1,
+               "experiment": cfg.experiment}
     _where_to_look(ws, summary, history)
     return summary
 
@@ -135,7 +137,7 @@ _WHERE_TO_LOOK = """[bold green]demo finished[/] in {seconds:.0f}s. Where to loo
   iterative rounds        dpo {w}rounds
   quality reports         {root}/snapshots/<dataset>/v<N>/report.html (e.g. the length-bias one:
                           {lc_report})
-  run reports             {root}/runs/<run_id>/report.html ; rounds: {root}/rounds/demo/report.html
+  run reports             {root}/runs/<run_id>/report.html ; rounds: {root}/rounds/{experiment}/report.html
   any DuckDB client       duckdb {root}/catalog.duckdb  (views: snapshots, rejects, quarantine, runs, metrics, rounds)
   Prefect UI              prefect server start   (then re-run; flow runs appear at http://127.0.0.1:4200)
 """
@@ -153,7 +155,8 @@ def _where_to_look(ws: Workspace, summary: dict[str, Any], history: list[dict[st
     console.print(t)
     w = f"-w {ws.root} " if Path.cwd() / "dpo-workspace" != ws.root else ""
     console.print(_WHERE_TO_LOOK.format(seconds=summary["seconds"], w=w, hh_clean=summary["hh_clean"], root=ws.root,
-                                        lc_report=ws.resolve(summary["length_bias"]).path / "report.html"),
+                                        lc_report=ws.resolve(summary["length_bias"]).path / "report.html",
+                                        experiment=summary["experiment"]),
                   soft_wrap=True)
 
 

@@ -244,6 +244,27 @@ def _eval_generations(ws: Workspace, cfg: IterateConfig, runner: Rounds, round: 
     return gens
 
 
+def config_fingerprint(cfg: IterateConfig) -> str:
+    """What the finished steps depend on: everything but the number of rounds and the workspace location."""
+    from storage.schema import hash_text
+
+    return hash_text(json.dumps(cfg.model_dump(exclude={"rounds", "workspace"}), sort_keys=True, default=str))
+
+
+def check_same_config(ws: Workspace, cfg: IterateConfig) -> None:
+    """Resuming must not mix settings: an experiment keeps the configuration it started with."""
+    fp = config_fingerprint(cfg)
+    started = next((r for r in ws.get_rounds(cfg.experiment) if r["round"] == 0 and r["step"] == "config"), None)
+    if started is None:
+        ws.record_round(cfg.experiment, 0, "config", status="done", artefact=fp,
+                        details={"fingerprint": fp, "config": cfg.model_dump()})
+    elif started["artefact"] != fp:
+        raise RoundFailure(
+            f"experiment {cfg.experiment!r} was started with a different configuration (fingerprint "
+            f"{started['artefact']}, now {fp}); its finished steps would not match. Use a new `experiment` name, "
+            "or restore the original settings to resume (they are in the rounds table, step 'config')")
+
+
 def iterate(cfg: IterateConfig, ws: Workspace | None = None, *, rounds: int | None = None,
             execute: Callable[[str, Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
             ) -> list[dict[str, Any]]:
@@ -251,6 +272,7 @@ def iterate(cfg: IterateConfig, ws: Workspace | None = None, *, rounds: int | No
     from dpo_train.evaluation import write_report
 
     ws = ws or Workspace(cfg.workspace)
+    check_same_config(ws, cfg)
     cfg = ensure_inputs(ws, cfg)
     runner = Rounds(ws, cfg) if execute is None else Rounds(ws, cfg, execute)
     eval_prompts, pool, pool_stats = prompt_pool(ws, cfg)

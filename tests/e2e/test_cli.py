@@ -123,7 +123,7 @@ def test_demo_quick_end_to_end(tmp_path, shared_data):
                            "--quick"], env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "demo finished" in proc.stderr
-    rounds = _sql(tmp_path / "ws", "select round, step, status from rounds where experiment = 'demo'")
+    rounds = _sql(tmp_path / "ws", "select round, step, status from rounds where experiment = 'demo-quick'")
     assert {(r["round"], r["step"]) for r in rounds if r["status"] == "done"} >= {(1, "train"), (2, "evaluate")}
     runs = _sql(tmp_path / "ws", "select run_id, status from runs order by run_id")
-    assert {"demo-sft", "demo-dpo"} <= {r["run_id"] for r in runs if r["status"] == "finished"}
+    assert {"demo-sft-quick", "demo-dpo-quick"} <= {r["run_id"] for r in runs if r["status"] == "finished"}

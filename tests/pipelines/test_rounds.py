@@ -84,11 +84,15 @@ def test_two_linked_rounds(tiny_policy, prompt_ws):
     gens = pq.read_table(steps[(1, "generate")]["artefact"])
     assert gens.num_rows == 6 * 3  # every prompt got exactly n answers
     assert (prompt_ws.root / "rounds" / "exp" / "report.html").exists()
-    assert prompt_ws.sql("select count(*) n from rounds where experiment = 'exp'").to_pylist()[0]["n"] == 15
+    assert prompt_ws.sql("select count(*) n from rounds where experiment = 'exp'").to_pylist()[0]["n"] == 16
     # a second invocation finds everything done and changes nothing
     before = {(r["round"], r["step"]): r["updated_at"] for r in prompt_ws.get_rounds("exp")}
     iterate(cfg, prompt_ws)
     assert before == {(r["round"], r["step"]): r["updated_at"] for r in prompt_ws.get_rounds("exp")}
+    # resuming with other settings would mix two configurations in one experiment: refused
+    changed = _cfg(tiny_policy, prompt_ws, pairs={"rule": "best_vs_worst", "min_margin": 0.5})
+    with pytest.raises(RoundFailure, match="different configuration"):
+        iterate(changed, prompt_ws)
 
 
 @pytest.mark.slow
