@@ -66,6 +66,7 @@ REJECT_EXTRA_FIELDS = [
 REJECTS_SCHEMA = pa.schema(list(PAIR_SCHEMA) + REJECT_EXTRA_FIELDS)
 
 ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
+_ID_SLICE = 20_000
 _SEP = "\x1f"  # unit separator: cannot occur in normalised text, so field boundaries are unambiguous
 
 
@@ -97,15 +98,19 @@ def empty_table(schema: pa.Schema = PAIR_SCHEMA) -> pa.Table:
 
 def with_ids(table: pa.Table) -> pa.Table:
     """Recompute prompt_text, prompt_id and pair_id from prompt/chosen/rejected (after any normalisation)."""
-    prompts = table.column("prompt").to_pylist()
-    text = [render_messages(m) for m in prompts]
+    # In slices: Python objects exist for one slice at a time, not for the whole table (memory stays flat).
+    texts, pids, ids = [], [], []
+    for lo in range(0, table.num_rows, _ID_SLICE):
+        part = table.slice(lo, _ID_SLICE)
+        text = [render_messages(m) for m in part.column("prompt").to_pylist()]
+        texts.append(pa.array(text, pa.string()))
+        pids.append(pa.array(prompt_ids(text), pa.string()))
+        ids.append(pa.array(pair_ids(text, part.column("chosen").to_pylist(), part.column("rejected").to_pylist()),
+                            pa.string()))
     cols = {
-        "prompt_text": pa.array(text, pa.string()),
-        "prompt_id": pa.array(prompt_ids(text), pa.string()),
-        "pair_id": pa.array(
-            pair_ids(text, table.column("chosen").to_pylist(), table.column("rejected").to_pylist()),
-            pa.string(),
-        ),
+        "prompt_text": pa.chunked_array(texts, pa.string()),
+        "prompt_id": pa.chunked_array(pids, pa.string()),
+        "pair_id": pa.chunked_array(ids, pa.string()),
     }
     for name, arr in cols.items():
         if name in table.column_names:
