@@ -108,6 +108,9 @@ def user_prompt(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
+_FLUSH_ROWS = 20_000
+
+
 class Collector:
     """Accumulates one source's outcome as plain column lists; tables are built once at the end."""
 
@@ -118,9 +121,16 @@ class Collector:
                                                       *_EVIDENCE)}
         self.dropped: dict[str, list] = {k: [] for k in (*self.kept, "rule", "reason", "params")}
         self.quarantine: list[dict] = list(rows.quarantine)
+        self._kept_tables: list[pa.Table] = []
+        self._kept_count = 0
 
     def keep(self, row: int, prompt: list[dict], chosen: str, rejected: str, **evidence: object) -> None:
         self._append(self.kept, row, prompt, chosen, rejected, evidence)
+        if len(self.kept["chosen"]) >= _FLUSH_ROWS:
+            # Python lists of messages and strings cost several times their Arrow size: convert as we go.
+            self._kept_tables.append(self._table(self.kept))
+            self._kept_count += len(self.kept["chosen"])
+            self.kept = {k: [] for k in self.kept}
 
     def reject(self, rule: str, reason: str, params: dict | None, row: int, prompt: list[dict], chosen: str,
                rejected: str, **evidence: object) -> None:
@@ -153,7 +163,7 @@ class Collector:
                                                       *_EVIDENCE)})
 
     def pairs(self) -> pa.Table:
-        return self._table(self.kept)
+        return pa.concat_tables([*self._kept_tables, self._table(self.kept)])
 
     def rejects(self) -> pa.Table:
         cols = self.dropped
@@ -174,7 +184,7 @@ class Collector:
 
     @property
     def counts(self) -> tuple[int, int, int]:
-        return len(self.kept["chosen"]), len(self.dropped["chosen"]), len(self.quarantine)
+        return self._kept_count + len(self.kept["chosen"]), len(self.dropped["chosen"]), len(self.quarantine)
 
 
 RowHandler = Callable[[Collector, int, dict], None]
@@ -183,7 +193,8 @@ RowHandler = Callable[[Collector, int, dict], None]
 def run_rows(rows: RawRows, opts: IngestOptions, handle: RowHandler) -> Collector:
     """Apply a per-row handler; any failure of one row quarantines that row only."""
     out = Collector(rows, opts)
-    for row, record in rows.records:
+    for i, (row, record) in enumerate(rows.records):
+        rows.records[i] = (row, None)  # the parsed record is released as soon as it has been handled
         if not isinstance(record, dict):
             out.bad_row(row, record, RowError(None, f"row is a {type(record).__name__}, expected an object"))
             continue

@@ -115,8 +115,10 @@ def read_jsonl(path: Path, source: str, opts: IngestOptions) -> RawRows:
     out = RawRows(source, "jsonl")
     lines = data.split(b"\n")
     partial = truncated is not None and not data.endswith(b"\n")
+    del data  # the lines are a copy; each line is released below once parsed, so the file is not held twice
     last = len(lines) - 1
     for i, line in enumerate(lines):
+        lines[i] = b""
         if not line.strip():
             continue
         try:
