@@ -65,7 +65,9 @@ def train_with_progress(cfg_dict: dict[str, Any], ws: Workspace, label: str) -> 
         def on_step(step: int, metrics: dict[str, float]) -> None:
             progress.update(task, completed=step, loss=f"{metrics['loss']:.4f}")
 
-        return train(cfg, ws, on_step=on_step)
+        result = train(cfg, ws, on_step=on_step)
+        progress.update(task, completed=result.steps)  # a resumed, already finished run reports no steps
+        return result
 
 
 def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = False) -> dict[str, Any]:
