@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_train.losses import DEFAULT_BETA, LOSSES
+from storage.strict import from_dict_strict
 
 
 @dataclass
@@ -106,11 +107,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig key(s): {unknown}")
-        return cls(**d)
+        return from_dict_strict(cls, d)
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:

@@ -7,7 +7,6 @@ add up. Generated pairs then go through the same quality gate as offline data.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import pyarrow as pa
 import xxhash
 
 from storage.schema import REJECTS_SCHEMA, build_pair_table, rejects_table
+from storage.strict import from_dict_strict
 
 REQUIRED = ("prompt_id", "prompt", "sample_index", "response", "score")
 CANDIDATE_COLS = ["prompt_id", "c_row", "r_row", "c_score", "r_score", "c_idx", "r_idx"]
@@ -40,11 +40,7 @@ class PairingConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PairingConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown PairingConfig keys: {unknown} (known: {sorted(known)})")
-        return cls(**d)
+        return from_dict_strict(cls, d)
 
 
 @dataclass

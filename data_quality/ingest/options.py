@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from storage.strict import from_dict_strict
+
 PAIRING_RULES = ("best_vs_worst", "best_vs_random", "all_above_margin")
 
 
@@ -35,12 +37,7 @@ class IngestOptions:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> IngestOptions:
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ingest option(s): {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return from_dict_strict(cls, d, "ingest option")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from storage.strict import from_dict_strict
+
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
@@ -46,11 +48,7 @@ class GenerationConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> GenerationConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown GenerationConfig keys: {unknown} (known: {sorted(known)})")
-        return cls(**d)
+        return from_dict_strict(cls, d)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
