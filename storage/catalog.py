@@ -78,10 +78,19 @@ def init_catalog(root: Path) -> None:
     with connect(root) as con:
         for stmt in DDL:
             con.execute(stmt)
-        con.execute(
-            "INSERT OR REPLACE INTO catalog_meta VALUES ('catalog_version', ?), ('root', ?)",
-            [str(CATALOG_VERSION), str(root)],
-        )
+        con.execute("INSERT OR REPLACE INTO catalog_meta VALUES ('catalog_version', ?)", [str(CATALOG_VERSION)])
+
+
+def is_current(root: Path) -> bool:
+    """True when the catalog exists, has this code's tables and its views point into `root` (nothing to write)."""
+    if not (root / CATALOG_FILE).exists():
+        return False
+    with connect(root, read_only=True) as con:
+        try:
+            meta = dict(con.execute("SELECT key, value FROM catalog_meta").fetchall())
+        except duckdb.CatalogException:
+            return False
+    return meta.get("catalog_version") == str(CATALOG_VERSION) and meta.get("root") == str(root)
 
 
 def _read_parquet_sql(paths: Sequence[Path]) -> str:

@@ -120,9 +120,11 @@ class Workspace:
         for sub in ("snapshots", ".tmp", ".trash", "_empty"):
             (self.root / sub).mkdir(exist_ok=True)
         self._write_empty_tables()
-        catalog.init_catalog(self.root)
         self._cleanup_tmp()
-        self._ensure_views_root()
+        # Opening an up-to-date catalog only reads it: no DDL and no write lock on every CLI call.
+        if not catalog.is_current(self.root):
+            catalog.init_catalog(self.root)
+            self._ensure_views_root()
 
     # -- paths ---------------------------------------------------------------------------------------------
     def path(self, *parts: str | os.PathLike[str]) -> Path:
@@ -160,6 +162,8 @@ class Workspace:
             first = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'rejects'").fetchone()
             if stale or not first or first[0] == 0:
                 catalog.rebuild_views(con, self.root, self.root / "_empty")
+            # Recorded last, in the same transaction: the catalog counts as current only once its views are.
+            con.execute("INSERT OR REPLACE INTO catalog_meta VALUES ('root', ?)", [str(self.root)])
             con.execute("COMMIT")
 
     # -- publish -------------------------------------------------------------------------------------------
