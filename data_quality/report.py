@@ -6,13 +6,13 @@ Everything is drawn from the gate's JSON-able stats, so a report can be rebuilt 
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from storage.figures import png_base64
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
@@ -26,23 +26,6 @@ def _stats_of(result: Any) -> dict[str, Any]:
     return result if isinstance(result, dict) else result.stats
 
 
-def _png(draw: Callable[[Any], None], w: float = 5.2, h: float = 3.0) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(w, h), dpi=90)
-    try:
-        draw(ax)
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-    finally:
-        plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 def _bars(ax: Any, hist: dict, label: str, alpha: float = 0.6, key: str = "counts") -> None:
     e, c = hist.get("edges") or [], hist.get(key) or []
     if c:
@@ -50,7 +33,7 @@ def _bars(ax: Any, hist: dict, label: str, alpha: float = 0.6, key: str = "count
 
 
 def _figure(title: str, draw: Callable[[Any], None]) -> str:
-    return f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{_png(draw)}">' \
+    return f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{png_base64(draw)}">' \
            f"<figcaption>{html.escape(title)}</figcaption></figure>"
 
 

@@ -7,9 +7,7 @@ report can be rebuilt from the stored records alone.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from dpo_train.judges.base import Judge, score_table
+from storage.figures import png_base64
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -188,32 +187,24 @@ def _get(rec: dict[str, Any], *path: str) -> float | None:
 
 def _curve_png(history: Sequence[dict[str, Any]], title: str, series: dict[str, tuple[str, ...]],
                band: tuple[tuple[str, ...], tuple[str, ...]] | None = None, hline: float | None = None) -> str:
-    # Figure + Agg canvas directly: no pyplot, so no global backend switch and no figure registry leaks.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    def draw(ax: Any) -> None:
+        rounds = [r["round"] for r in history]
+        for label, path in series.items():
+            ys = [_get(r, *path) for r in history]
+            ax.plot(rounds, [np.nan if y is None else y for y in ys], marker="o", label=label)
+        if band is not None:
+            lo = [_get(r, *band[0]) for r in history]
+            hi = [_get(r, *band[1]) for r in history]
+            ax.fill_between(rounds, [np.nan if v is None else v for v in lo],
+                            [np.nan if v is None else v for v in hi], alpha=0.2, label="p10-p90")
+        if hline is not None:
+            ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        ax.set_xticks(rounds)
+        ax.legend(fontsize=8)
 
-    fig = Figure(figsize=(5, 3.2), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    rounds = [r["round"] for r in history]
-    for label, path in series.items():
-        ys = [_get(r, *path) for r in history]
-        ax.plot(rounds, [np.nan if y is None else y for y in ys], marker="o", label=label)
-    if band is not None:
-        lo = [_get(r, *band[0]) for r in history]
-        hi = [_get(r, *band[1]) for r in history]
-        ax.fill_between(rounds, [np.nan if v is None else v for v in lo], [np.nan if v is None else v for v in hi],
-                        alpha=0.2, label="p10-p90")
-    if hline is not None:
-        ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
-    ax.set_title(title)
-    ax.set_xlabel("round")
-    ax.set_xticks(rounds)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return base64.b64encode(buf.getvalue()).decode()
+    return png_base64(draw, 5, 3.2, dpi=100)
 
 
 def _fmt(v: float | None) -> str:

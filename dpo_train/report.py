@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from storage.figures import png_base64
 
 PLOTS = [("loss",), ("rewards/chosen", "rewards/rejected", "rewards/margin"), ("rewards/accuracy",),
          ("logps/chosen", "logps/rejected"), ("kl_estimate",), ("nll_per_token",), ("grad_norm",), ("lr",),
@@ -16,25 +16,17 @@ PLOTS = [("loss",), ("rewards/chosen", "rewards/rejected", "rewards/margin"), ("
 
 
 def _plot(series: dict[str, list[tuple[int, float]]], names: tuple[str, ...]) -> str:
-    import matplotlib
+    def draw(ax: Any) -> None:
+        for name in names:
+            pts = sorted(series[name])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, lw=1.2)
+        ax.set_xlabel("step")
+        ax.set_title(", ".join(names), fontsize=9)
+        if len(names) > 1:
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=90)
-    for name in names:
-        pts = sorted(series[name])
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, lw=1.2)
-    ax.set_xlabel("step")
-    ax.set_title(", ".join(names), fontsize=9)
-    if len(names) > 1:
-        ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+    return png_base64(draw, 5, 3)
 
 
 def write_report(path: Path, *, run_id: str, rows: list[tuple[int, str, float]], info: dict[str, Any],
