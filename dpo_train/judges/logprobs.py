@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from dpo_train.batching import IGNORE, sequence_logps
 from dpo_train.templates import encode_prompt, encode_response
 
 
@@ -29,12 +30,11 @@ def response_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dic
             # Right padding: positions of real tokens start at 0 without any position_ids bookkeeping.
             ids = torch.tensor([f + [pad] * (width - len(f)) for f in full], device=device)
             attn = torch.tensor([[1] * len(f) + [0] * (width - len(f)) for f in full], device=device)
-            mask = torch.zeros_like(ids, dtype=torch.bool)
+            # Only response tokens are labelled: the same masked sum the trainer uses (batching.sequence_logps).
+            labels = torch.full_like(ids, IGNORE)
             for row, i in enumerate(idx):
                 p, r = len(seqs[i][0]), len(seqs[i][1])
-                mask[row, p:p + r] = True
+                labels[row, p:p + r] = ids[row, p:p + r]
             logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
-            logp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-            tok_sums = (logp * mask[:, 1:]).sum(-1).double().cpu().numpy()
-            sums[idx] = tok_sums
+            sums[idx] = sequence_logps(logits, labels[:, 1:])[0].double().cpu().numpy()
     return sums, counts
