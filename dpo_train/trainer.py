@@ -67,7 +67,9 @@ def _load_model(path: str | Path, cfg: TrainConfig, device: torch.device) -> tor
     if cfg.dtype == "bfloat16" and device.type != "cuda":
         raise RuntimeError("dtype='bfloat16' is a GPU switch; use float32 on CPU")
     dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    # safetensors only, as everywhere else: no pickle-based weight files.
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+                                                 use_safetensors=True)
     # Dropout makes policy and reference disagree at step 0 and breaks exact resume; DPO trains without it.
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
