@@ -213,11 +213,9 @@ class Workspace:
         try:
             chash = content_hash(pairs)
             pq.write_table(pairs, tmp / "pairs.parquet", compression="zstd")
-            written = ["pairs.parquet"]
-            table_names = ["rejects", "quarantine", *sorted(extra_tables)]
-            for name, tbl in (("rejects", rejects), ("quarantine", quarantine), *sorted(extra_tables.items())):
-                pq.write_table(tbl, tmp / f"{name}.parquet", compression="zstd")  # snapshot_id added below
-                written.append(f"{name}.parquet")
+            # Side tables carry their snapshot_id, known only inside the commit: they are written there, once.
+            side = {"rejects": rejects, "quarantine": quarantine, **dict(sorted(extra_tables.items()))}
+            written = ["pairs.parquet", *(f"{name}.parquet" for name in side)]
             for name, content in (files or {}).items():
                 target = tmp / name
                 if isinstance(content, bytes):
@@ -228,7 +226,7 @@ class Workspace:
                     shutil.copyfile(content, target)
                 written.append(name)
             return self._commit(
-                tmp, written, table_names, dataset=dataset, pairs=pairs, rejects=rejects, quarantine=quarantine,
+                tmp, written, side, dataset=dataset, pairs=pairs, rejects=rejects, quarantine=quarantine,
                 parents=parent_ids, params=params or {}, meta=meta or {}, kind=kind, flow_run=flow_run,
                 cache_key=cache_key, input_rows=total, chash=chash,
             )
@@ -241,7 +239,7 @@ class Workspace:
             row = con.execute("SELECT count(*) FROM snapshot_log WHERE list_contains(tables, ?)", [name]).fetchone()
         return bool(row and row[0])
 
-    def _commit(self, tmp: Path, written: list[str], table_names: list[str], **kw: Any) -> SnapshotInfo:
+    def _commit(self, tmp: Path, written: list[str], side: dict[str, pa.Table], **kw: Any) -> SnapshotInfo:
         dataset = kw["dataset"]
         created = datetime.now(UTC)
         with catalog.connect(self.root) as con:
@@ -250,10 +248,8 @@ class Workspace:
                 row = con.execute("SELECT max(version) FROM snapshot_log WHERE dataset = ?", [dataset]).fetchone()
                 version = (row[0] or 0) + 1 if row else 1
                 snapshot_id = f"{dataset}@{version}"
-                # snapshot_id is stamped into the side tables now that the version is known
-                for name in table_names:
-                    p = tmp / f"{name}.parquet"
-                    pq.write_table(_with_snapshot_id(pq.read_table(p), snapshot_id), p, compression="zstd")
+                for name, tbl in side.items():
+                    pq.write_table(_with_snapshot_id(tbl, snapshot_id), tmp / f"{name}.parquet", compression="zstd")
                 manifest = {
                     "snapshot_id": snapshot_id, "schema_version": SCHEMA_VERSION, "kind": kw["kind"],
                     "parents": kw["parents"], "params": kw["params"], "meta": kw["meta"],
@@ -275,7 +271,7 @@ class Workspace:
                     [snapshot_id, dataset, version, kw["kind"], kw["parents"], created, kw["flow_run"],
                      _json(kw["params"]), _json(kw["meta"]), kw["input_rows"], kw["pairs"].num_rows,
                      kw["rejects"].num_rows, kw["quarantine"].num_rows, SCHEMA_VERSION, kw["chash"],
-                     kw["cache_key"], str(final), table_names],
+                     kw["cache_key"], str(final), list(side)],
                 )
                 catalog.rebuild_views(con, self.root, self.root / "_empty")
                 con.execute("COMMIT")
