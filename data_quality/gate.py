@@ -104,6 +104,13 @@ class GateResult:
 
 Step = tuple[str, Callable[[pa.Table], CheckResult]]
 
+# How far each check looks, declared beside the pipeline so a changed check changes it here too. Used to run
+# the gate in shards (pipelines.sharding): row-local checks decide each row alone; prompt-local ones compare
+# rows of one prompt only (dedup too: pair_id hashes the prompt); a check in neither set is treated as global.
+ROW_LOCAL = frozenset({"normalise", "degenerate", "near_identical", "decontam"})
+PROMPT_LOCAL = frozenset({"contradictions", "dedup", "margins"})
+REWRITES_PROMPT_ID = frozenset({"normalise"})  # a prompt-local check after these must re-shard
+
 
 def steps(cfg: GateConfig, eval_prompts: Sequence[str] | None = None) -> list[Step]:
     """The pipeline, in order; disabled checks are left out."""

@@ -1,6 +1,6 @@
 """Running the quality gate in shards without changing its result.
 
-The gate is an ordered list of checks (`data_quality.gate.steps`). Each check is one of:
+The gate is an ordered list of checks (`data_quality.gate.steps`); the gate declares each one's scope:
 - row-local: decides each row on its own (normalise, degenerate, near_identical, decontam);
 - prompt-local: compares rows only within one prompt (contradictions, dedup, margins' per-prompt cap);
   dedup is prompt-local because pair_id hashes the prompt;
@@ -26,11 +26,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_quality.gate import PROMPT_LOCAL, REWRITES_PROMPT_ID, ROW_LOCAL
 from storage.schema import REJECTS_SCHEMA, conform
 
-ROW_LOCAL = frozenset({"normalise", "degenerate", "near_identical", "decontam"})
-PROMPT_LOCAL = frozenset({"contradictions", "dedup", "margins"})
-REWRITES_PROMPT_ID = frozenset({"normalise"})
 POS = "__shard_pos"
 
 
