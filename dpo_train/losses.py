@@ -161,20 +161,3 @@ def compute_loss(name: str, b: Batch, p: LossParams = LossParams()) -> LossOutpu
         avg_c, _ = _avg(b)
         losses = losses - p.rpo_alpha * avg_c
     return losses, chosen_rewards, rejected_rewards
-
-
-def weighted_mean(losses: Tensor, weights: Tensor | None) -> Tensor:
-    """Mean of w * loss. Weights are expected pre-normalised to mean 1 over the data set (see batching),
-    so the loss scale does not depend on how a batch happened to be drawn."""
-    if weights is None:
-        return losses.mean()
-    return (losses * weights.to(losses.dtype)).mean()
-
-
-def normalise_weights(weights: Tensor) -> Tensor:
-    """Scale positive weights to mean 1."""
-    if weights.numel() == 0:
-        return weights
-    if not torch.all(weights > 0):
-        raise ValueError("sample weights must be > 0")
-    return weights / weights.mean()

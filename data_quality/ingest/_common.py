@@ -11,7 +11,7 @@ import pyarrow as pa
 
 from data_quality.ingest.containers import RawRows, raw_of, safe_text
 from data_quality.ingest.options import IngestOptions
-from storage.schema import PAIR_SCHEMA, REJECTS_SCHEMA, build_pair_table, quarantine_table, rejects_table
+from storage.schema import REJECTS_SCHEMA, build_pair_table, quarantine_table, rejects_table
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
 # NUL breaks C-string consumers (tokenizers, terminals); lone surrogates are bytes that were not UTF-8.
@@ -203,10 +203,6 @@ def run_rows(rows: RawRows, opts: IngestOptions, handle: RowHandler) -> Collecto
         except (RowError, TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
             out.bad_row(row, record, exc)
     return out
-
-
-def empty_pairs() -> pa.Table:
-    return PAIR_SCHEMA.empty_table()
 
 
 def common_prefix_len(a: str, b: str) -> int:

@@ -72,6 +72,8 @@ def test_double_eos_and_drop_reported(tok, caplog):
 def test_weights_normalised_to_mean_one(tok):
     d = tokenize_pairs(pair_table(4, weights=[1.0, 1.0, 3.0, 3.0]), tok, max_length=128, max_prompt_length=64)
     assert d.weights.tolist() == [0.5, 0.5, 1.5, 1.5]
+    with pytest.raises(ValueError, match="must be > 0"):
+        tokenize_pairs(pair_table(2, weights=[1.0, 0.0]), tok, max_length=128, max_prompt_length=64)
 
 
 def test_epoch_order_deterministic_and_grouped():

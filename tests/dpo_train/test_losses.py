@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dpo_train.losses import LOSSES, Batch, LossParams, compute_loss, normalise_weights, weighted_mean
+from dpo_train.losses import LOSSES, Batch, LossParams, compute_loss
 
 # One pair: policy chosen -10, rejected -12; reference -11 for both. Log-ratio logits = 1 - (-1) = 2.
 PC, PR, RC, RR = -10.0, -12.0, -11.0, -11.0
@@ -90,14 +90,6 @@ def test_gradient_of_dpo_matches_closed_form():
               torch.tensor([RR], dtype=torch.float64))
     compute_loss("sigmoid", b, LossParams(beta=0.1))[0].sum().backward()
     assert pc.grad.item() == pytest.approx(-0.1 / (1 + math.exp(0.2)), abs=1e-12)
-
-
-def test_weights():
-    w = normalise_weights(torch.tensor([1.0, 3.0]))
-    assert w.tolist() == [0.5, 1.5]
-    assert weighted_mean(torch.tensor([2.0, 4.0]), w).item() == pytest.approx((0.5 * 2 + 1.5 * 4) / 2)
-    with pytest.raises(ValueError):
-        normalise_weights(torch.tensor([1.0, 0.0]))
 
 
 def test_registry_is_complete():
