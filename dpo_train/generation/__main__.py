@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     for f in dataclasses.fields(GenerationConfig):
         if f.name == "extra":
             continue
+        if f.name == "stop":
+            ap.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+            continue
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
             ap.add_argument(flag, action="store_true", default=getattr(defaults, f.name))

@@ -19,6 +19,7 @@ class GenerationConfig:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     max_new_tokens: int = 128
+    stop: tuple[str, ...] = ()  # stop strings: an answer ends when its text contains one (stop_reason stop_string)
     seed: int = 0
     batch_size: int = 8  # transformers: sequences per forward; vllm schedules its own batches
     tensor_parallel_size: int = 1  # vllm only
@@ -28,6 +29,9 @@ class GenerationConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # backend-specific kwargs (e.g. vllm gpu_memory_utilization)
 
     def __post_init__(self) -> None:
+        if isinstance(self.stop, str) or not all(isinstance(x, str) and x for x in self.stop):
+            raise ValueError(f"invalid GenerationConfig: stop must be a list of non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", tuple(self.stop))  # TOML/JSON give a list; keep the config hashable
         problems = []
         if self.n < 1:
             problems.append(f"n must be >= 1, got {self.n}")

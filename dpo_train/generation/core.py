@@ -23,11 +23,18 @@ GENERATION_SCHEMA = pa.schema(
         pa.field("sample_index", pa.int32(), nullable=False),
         pa.field("response", pa.string(), nullable=False),
         pa.field("model", pa.string()),
-        pa.field("finish_reason", pa.string()),  # "stop" (EOS) or "length" (max_new_tokens)
+        pa.field("finish_reason", pa.string()),  # "stop" (EOS or stop string) or "length" (max_new_tokens)
         pa.field("num_tokens", pa.int32()),  # generated tokens, the closing EOS included
         pa.field("seed", pa.int64()),
+        # Token-exact record of the sample: training and KL use these ids, never a re-encoding of `response`
+        # (decode -> encode is not the identity: BPE merges differ, special tokens and partial UTF-8 are lost).
+        pa.field("prompt_token_ids", pa.list_(pa.int32())),  # the prompt as the sampler saw it
+        pa.field("token_ids", pa.list_(pa.int32())),  # sampled ids; the closing EOS only when one was sampled
+        pa.field("token_logprobs", pa.list_(pa.float32())),  # the sampler's log-prob of each sampled id
+        pa.field("stop_reason", pa.string()),  # STOP_REASONS: eos | stop_string | length
     ]
 )
+STOP_REASONS = ("eos", "stop_string", "length")
 
 Messages = list[dict[str, str]]
 PromptsLike = pa.Table | Sequence[Sequence[dict]]
@@ -43,6 +50,10 @@ class Sample:
     finish_reason: str
     num_tokens: int
     seed: int
+    token_ids: tuple[int, ...] = ()
+    token_logprobs: tuple[float, ...] = ()
+    stop_reason: str | None = None  # eos | stop_string | length
+    prompt_token_ids: tuple[int, ...] = ()
 
 
 # A backend gets distinct prompts and their ids and returns exactly cfg.n samples per prompt.
@@ -122,6 +133,10 @@ def assemble_table(msgs: list[Messages], ids: list[str], samples: list[Sample], 
             "finish_reason": [s.finish_reason for s in ordered],
             "num_tokens": [s.num_tokens for s in ordered],
             "seed": [s.seed for s in ordered],
+            "prompt_token_ids": [list(s.prompt_token_ids) or None for s in ordered],
+            "token_ids": [list(s.token_ids) if s.stop_reason else None for s in ordered],
+            "token_logprobs": [list(s.token_logprobs) or None for s in ordered],
+            "stop_reason": [s.stop_reason for s in ordered],
         },
         schema=GENERATION_SCHEMA,
     )

@@ -65,20 +65,40 @@ def _filter_top_p(probs: Any, top_p: float) -> Any:
     return out / out.sum(-1, keepdim=True)
 
 
-def sample_next(logits: Any, temperature: float, top_p: float, generators: list[Any]) -> Any:
-    """Next token per row: greedy at temperature 0, else temperature + nucleus sampling per-row generator."""
+def sample_with_logprobs(logits: Any, temperature: float, top_p: float, generators: list[Any]) -> tuple[Any, Any]:
+    """Next token per row and its log-prob under the distribution it was drawn from.
+
+    Greedy at temperature 0 (log-prob under the model's own softmax), else temperature + nucleus sampling with
+    each row's generator (log-prob under the tempered, top-p renormalised distribution). At T=1, top_p=1 this
+    is log pi(token | context), which the Monte-Carlo KL needs."""
     import torch
 
     if temperature == 0:
-        return logits.argmax(-1)
+        nxt = logits.argmax(-1)
+        return nxt, torch.log_softmax(logits.float(), -1).gather(-1, nxt[:, None])[:, 0]
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
         probs = _filter_top_p(probs, top_p)
-    return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+    nxt = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
+    return nxt, probs.gather(-1, nxt[:, None])[:, 0].log()
+
+
+def sample_next(logits: Any, temperature: float, top_p: float, generators: list[Any]) -> Any:
+    """Next token per row: greedy at temperature 0, else temperature + nucleus sampling per-row generator."""
+    return sample_with_logprobs(logits, temperature, top_p, generators)[0]
+
+
+# (sampled ids, their log-probs, stop reason) of one sequence
+Generated = tuple[list[int], list[float], str]
+
+
+def _hit_stop_string(tok: Any, toks: list[int], stop: tuple[str, ...]) -> bool:
+    text = tok.decode(toks, skip_special_tokens=True)
+    return any(s in text for s in stop)
 
 
 def _generate_batch(model: Any, tok: Any, prompt_ids: list[list[int]], seeds: list[int],
-                    cfg: GenerationConfig, device: str, eos: set[int]) -> list[tuple[list[int], str]]:
+                    cfg: GenerationConfig, device: str, eos: set[int]) -> list[Generated]:
     import torch
 
     pad = int(tok.pad_token_id)
@@ -90,25 +110,37 @@ def _generate_batch(model: Any, tok: Any, prompt_ids: list[list[int]], seeds: li
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     eos_t = torch.tensor(sorted(eos), device=device)
     out_tokens: list[list[int]] = [[] for _ in prompt_ids]
+    out_lps: list[list[float]] = [[] for _ in prompt_ids]
+    reasons = ["length"] * len(prompt_ids)
     finished = torch.zeros(len(prompt_ids), dtype=torch.bool, device=device)
     out = model(input_ids=input_ids, attention_mask=attn, position_ids=pos, use_cache=True)
     for _ in range(cfg.max_new_tokens):
-        nxt = sample_next(out.logits[:, -1, :], cfg.temperature, cfg.top_p, gens)
+        nxt, lps = sample_with_logprobs(out.logits[:, -1, :], cfg.temperature, cfg.top_p, gens)
         nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+        hit_eos = torch.isin(nxt, eos_t) & ~finished
         for i in torch.nonzero(~finished).flatten().tolist():
             out_tokens[i].append(int(nxt[i]))
-        finished |= torch.isin(nxt, eos_t)
+            out_lps[i].append(float(lps[i]))
+            if bool(hit_eos[i]):
+                reasons[i] = "eos"
+            elif cfg.stop and _hit_stop_string(tok, out_tokens[i], cfg.stop):
+                reasons[i] = "stop_string"
+        finished |= torch.tensor([r != "length" for r in reasons], device=device)
         if bool(finished.all()):
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=-1)
         pos = pos[:, -1:] + 1
         out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=pos,
                     past_key_values=out.past_key_values, use_cache=True)
-    results = []
-    for toks in out_tokens:
-        stopped = bool(toks) and toks[-1] in eos
-        results.append((toks, "stop" if stopped else "length"))
-    return results
+    return list(zip(out_tokens, out_lps, reasons, strict=True))
+
+
+def response_text(tok: Any, token_ids: list[int], stop: tuple[str, ...] = ()) -> str:
+    """The answer's text for judges and people: special tokens dropped, cut before a stop string (as vLLM
+    reports it). Training never re-encodes this text; it uses the sampled ids."""
+    text = tok.decode(token_ids, skip_special_tokens=True)
+    cuts = [text.find(s) for s in stop if s in text]
+    return text[: min(cuts)] if cuts else text
 
 
 def generate_transformers(msgs: list[Messages], ids: list[str], cfg: GenerationConfig) -> list[Sample]:
@@ -129,7 +161,8 @@ def generate_transformers(msgs: list[Messages], ids: list[str], cfg: GenerationC
             batch = jobs[start:start + cfg.batch_size]
             seeds = [derive_seed(cfg.seed, ids[r], k) for r, k in batch]
             outs = _generate_batch(model, tok, [encoded[r] for r, _ in batch], seeds, cfg, device, eos)
-            for (r, k), seed, (toks, reason) in zip(batch, seeds, outs, strict=True):
-                text = tok.decode(toks, skip_special_tokens=True)
-                samples.append(Sample(r, k, text, reason, len(toks), seed))
+            for (r, k), seed, (toks, lps, reason) in zip(batch, seeds, outs, strict=True):
+                samples.append(Sample(r, k, response_text(tok, toks, cfg.stop),
+                                      "length" if reason == "length" else "stop", len(toks), seed,
+                                      tuple(toks), tuple(lps), reason, tuple(encoded[r])))
     return samples

@@ -57,11 +57,34 @@ def sampling_params_kwargs(cfg: GenerationConfig, seed: int) -> dict[str, Any]:
         "top_p": cfg.top_p,
         "max_tokens": cfg.max_new_tokens,
         "seed": seed,
+        # logprobs=0: the log-prob of each sampled token (and no alternatives), recorded with the sample.
+        "logprobs": 0,
+        **({"stop": list(cfg.stop)} if cfg.stop else {}),
     }
 
 
+def stop_reason(comp: Any) -> str:
+    """eos | stop_string | length from a vLLM CompletionOutput (finish_reason + stop_reason)."""
+    if comp.finish_reason == "length" or comp.finish_reason is None:
+        return "length"
+    # vLLM: stop_reason is None for EOS, the string for a stop string, an int for a stop token id.
+    return "stop_string" if isinstance(getattr(comp, "stop_reason", None), str) else "eos"
+
+
+def sampled_logprobs(comp: Any) -> tuple[float, ...]:
+    """The log-prob of each sampled token from `comp.logprobs` (one {token_id: Logprob} per position)."""
+    if not getattr(comp, "logprobs", None):
+        return ()
+    out = []
+    for tid, pos in zip(comp.token_ids, comp.logprobs, strict=True):
+        lp = pos[tid]
+        out.append(float(getattr(lp, "logprob", lp)))
+    return tuple(out)
+
+
 def outputs_to_samples(outputs: Sequence[Any], seeds: Sequence[int], n: int) -> list[Sample]:
-    """Samples from vLLM RequestOutputs (in prompt order): `.outputs[k]` has text, token_ids, finish_reason."""
+    """Samples from vLLM RequestOutputs (in prompt order): `.prompt_token_ids`, and `.outputs[k]` with text,
+    token_ids, logprobs, finish_reason and stop_reason; the ids are kept exactly as sampled."""
     if len(outputs) != len(seeds):
         raise RuntimeError(f"vLLM returned {len(outputs)} outputs for {len(seeds)} prompts")
     samples: list[Sample] = []
@@ -69,8 +92,11 @@ def outputs_to_samples(outputs: Sequence[Any], seeds: Sequence[int], n: int) -> 
         if len(req.outputs) != n:
             raise RuntimeError(f"vLLM returned {len(req.outputs)} answers for prompt {row}, expected {n}")
         for k, comp in enumerate(req.outputs):
-            samples.append(Sample(row, k, comp.text, str(comp.finish_reason or "length"),
-                                  len(comp.token_ids), seed))
+            reason = stop_reason(comp)
+            samples.append(Sample(row, k, comp.text, "length" if reason == "length" else "stop",
+                                  len(comp.token_ids), seed, tuple(int(t) for t in comp.token_ids),
+                                  sampled_logprobs(comp), reason,
+                                  tuple(int(t) for t in getattr(req, "prompt_token_ids", None) or ())))
     return samples
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pyarrow as pa
 import pytest
 import torch
@@ -117,7 +118,8 @@ def test_vllm_kwargs_mapping():
     cfg = GenerationConfig(model="/m", backend="vllm", n=3, temperature=0.8, top_p=0.9, max_new_tokens=64,
                            seed=7, tensor_parallel_size=2, dtype="bfloat16", extra={"gpu_memory_utilization": 0.8})
     assert vb.sampling_params_kwargs(cfg, 11) == {"n": 3, "temperature": 0.8, "top_p": 0.9, "max_tokens": 64,
-                                                  "seed": 11}
+                                                  "seed": 11, "logprobs": 0}
+    assert vb.sampling_params_kwargs(cfg.replace(stop=["\n\n"]), 11)["stop"] == ["\n\n"]
     assert vb.llm_kwargs(cfg) == {"model": "/m", "tensor_parallel_size": 2, "seed": 7, "dtype": "bfloat16",
                                   "trust_remote_code": False, "gpu_memory_utilization": 0.8}
 
@@ -135,9 +137,26 @@ def test_vllm_without_gpu_gives_clear_error(monkeypatch):
         vb.require_vllm()
 
 
-def _fake_request(texts, finish="stop"):
-    return SimpleNamespace(outputs=[SimpleNamespace(text=t, token_ids=list(range(len(t))), finish_reason=finish)
-                                    for t in texts])
+def _fake_request(texts, finish="stop", stop_reason=None):
+    return SimpleNamespace(prompt_token_ids=[1, 5, 6], outputs=[
+        SimpleNamespace(text=t, token_ids=list(range(len(t))), finish_reason=finish, stop_reason=stop_reason,
+                        logprobs=[{i: SimpleNamespace(logprob=-0.5 * (i + 1))} for i in range(len(t))])
+        for t in texts])
+
+
+def test_vllm_records_sampled_ids_logprobs_and_stop_reason():
+    samples = vb.outputs_to_samples([_fake_request(["ab"]), _fake_request(["x"], "stop", "\n\n"),
+                                     _fake_request(["xyz"], "length"), _fake_request(["q"], "stop", 7)],
+                                    [1, 2, 3, 4], 1)
+    assert [s.stop_reason for s in samples] == ["eos", "stop_string", "length", "eos"]
+    assert [s.finish_reason for s in samples] == ["stop", "stop", "length", "stop"]
+    assert samples[0].token_ids == (0, 1) and samples[0].token_logprobs == (-0.5, -1.0)
+    assert samples[0].prompt_token_ids == (1, 5, 6)
+    msgs, ids = normalise_prompts([[{"role": "user", "content": c}] for c in "abcd"])
+    t = assemble_table(msgs, ids, samples, GenerationConfig(model="/m", backend="vllm", n=1))
+    assert t.column("token_ids").to_pylist() == [[0, 1], [0], [0, 1, 2], [0]]
+    assert t.column("stop_reason").to_pylist() == ["eos", "stop_string", "length", "eos"]
+    assert t.column("prompt_token_ids").to_pylist()[0] == [1, 5, 6]
 
 
 def test_vllm_output_assembly_and_count_check():
@@ -204,6 +223,45 @@ def test_transformers_exactly_n_per_prompt_and_schema(tiny_model_dir, chat_promp
     for reason, ntok in zip(t.column("finish_reason").to_pylist(), t.column("num_tokens").to_pylist(), strict=True):
         assert 1 <= ntok <= 8 and (reason == "stop" or ntok == 8)
     assert len(set(t.column("response").to_pylist())) > 5  # sampling, not one answer repeated
+
+
+def test_transformers_keeps_sampled_ids_logprobs_and_why_it_stopped(tiny_model_dir, chat_prompts):
+    from transformers import AutoTokenizer
+
+    from dpo_train.kl import path_statistics
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = GenerationConfig(model=str(tiny_model_dir), n=4, max_new_tokens=10, seed=2)
+    t = generate(chat_prompts, cfg)
+    rows = t.to_pylist()
+    assert {r["stop_reason"] for r in rows} <= {"eos", "length"} and any(r["stop_reason"] == "length" for r in rows)
+    for r in rows:
+        assert r["num_tokens"] == len(r["token_ids"]) == len(r["token_logprobs"])
+        assert r["prompt_token_ids"] == encode_prompt(tok, r["prompt"])
+        if r["stop_reason"] == "eos":
+            assert r["token_ids"][-1] == tok.eos_token_id and r["finish_reason"] == "stop"
+        else:  # cut by length: exactly the sampled ids, no EOS that was never sampled
+            assert tok.eos_token_id not in r["token_ids"] and len(r["token_ids"]) == 10
+        assert r["response"] == tok.decode(r["token_ids"], skip_special_tokens=True)
+    # The recorded log-probs are the model's log-probs of those ids (T=1, top-p 1).
+    from dpo_train.generation.hf import load_causal_lm
+
+    model = load_causal_lm(str(tiny_model_dir))[0]
+    stats = path_statistics(model, None, t.column("prompt_token_ids").to_pylist(), t.column("token_ids").to_pylist(),
+                            pad_id=tok.pad_token_id)
+    np.testing.assert_allclose(stats.logp_policy, [sum(r["token_logprobs"]) for r in rows], atol=1e-3)
+
+
+def test_transformers_stop_strings(tiny_model_dir, chat_prompts):
+    cfg = GenerationConfig(model=str(tiny_model_dir), n=6, max_new_tokens=24, seed=0)
+    free = generate(chat_prompts[:2], cfg).to_pylist()
+    common = max("aeiou", key=lambda c: sum(c in r["response"] for r in free))
+    t = generate(chat_prompts[:2], cfg.replace(stop=(common,))).to_pylist()
+    stopped = [r for r in t if r["stop_reason"] == "stop_string"]
+    assert stopped, "the commonest vowel should stop some answers"
+    for r in stopped:
+        assert common not in r["response"]  # text is cut before the stop string, as vLLM reports it
+        assert r["finish_reason"] == "stop" and r["token_ids"]
 
 
 def test_transformers_answers_do_not_depend_on_batching_or_sharding(tiny_model_dir, chat_prompts):
