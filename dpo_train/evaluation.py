@@ -1,23 +1,23 @@
-"""Per-round evaluation: judge scores vs the previous round and the reference, a KL estimate to the reference,
-answer-length drift, win rate against the previous round, and an HTML report with curves over rounds.
+"""Per-round evaluation: judge reward with its standard error, win rates against the previous round and the
+reference, KL to the reference on the sampled ids, answer length, truncation and EOS rates, and diversity.
 
 Every function returns plain JSON-able dicts, so a round can store its evaluation in the catalog and the
-report can be rebuilt from the stored records alone.
+report (dpo_train.round_report) can be rebuilt from the stored records alone. Every estimate carries its
+standard error: win rates and score means are clustered by prompt (a prompt's samples are not independent of
+each other), KL is over samples (see dpo_train.kl).
 """
 
 from __future__ import annotations
 
-import html
 import math
-from collections.abc import Sequence
-from pathlib import Path
+from itertools import combinations
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from dpo_train.judges.base import Judge, score_table
-from storage.figures import png_base64
+from dpo_train.kl import mean_se
 
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -27,13 +27,37 @@ def _finite(values: Any) -> np.ndarray:
     return arr[np.isfinite(arr)]
 
 
-def score_distribution(scores: Any, bins: int = 10) -> dict[str, Any]:
-    """n, mean, std, min/max, quantiles and a histogram of the finite scores."""
+def clustered_mean_se(values: Any, groups: Any | None = None) -> tuple[float | None, float | None]:
+    """Mean of `values` and its standard error treating each group (prompt) as one independent unit: the
+    samples of one prompt share its difficulty, so a plain std/sqrt(n) would understate the error."""
+    v = np.asarray(values, dtype=float)
+    if groups is None or v.size == 0:
+        return mean_se(v)
+    g = np.asarray(groups)
+    ok = np.isfinite(v)
+    v, g = v[ok], g[ok]
+    if v.size == 0:
+        return None, None
+    _, inv = np.unique(g, return_inverse=True)
+    k = int(inv.max()) + 1
+    if k < 2:
+        return mean_se(v)
+    # Ratio estimator over clusters: mean = sum/count; its s.e. from the per-cluster residual sums.
+    sums, counts = np.bincount(inv, v, k), np.bincount(inv, minlength=k).astype(float)
+    mean = float(sums.sum() / counts.sum())
+    resid = sums - mean * counts
+    se = math.sqrt(k / (k - 1) * float((resid ** 2).sum())) / float(counts.sum())
+    return mean, se
+
+
+def score_distribution(scores: Any, bins: int = 10, groups: Any | None = None) -> dict[str, Any]:
+    """n, mean with its standard error (clustered by `groups` when given), std, min/max, quantiles, histogram."""
     s = _finite(scores)
     if s.size == 0:
-        return {"n": 0, "mean": None, "std": None}
+        return {"n": 0, "mean": None, "stderr": None, "std": None}
     counts, edges = np.histogram(s, bins=bins)
-    out: dict[str, Any] = {"n": int(s.size), "mean": float(s.mean()), "std": float(s.std()),
+    _, se = clustered_mean_se(np.asarray(scores, dtype=float), groups)
+    out: dict[str, Any] = {"n": int(s.size), "mean": float(s.mean()), "stderr": se, "std": float(s.std()),
                            "min": float(s.min()), "max": float(s.max())}
     out.update({f"p{int(q * 100)}": float(np.quantile(s, q)) for q in QUANTILES})
     out["histogram"] = {"counts": counts.tolist(), "edges": edges.tolist()}
@@ -49,61 +73,72 @@ def ks_statistic(a: Any, b: Any) -> float | None:
     return float(np.max(np.abs(np.searchsorted(x, grid, "right") / x.size - np.searchsorted(y, grid, "right") / y.size)))
 
 
+Scored = tuple[np.ndarray, np.ndarray | None]  # scores and their prompt ids (clusters)
+
+
 def compare_scores(current: Any, previous: Any | None = None, reference: Any | None = None) -> dict[str, Any]:
-    """Score distribution of this round, and its shift against the previous round and the reference."""
-    out: dict[str, Any] = {"current": score_distribution(current)}
+    """Score distribution of this round, and its shift against the previous round and the reference.
+
+    Each argument is scores, or (scores, prompt ids). The samples of different rounds are drawn with fresh
+    seeds, so a difference's standard error is sqrt(se_a^2 + se_b^2)."""
+    def split(x: Any) -> Scored:
+        return (np.asarray(x[0], float), None if x[1] is None else np.asarray(x[1])) if isinstance(x, tuple) \
+            else (np.asarray(x, float), None)
+
+    cur_s, cur_g = split(current)
+    out: dict[str, Any] = {"current": score_distribution(cur_s, groups=cur_g)}
     for name, other in (("previous", previous), ("reference", reference)):
         if other is None:
             continue
-        dist = score_distribution(other)
+        o_s, o_g = split(other)
+        dist = score_distribution(o_s, groups=o_g)
         out[name] = dist
-        cur = out["current"]["mean"]
-        out[f"delta_mean_vs_{name}"] = None if cur is None or dist["mean"] is None else cur - dist["mean"]
-        out[f"ks_vs_{name}"] = ks_statistic(current, other)
-    return out
-
-
-def kl_from_logprobs(logp_policy: Any, logp_reference: Any, num_tokens: Any | None = None) -> dict[str, Any]:
-    """Monte-Carlo KL(pi || pi_ref) from answers sampled from pi: the mean of log pi(y|x) - log pi_ref(y|x)."""
-    d = np.asarray(logp_policy, dtype=float) - np.asarray(logp_reference, dtype=float)
-    if d.size == 0:
-        return {"n": 0, "kl": None}
-    out = {"n": int(d.size), "kl": float(d.mean()),
-           "stderr": float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else None}
-    if num_tokens is not None:
-        out["kl_per_token"] = float(d.sum() / max(int(np.sum(num_tokens)), 1))
+        cur = out["current"]
+        out[f"delta_mean_vs_{name}"] = None if cur["mean"] is None or dist["mean"] is None \
+            else cur["mean"] - dist["mean"]
+        out[f"delta_stderr_vs_{name}"] = None if cur["stderr"] is None or dist["stderr"] is None \
+            else math.hypot(cur["stderr"], dist["stderr"])
+        out[f"ks_vs_{name}"] = ks_statistic(cur_s, o_s)
     return out
 
 
 def kl_estimate(policy: str, reference: str, generations: pa.Table, *, batch_size: int = 8,
                 dtype: str = "auto", device: str | None = None) -> dict[str, Any]:
-    """KL of the policy to the reference on the policy's own sampled answers (`generations` from generate())."""
-    from dpo_train.judges.implicit import policy_logprobs
+    """KL of the policy to the reference on the policy's own sampled token ids (see dpo_train.kl)."""
+    from dpo_train.kl import kl_to_reference
 
-    prompts = generations.column("prompt").to_pylist()
-    responses = generations.column("response").to_pylist()
-    lp_pi, ntok = policy_logprobs(policy, prompts, responses, batch_size=batch_size, dtype=dtype, device=device)
-    lp_ref, _ = policy_logprobs(reference, prompts, responses, batch_size=batch_size, dtype=dtype, device=device)
-    return kl_from_logprobs(lp_pi, lp_ref, ntok)
+    return kl_to_reference(policy, reference, generations, batch_size=batch_size, dtype=dtype, device=device)
+
+
+def _stop_reasons(t: pa.Table) -> list[str] | None:
+    if "stop_reason" in t.column_names and t.column("stop_reason").null_count == 0:
+        return t.column("stop_reason").to_pylist()
+    if "finish_reason" in t.column_names:  # older generations: "stop" meant EOS
+        return ["length" if f == "length" else "eos" for f in t.column("finish_reason").to_pylist()]
+    return None
 
 
 def _lengths(t: pa.Table) -> dict[str, Any]:
     resp = t.column("response").to_pylist()
+    if not resp:
+        return {"n": 0, "mean_chars": None}
     chars = np.array([len(r) for r in resp], dtype=float)
     words = np.array([len(r.split()) for r in resp], dtype=float)
-    out = {"n": len(resp), "mean_chars": float(chars.mean()) if resp else None,
-           "median_chars": float(np.median(chars)) if resp else None,
-           "mean_words": float(words.mean()) if resp else None}
-    if "num_tokens" in t.column_names and resp:
-        out["mean_tokens"] = float(np.mean(_finite(t.column("num_tokens"))))
-    if "finish_reason" in t.column_names and resp:
-        out["truncated_fraction"] = float(np.mean([f == "length" for f in t.column("finish_reason").to_pylist()]))
+    out: dict[str, Any] = {"n": len(resp), "mean_chars": float(chars.mean()), "median_chars": float(np.median(chars)),
+                           "mean_words": float(words.mean())}
+    if "num_tokens" in t.column_names:
+        out["mean_tokens"], out["mean_tokens_stderr"] = mean_se(_finite(t.column("num_tokens")))
+    reasons = _stop_reasons(t)
+    if reasons is not None:
+        for key, reason in (("truncated_fraction", "length"), ("eos_fraction", "eos"),
+                            ("stop_string_fraction", "stop_string")):
+            out[key], out[key + "_stderr"] = mean_se([r == reason for r in reasons])
     return out
 
 
 def length_drift(current: pa.Table, previous: pa.Table | None = None,
                  reference: pa.Table | None = None) -> dict[str, Any]:
-    """Answer lengths of this round and their ratio to the previous round's and the reference's."""
+    """Answer lengths, truncation and EOS rates of this round and the length ratio to previous and reference."""
     out: dict[str, Any] = {"current": _lengths(current)}
     for name, other in (("previous", previous), ("reference", reference)):
         if other is None:
@@ -115,37 +150,65 @@ def length_drift(current: pa.Table, previous: pa.Table | None = None,
     return out
 
 
-def win_rate(current: pa.Table, previous: pa.Table, judge: Judge) -> dict[str, Any]:
-    """Pairwise win rate of this round's answers over the previous round's, matched on (prompt_id, sample_index).
+def _units(t: pa.Table) -> list[list]:
+    """The answer as a sequence: its sampled token ids when recorded, else its whitespace words."""
+    if "token_ids" in t.column_names and t.column("token_ids").null_count == 0:
+        return t.column("token_ids").to_pylist()
+    return [r.split() for r in t.column("response").to_pylist()]
 
-    Ties count half. The interval is a normal approximation (95%).
-    """
+
+def diversity(t: pa.Table, ns: tuple[int, ...] = (1, 2)) -> dict[str, Any]:
+    """distinct-n (distinct n-grams / all n-grams over every answer) and the mean pairwise Jaccard similarity
+    of the bigram sets of the samples of one prompt (1: a prompt's samples are all the same answer)."""
+    seqs = _units(t)
+    out: dict[str, Any] = {}
+    for n in ns:
+        grams = [tuple(s[i:i + n]) for s in seqs for i in range(len(s) - n + 1)]
+        out[f"distinct_{n}"] = len(set(grams)) / len(grams) if grams else None
+    by_prompt: dict[str, list[set]] = {}
+    for pid, s in zip(t.column("prompt_id").to_pylist(), seqs, strict=True):
+        by_prompt.setdefault(pid, []).append({tuple(s[i:i + 2]) for i in range(len(s) - 1)} or {tuple(s)})
+    sims, groups = [], []
+    for pid, sets in by_prompt.items():
+        for a, b in combinations(sets, 2):
+            sims.append(len(a & b) / len(a | b) if a | b else 1.0)
+            groups.append(pid)
+    out["pairwise_similarity"], out["pairwise_similarity_stderr"] = clustered_mean_se(sims, groups) if sims \
+        else (None, None)
+    return out
+
+
+def win_rate(current: pa.Table, other: pa.Table, judge: Judge) -> dict[str, Any]:
+    """Pairwise win rate of this round's answers over `other`'s, matched on (prompt_id, sample_index).
+
+    Ties count half. The standard error is clustered by prompt; ci95 is mean +- 1.96 s.e."""
     keys = ["prompt_id", "sample_index"]
     # Arrow joins cannot carry list columns (the prompt), so join row numbers and take afterwards.
     cur = current.select(keys).append_column("cur_row", pa.array(range(current.num_rows), pa.int64()))
-    prev = previous.select(keys).append_column("prev_row", pa.array(range(previous.num_rows), pa.int64()))
+    prev = other.select(keys).append_column("prev_row", pa.array(range(other.num_rows), pa.int64()))
     joined = cur.join(prev, keys=keys, join_type="inner").sort_by([(k, "ascending") for k in keys])
     if joined.num_rows == 0:
-        return {"n": 0, "win_rate": None}
+        return {"n": 0, "win_rate": None, "stderr": None}
     c_rows, p_rows = joined.column("cur_row"), joined.column("prev_row")
     p = judge.compare(current.column("prompt").take(c_rows).to_pylist(),
                       current.column("response").take(c_rows).to_pylist(),
-                      previous.column("response").take(p_rows).to_pylist())
-    n, rate = len(p), float(np.mean(p))
-    half = 1.96 * math.sqrt(max(rate * (1 - rate), 1e-12) / n)
-    return {"n": n, "win_rate": rate, "wins": int(np.sum(p == 1.0)), "ties": int(np.sum(p == 0.5)),
-            "losses": int(np.sum(p == 0.0)), "ci95": [max(0.0, rate - half), min(1.0, rate + half)],
-            "judge": judge.label}
+                      other.column("response").take(p_rows).to_pylist())
+    rate, se = clustered_mean_se(p, joined.column("prompt_id").to_pylist())
+    assert rate is not None
+    half = 1.96 * (se if se is not None else math.sqrt(max(rate * (1 - rate), 1e-12) / len(p)))
+    return {"n": len(p), "win_rate": rate, "stderr": se, "wins": int(np.sum(p == 1.0)),
+            "ties": int(np.sum(p == 0.5)), "losses": int(np.sum(p == 0.0)),
+            "ci95": [max(0.0, rate - half), min(1.0, rate + half)], "judge": judge.label}
 
 
-def _scores(t: pa.Table | None, judge: Judge | None) -> np.ndarray | None:
+def _scores(t: pa.Table | None, judge: Judge | None) -> tuple[np.ndarray, np.ndarray] | None:
     if t is None:
         return None
     if "score" not in t.column_names:
         if judge is None:
             raise ValueError("generations carry no 'score' column and no judge was given to score them")
         t = score_table(t, judge)
-    return _finite(t.column("score"))
+    return np.asarray(t.column("score").to_pylist(), dtype=float), np.asarray(t.column("prompt_id").to_pylist())
 
 
 def evaluate_round(round: int, generations: pa.Table, *, judge: Judge | None = None,
@@ -156,7 +219,7 @@ def evaluate_round(round: int, generations: pa.Table, *, judge: Judge | None = N
 
     `generations`, `previous`, `reference`: answers of this round's policy, the previous round's policy and the
     reference policy to the same prompts (scored already, or scored here with `judge`). KL needs both model
-    paths; win rate uses `win_judge` (default `judge`) and the previous round's answers.
+    paths and the sampled token ids; win rates use `win_judge` (default `judge`).
     """
     rec: dict[str, Any] = {"round": round}
     if judge is not None or "score" in generations.column_names:
@@ -167,81 +230,11 @@ def evaluate_round(round: int, generations: pa.Table, *, judge: Judge | None = N
     if policy_path and reference_path:
         rec["kl"] = kl_estimate(policy_path, reference_path, generations, batch_size=batch_size)
     rec["length"] = length_drift(generations, previous, reference)
+    rec["diversity"] = diversity(generations)
     wj = win_judge or judge
-    if previous is not None and wj is not None:
-        rec["win_rate"] = win_rate(generations, previous, wj)
+    if wj is not None:
+        if previous is not None:
+            rec["win_rate"] = win_rate(generations, previous, wj)
+        if reference is not None:
+            rec["win_rate_vs_reference"] = win_rate(generations, reference, wj)
     return rec
-
-
-# ---------------------------------------------------------------- report
-
-
-def _get(rec: dict[str, Any], *path: str) -> float | None:
-    cur: Any = rec
-    for p in path:
-        if not isinstance(cur, dict) or cur.get(p) is None:
-            return None
-        cur = cur[p]
-    return float(cur) if isinstance(cur, int | float) else None
-
-
-def _curve_png(history: Sequence[dict[str, Any]], title: str, series: dict[str, tuple[str, ...]],
-               band: tuple[tuple[str, ...], tuple[str, ...]] | None = None, hline: float | None = None) -> str:
-    def draw(ax: Any) -> None:
-        rounds = [r["round"] for r in history]
-        for label, path in series.items():
-            ys = [_get(r, *path) for r in history]
-            ax.plot(rounds, [np.nan if y is None else y for y in ys], marker="o", label=label)
-        if band is not None:
-            lo = [_get(r, *band[0]) for r in history]
-            hi = [_get(r, *band[1]) for r in history]
-            ax.fill_between(rounds, [np.nan if v is None else v for v in lo],
-                            [np.nan if v is None else v for v in hi], alpha=0.2, label="p10-p90")
-        if hline is not None:
-            ax.axhline(hline, color="grey", linestyle="--", linewidth=1)
-        ax.set_title(title)
-        ax.set_xlabel("round")
-        ax.set_xticks(rounds)
-        ax.legend(fontsize=8)
-
-    return png_base64(draw, 5, 3.2, dpi=100)
-
-
-def _fmt(v: float | None) -> str:
-    return "–" if v is None else f"{v:.4g}"
-
-
-def render_report(history: Sequence[dict[str, Any]], title: str = "Iterative DPO rounds") -> str:
-    """Self-contained HTML (inline PNG curves) from `evaluate_round` records, one per round."""
-    history = sorted(history, key=lambda r: r["round"])
-    charts = [
-        _curve_png(history, "judge score", {"mean": ("score", "current", "mean"),
-                                            "reference mean": ("score", "reference", "mean")},
-                   band=(("score", "current", "p10"), ("score", "current", "p90"))),
-        _curve_png(history, "KL(policy || reference)", {"KL per answer": ("kl", "kl")}, hline=0.0),
-        _curve_png(history, "answer length (chars)", {"mean": ("length", "current", "mean_chars"),
-                                                      "reference": ("length", "reference", "mean_chars")}),
-        _curve_png(history, "win rate vs previous round", {"win rate": ("win_rate", "win_rate")}, hline=0.5),
-    ]
-    cols = [("score mean", ("score", "current", "mean")), ("Δ vs previous", ("score", "delta_mean_vs_previous")),
-            ("Δ vs reference", ("score", "delta_mean_vs_reference")), ("KL", ("kl", "kl")),
-            ("mean chars", ("length", "current", "mean_chars")),
-            ("length ratio vs previous", ("length", "chars_ratio_vs_previous")),
-            ("win rate", ("win_rate", "win_rate"))]
-    head = "".join(f"<th>{html.escape(c)}</th>" for c, _ in cols)
-    body = "".join("<tr><td>{}</td>{}</tr>".format(
-        r["round"], "".join(f"<td>{_fmt(_get(r, *p))}</td>" for _, p in cols)) for r in history)
-    judges = sorted({str(r["judge"]) for r in history if r.get("judge")})
-    imgs = "".join(f'<img alt="curve" src="data:image/png;base64,{c}">' for c in charts)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{margin:4px}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>judge(s): {html.escape(', '.join(judges) or 'none')}</p>"
-            f"<table><tr><th>round</th>{head}</tr>{body}</table><div>{imgs}</div></body></html>")
-
-
-def write_report(history: Sequence[dict[str, Any]], path: str | Path, title: str = "Iterative DPO rounds") -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_report(history, title), encoding="utf-8")
-    return path

@@ -269,7 +269,7 @@ def iterate(cfg: IterateConfig, ws: Workspace | None = None, *, rounds: int | No
             execute: Callable[[str, Callable[[], dict[str, Any]]], dict[str, Any]] | None = None,
             ) -> list[dict[str, Any]]:
     """Run (or resume) rounds 1..N; returns the evaluation record of every round, round 0 = the initial policy."""
-    from dpo_train.evaluation import write_report
+    from dpo_train.round_report import write_report
 
     ws = ws or Workspace(cfg.workspace)
     check_same_config(ws, cfg)
