@@ -9,31 +9,29 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from data_quality.ingest import alpaca_eval, hh, multi_completion, trl
-from data_quality.ingest._common import Collector
+from data_quality.ingest import hub
+from data_quality.ingest._common import Collector, RowHandler, run_rows
 from data_quality.ingest.containers import RawRows, read_path
+from data_quality.ingest.formats import FORMATS, MAPPED, REGISTRY, detect_row, format_hint
 from data_quality.ingest.options import IngestOptions
 from storage.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA
 
 Reader = Callable[[RawRows, IngestOptions], Collector]
 
-READERS: dict[str, Reader] = {
-    "hh": hh.read_hh,
-    "alpaca_eval": alpaca_eval.read_alpaca_eval,
-    "trl_standard": trl.read_trl_standard,
-    "trl_conversational": trl.read_trl_conversational,
-    "multi_completion": multi_completion.read_multi_completion,
-}
 
-# Checked in order on each sampled row; the first match votes for that format.
-DETECTORS: list[tuple[str, Callable[[dict], bool]]] = [
-    ("alpaca_eval", alpaca_eval.looks_like),
-    ("multi_completion", multi_completion.looks_like),
-    ("hh", hh.looks_like),
-    ("trl_conversational", trl.looks_conversational),
-    ("trl_standard", trl.looks_standard),
-]
-FORMATS = tuple(READERS)
+def _reader(handle: RowHandler) -> Reader:
+    return lambda rows, opts: run_rows(rows, opts, handle)
+
+
+READERS: dict[str, Reader] = {name: _reader(f.handle) for name, f in REGISTRY.items()}
+
+
+class IngestError(ValueError):
+    """A source whose rows all failed (a wrong or forced format, a file of non-rows); `result` holds them."""
+
+    def __init__(self, message: str, result: IngestResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -51,66 +49,141 @@ class IngestResult:
                 "quarantined": self.quarantine.num_rows}
 
 
+def _dicts(rows: RawRows, limit: int) -> list[dict]:
+    out: list[dict] = []
+    for _, r in rows.records:
+        if isinstance(r, dict):
+            out.append(r)
+            if len(out) >= limit:
+                break
+    return out
+
+
 def detect_format(rows: RawRows, opts: IngestOptions) -> str | None:
-    """The format most of the first parsed rows look like; None when no row parsed at all."""
-    votes: Counter[str] = Counter()
-    sample = [r for _, r in rows.records[: opts.detect_rows] if isinstance(r, dict)]
+    """The format most of the first parsed rows look like; None when no row is an object at all."""
+    sample = _dicts(rows, opts.detect_rows)
     if not sample:
         return None
-    for rec in sample:
-        for name, matches in DETECTORS:
-            if matches(rec):
-                votes[name] += 1
-                break
+    votes = Counter(f for f in map(detect_row, sample) if f is not None)
     if not votes:
         keys = sorted({k for rec in sample[:5] for k in rec})
         hint = " (AlpacaEval model outputs: use multi_completion_from_model_outputs)" if "output" in keys else ""
         raise ValueError(f"{rows.source}: cannot detect the preference format from columns {keys}{hint}; "
-                         f"pass format= one of {list(FORMATS)}")
+                         f"pass --format (one of {list(FORMATS)}) or map the columns with "
+                         "--map prompt=...,chosen=...,rejected=...")
     return votes.most_common(1)[0][0]
 
 
+def _per_row(default: str, used: Counter[str]) -> RowHandler:
+    """Each row read by the format its fields match (rows matching none: by the file's main format, whose
+    error then names the missing field), so a file mixing layouts never becomes garbage pairs."""
+
+    def handle(out: Collector, row: int, rec: dict) -> None:
+        fmt = detect_row(rec) or default
+        used[fmt] += 1
+        REGISTRY[fmt].handle(out, row, rec)
+
+    return handle
+
+
+def _sources(path: str | Path, opts: IngestOptions) -> list[RawRows]:
+    name = hub.hub_id(str(path))
+    if name is not None:
+        return hub.read_hub(name)
+    try:
+        return read_path(path, opts)
+    except RecursionError:
+        raise ValueError(f"{Path(path).absolute()}: JSON nested too deeply to parse (over ~1000 levels); "
+                         "this is not a file of preference rows") from None
+
+
+def _read_one(rows: RawRows, format: str | None, opts: IngestOptions) -> tuple[Collector, str, dict]:
+    """One source through its reader: (collector, format name, per-format row counts)."""
+    if format == MAPPED or (format is None and opts.columns):
+        from data_quality.ingest.mapping import mapped_handler
+
+        return run_rows(rows, opts, mapped_handler(opts.columns or {})), MAPPED, {}
+    if format is not None:
+        return READERS[format](rows, opts), format, {}
+    main = detect_format(rows, opts)
+    if main is None:  # no row is an object: each one is quarantined as such
+        out = run_rows(rows, opts, lambda out, row, rec: None)
+        return out, "unknown", {}
+    used: Counter[str] = Counter()
+    out = run_rows(rows, opts, _per_row(main, used))
+    name = "+".join(sorted(used)) if len(used) > 1 else main
+    return out, name, dict(used) if len(used) > 1 else {}
+
+
 def ingest_files(paths: Sequence[str | Path], format: str | None = None,
-                 options: IngestOptions | None = None) -> IngestResult:
-    """Read every path into one pair table plus rejects and quarantine.
+                 options: IngestOptions | None = None, require_pairs: bool = True) -> IngestResult:
+    """Read every path (file, folder of files, `save_to_disk` folder, hub id) into one pair table plus rejects
+    and quarantine.
 
     Raises on whole-file failures (missing file, unknown container or format, unreadable Parquet) naming the
     file; row-level problems never raise, they are quarantined with source, source_row, field and error.
+    With `require_pairs`, a source whose rows all end in quarantine raises IngestError (the format does not
+    fit), with the top reasons and a hint of the format the rows look like.
     """
     opts = options or IngestOptions()
-    if format is not None and format not in READERS:
+    if format is not None and format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; choose one of {list(FORMATS)}")
+    if format not in (None, MAPPED) and opts.columns:
+        raise ValueError(f"a column map reads rows itself: drop --format {format} or use --format {MAPPED}")
+    if format == MAPPED and not opts.columns:
+        raise ValueError(f"--format {MAPPED} needs a column map (--map prompt=...,chosen=...,rejected=...)")
     if isinstance(paths, str | Path):
         paths = [paths]
     pairs, rejects, quarantine = [], [], []
     per_source: list[dict] = []
-    formats: dict[str, str] = {}
+    fmts: dict[str, str] = {}
+    failed: list[str] = []
     for path in paths:
-        for rows in read_path(path, opts):
-            fmt = format or detect_format(rows, opts)
-            if fmt is None:  # nothing parsed: every row is already in the container's quarantine
-                out = Collector(rows, opts)
-                fmt = "unknown"
-            else:
-                out = READERS[fmt](rows, opts)
-            formats[rows.source] = fmt
+        for rows in _sources(path, opts):
+            sample = _dicts(rows, opts.detect_rows)  # kept for the hint: the reader releases rows as it goes
+            records = rows.n_rows
+            out, fmt, used = _read_one(rows, format, opts)
+            fmts[rows.source] = fmt
             pairs.append(out.pairs())
             rejects.append(out.rejects())
             quarantine.append(out.quarantined())
             kept, rejected, quarantined = out.counts
-            per_source.append({"source": rows.source, "container": rows.container, "format": fmt,
-                               "records": rows.n_rows, "input_rows": kept + rejected + quarantined,
-                               "kept": kept, "rejected": rejected, "quarantined": quarantined})
+            entry = {"source": rows.source, "container": rows.container, "format": fmt, "records": records,
+                     "input_rows": kept + rejected + quarantined, "kept": kept, "rejected": rejected,
+                     "quarantined": quarantined}
+            if used:
+                entry["format_rows"] = used
+            per_source.append(entry)
+            if require_pairs and quarantined and not kept and not rejected:
+                failed.append(_nothing_kept(entry, quarantine[-1], sample, format))
     result = IngestResult(
         pairs=pa.concat_tables(pairs) if pairs else PAIR_SCHEMA.empty_table(),
         rejects=pa.concat_tables(rejects) if rejects else REJECTS_SCHEMA.empty_table(),
         quarantine=pa.concat_tables(quarantine) if quarantine else QUARANTINE_SCHEMA.empty_table(),
         input_rows=sum(s["input_rows"] for s in per_source),
         per_source=per_source,
-        formats=formats,
+        formats=fmts,
     )
     _check_accounting(result, opts)
+    if failed:
+        raise IngestError("\n".join(failed), result)
     return result
+
+
+def _nothing_kept(entry: dict, quarantine: pa.Table, sample: list[dict], forced: str | None) -> str:
+    reasons = Counter(e[:160] for e in quarantine.column("error").to_pylist())
+    top = "; ".join(f"{n} x {e}" for e, n in reasons.most_common(3))
+    how = "forced" if forced else "detected"
+    return (f"{entry['source']}: format {entry['format']!r} ({how}) kept none of {entry['input_rows']} rows; "
+            f"top reasons: {top}. {format_hint(sample, entry['format'])}")
+
+
+def summary(fmts: dict[str, str]) -> str | None:
+    """One line for the formats used: the format when all sources share it, else each with its count."""
+    names = Counter(fmts.values())
+    if not names:
+        return None
+    return next(iter(names)) if len(names) == 1 else ", ".join(f"{k} ({n} sources)" for k, n in names.items())
 
 
 def _check_accounting(res: IngestResult, opts: IngestOptions) -> None:
@@ -118,7 +191,10 @@ def _check_accounting(res: IngestResult, opts: IngestOptions) -> None:
     if c["input_rows"] != c["kept"] + c["rejected"] + c["quarantined"]:
         raise AssertionError(f"ingest lost rows: {c}")
     for s in res.per_source:
-        # Only all-pairs binarisation turns one record into several pairs; everything else is one to one.
-        expands = s["format"] == "multi_completion" and opts.pairing == "all_above_margin"
+        # Only all-pairs binarisation of ranked formats turns one record into several pairs.
+        expands = opts.pairing == "all_above_margin" and any(
+            REGISTRY[f].expands for f in s["format"].split("+") if f in REGISTRY)
         if not expands and s["input_rows"] != s["records"]:
             raise AssertionError(f"ingest lost rows in {s['source']}: {s}")
+
+

@@ -135,13 +135,13 @@ def prompt_of(rec: dict, opts: IngestOptions) -> list[dict]:
     return user_prompt(text_field(value, name, opts))
 
 
-def _handle(out: Collector, row: int, rec: dict) -> None:
+def handle_row(out: Collector, row: int, rec: dict) -> None:
     prompt = prompt_of(rec, out.opts)
     binarise(out, row, prompt, parse_completions(rec.get("completions"), out.opts))
 
 
 def read_multi_completion(rows: RawRows, opts: IngestOptions) -> Collector:
-    return run_rows(rows, opts, _handle)
+    return run_rows(rows, opts, handle_row)
 
 
 def looks_like(rec: dict) -> bool:

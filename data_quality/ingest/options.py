@@ -9,6 +9,7 @@ from typing import Any
 from storage.strict import from_dict_strict
 
 PAIRING_RULES = ("best_vs_worst", "best_vs_random", "all_above_margin")
+PKU_LABELS = ("better", "safer")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class IngestOptions:
     score_key: str | None = None
     # How many parsed rows format auto-detection looks at.
     detect_rows: int = 64
+    # PKU-SafeRLHF: which of its two labels decides chosen: "better" (helpfulness) or "safer".
+    pku_label: str = "better"
+    # Column mapping {target: source path} for layouts no reader knows (format "mapped"); see ingest/mapping.py.
+    columns: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.pairing not in PAIRING_RULES:
@@ -34,6 +39,13 @@ class IngestOptions:
             raise ValueError("max_field_bytes, max_raw_chars and detect_rows must be positive")
         if self.min_margin < 0:
             raise ValueError("min_margin must be >= 0")
+        if self.pku_label not in PKU_LABELS:
+            raise ValueError(f"unknown pku_label {self.pku_label!r}; choose one of {list(PKU_LABELS)}")
+        if self.columns is not None:
+            # Imported here: mapping imports the readers, which import this module.
+            from data_quality.ingest.mapping import parse_columns
+
+            object.__setattr__(self, "columns", parse_columns(self.columns))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> IngestOptions:

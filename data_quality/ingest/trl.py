@@ -32,7 +32,7 @@ def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
     return chosen[:k], chosen[k:], rejected[k:]
 
 
-def _standard(out: Collector, row: int, rec: dict) -> None:
+def handle_standard(out: Collector, row: int, rec: dict) -> None:
     opts = out.opts
     chosen = text_field(rec.get("chosen"), "chosen", opts)
     rejected = text_field(rec.get("rejected"), "rejected", opts)
@@ -48,11 +48,11 @@ def _standard(out: Collector, row: int, rec: dict) -> None:
     out.keep(row, user_prompt(prompt), chosen, rejected)
 
 
-def _conversational(out: Collector, row: int, rec: dict) -> None:
-    opts = out.opts
-    prompt = messages_field(rec["prompt"], "prompt", opts) if rec.get("prompt") is not None else []
-    chosen = prompt + messages_field(rec.get("chosen"), "chosen", opts)
-    rejected = prompt + messages_field(rec.get("rejected"), "rejected", opts)
+def conversation_pair(chosen: list[dict], rejected: list[dict]) -> tuple[list[dict], str, str]:
+    """Two whole conversations -> (shared prompt, chosen answer, rejected answer).
+
+    They must share every message but the last, which must be an assistant message on both sides.
+    """
     for name, conv in (("chosen", chosen), ("rejected", rejected)):
         if not conv or conv[-1]["role"] != "assistant":
             raise RowError(name, "must end with an assistant message (its content is the answer)")
@@ -62,15 +62,23 @@ def _conversational(out: Collector, row: int, rec: dict) -> None:
                                    "their final assistant message, so there is no shared prompt")
     if not any(m["role"] == "user" for m in chosen[:-1]):
         raise RowError("prompt", "has no user message")
-    out.keep(row, chosen[:-1], chosen[-1]["content"], rejected[-1]["content"])
+    return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
+
+
+def handle_conversational(out: Collector, row: int, rec: dict) -> None:
+    opts = out.opts
+    prompt = messages_field(rec["prompt"], "prompt", opts) if rec.get("prompt") is not None else []
+    chosen = prompt + messages_field(rec.get("chosen"), "chosen", opts)
+    rejected = prompt + messages_field(rec.get("rejected"), "rejected", opts)
+    out.keep(row, *conversation_pair(chosen, rejected))
 
 
 def read_trl_standard(rows: RawRows, opts: IngestOptions) -> Collector:
-    return run_rows(rows, opts, _standard)
+    return run_rows(rows, opts, handle_standard)
 
 
 def read_trl_conversational(rows: RawRows, opts: IngestOptions) -> Collector:
-    return run_rows(rows, opts, _conversational)
+    return run_rows(rows, opts, handle_conversational)
 
 
 def _is_messages(value: object) -> bool:

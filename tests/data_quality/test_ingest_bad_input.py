@@ -7,8 +7,9 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
-from data_quality.ingest import IngestOptions, ingest_files
+from data_quality.ingest import IngestError, IngestOptions, ingest_files
 from storage.schema import validate_pair_table
 
 GOOD = {"prompt": "p", "chosen": "good", "rejected": "bad"}
@@ -143,6 +144,9 @@ def test_empty_and_all_broken_files(tmp_path):
     empty.write_bytes(b"")
     broken = tmp_path / "broken.jsonl"
     broken.write_bytes(b"{nope\n{also nope\n")
-    res = ingest_files([empty, broken])
+    res = ingest_files([empty, broken], require_pairs=False)
     accounted(res, 2)
     assert res.formats[str(broken.absolute())] == "unknown"
+    # By default a source of which nothing could be read fails, naming it (the empty file is no failure).
+    with pytest.raises(IngestError, match=r"broken\.jsonl: format 'unknown' \(detected\) kept none of 2 rows"):
+        ingest_files([empty, broken])

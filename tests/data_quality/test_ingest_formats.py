@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_quality.ingest import IngestOptions, detect_format, ingest_files
+from data_quality.ingest import IngestError, IngestOptions, detect_format, ingest_files
 from data_quality.ingest.containers import read_path
 from storage.schema import validate_pair_table
 
@@ -189,8 +189,12 @@ def test_multi_completion_rules(tmp_path):
 
 def test_format_override_and_detection_errors(tmp_path):
     path = write_jsonl(tmp_path / "s.jsonl", STANDARD)
-    forced = ingest_files([path], format="alpaca_eval")  # wrong format forced: every row quarantined, no crash
+    forced = ingest_files([path], format="alpaca_eval", require_pairs=False)  # every row quarantined, no crash
     assert forced.quarantine.num_rows == 5 and forced.pairs.num_rows == 0
+    with pytest.raises(IngestError, match=r"'alpaca_eval' \(forced\) kept none of 5 rows.*output_1.*"
+                                          r"try --format trl_standard") as err:
+        ingest_files([path], format="alpaca_eval")
+    assert err.value.result.quarantine.num_rows == 5
     with pytest.raises(ValueError, match="unknown format"):
         ingest_files([path], format="nope")
     odd = write_jsonl(tmp_path / "odd.jsonl", [{"foo": 1}])
