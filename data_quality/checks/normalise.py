@@ -1,7 +1,12 @@
-"""Normalisation: unicode form, whitespace and stray role markers, on prompt messages and both answers.
+"""Normalisation builds comparison keys, never the published text.
 
-Never drops a row (empty results are the degenerate check's business), but ids are recomputed afterwards
-because two sources that differ only in whitespace must hash to the same pair.
+Published text is the text the source wrote: an answer's indentation, its runs of spaces and a line that
+happens to start with "User:" are content (a Python answer, an example log). What two sources may legitimately
+differ in without a reader seeing a different text - unicode composition, line endings, zero-width characters,
+trailing spaces, runs of blank lines - is folded into a *key*. Keys give the ids (`pair_id` hashes the
+normalised prompt + chosen + rejected, `prompt_id` the normalised prompt) and are what dedup, contradictions
+and near-identical compare. Format-specific clean-up (HH's role markers) belongs to that format's reader.
+Never drops a row.
 """
 
 from __future__ import annotations
@@ -18,93 +23,80 @@ from storage.schema import MESSAGE_TYPE, with_ids
 from .base import CheckResult, Decision, apply
 
 RULE = "normalise"
-_IDS = ["prompt_text", "prompt_id", "pair_id"]
-# A leading speaker label on an answer is an artefact of splitting dialogues (HH-RLHF style).
-_LEADING_ROLE = r"^\s*(?:Assistant|AI|Bot|Answer)\s*:\s*"
-# An answer that runs on into the next human turn: everything from the marker on is not the answer.
-_TRAILING_TURN = r"(?s)\n+\s*(?:Human|User|H)\s*:.*$"
-_TURN_MARK = r"\n\s*(?:Human|User|H)\s*:"
+_IDS = ["prompt_id", "pair_id"]
 
 
 @dataclass(frozen=True)
 class NormaliseConfig:
     enabled: bool = True
     unicode_form: str | None = "NFC"  # NFC | NFKC | NFD | NFKD | None
-    collapse_whitespace: bool = True
-    strip_role_markers: bool = True
+    collapse_whitespace: bool = True  # in keys only: line endings, odd spaces, trailing spaces, blank-line runs
 
     def __post_init__(self) -> None:
         if self.unicode_form not in (None, "NFC", "NFKC", "NFD", "NFKD"):
             raise ValueError(f"normalise.unicode_form must be NFC/NFKC/NFD/NFKD or null, not {self.unicode_form!r}")
 
 
-_ODD_SPACE = r"[^\S\n]{2,}|[\t\x0b\x0c\xa0\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]"
+DEFAULT = NormaliseConfig()
+_ODD_SPACE = r"[\x0b\x0c\xa0\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]"
 
 
-def normalise_text(arr: pa.Array | pa.ChunkedArray, cfg: NormaliseConfig) -> pa.Array:
-    """Unicode form (Arrow's utf8proc, fast on ASCII) then whitespace rules (Polars' Rust regex)."""
+def key_text(arr: pa.Array | pa.ChunkedArray, cfg: NormaliseConfig = DEFAULT) -> pa.Array:
+    """The comparison key of each text: unicode form, then whitespace a reader cannot see.
+
+    Leading indentation is kept (it is content in code and in ASCII art); a run of spaces inside a line
+    becomes one space, trailing spaces and runs of 3+ newlines go, and the ends are stripped.
+    """
     if cfg.unicode_form:
         arr = pc.utf8_normalize(arr, form=cfg.unicode_form)
     if not cfg.collapse_whitespace:
         return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     # Patterns only match where there is something to change, so clean text costs one scan per rule.
-    # One chunk out: Arrow's take() concatenates a chunked column first, on every later check.
     s = (pl.Series(arr).rechunk()
-         .str.replace_many(["\r\n", "\r", "\u200b", "\ufeff", "\u200c", "\u200d"], ["\n", "\n", "", "", "", ""])
+         .str.replace_all(r"\r\n?", "\n")
+         .str.replace_all("[\u200b\ufeff\u200c\u200d]", "")
          .str.replace_all(_ODD_SPACE, " ")
-         .str.replace_all(r" \n ?|\n ", "\n")
+         .str.replace_all(r"[^\S\n]+\n", "\n")
+         .str.replace_all(r"(\S)[^\S\n]{2,}", "${1} ")
          .str.replace_all(r"\n{3,}", "\n\n")
          .str.strip_chars())
     return s.to_arrow().cast(pa.string())
 
 
-def _strip_roles(arr: pa.Array) -> tuple[pa.Array, int]:
-    s = pl.Series(arr)
-    out = s.str.replace(_LEADING_ROLE, "")
-    tail = out.str.contains(_TURN_MARK)
-    if tail.any():
-        out = pl.select(pl.when(tail).then(out.str.replace(_TRAILING_TURN, "")).otherwise(out)).to_series()
-    out = out.str.strip_chars()
-    changed = int((out != s.str.strip_chars()).sum())
-    return out.to_arrow().cast(pa.string()), changed
+def _key_prompt(col: pa.ChunkedArray, cfg: NormaliseConfig) -> pa.ListArray:
+    chunk = col.combine_chunks()
+    values = chunk.flatten()  # respects slicing, so offsets must be rebased to 0
+    offsets = pc.subtract(chunk.offsets, chunk.offsets[0])
+    content = key_text(values.field("content"), cfg)
+    struct = pa.StructArray.from_arrays([values.field("role"), content], fields=list(MESSAGE_TYPE))
+    return pa.ListArray.from_arrays(offsets, struct, mask=chunk.is_null())
 
 
-def _normalise_prompt(col: pa.ChunkedArray, cfg: NormaliseConfig) -> pa.ChunkedArray:
-    chunks = []
-    for chunk in [col.combine_chunks()]:
-        values = chunk.flatten()  # respects slicing, so offsets must be rebased to 0
-        offsets = pc.subtract(chunk.offsets, chunk.offsets[0])
-        content = normalise_text(values.field("content"), cfg)
-        struct = pa.StructArray.from_arrays([values.field("role"), content], fields=list(MESSAGE_TYPE))
-        chunks.append(pa.ListArray.from_arrays(offsets, struct, mask=chunk.is_null()))
-    return pa.chunked_array(chunks, type=col.type)
+def key_table(table: pa.Table, cfg: NormaliseConfig = DEFAULT) -> pa.Table:
+    """prompt/chosen/rejected as keys (plus prompt_text rendered from the key prompt): what ids hash."""
+    return pa.table({"prompt": _key_prompt(table.column("prompt"), cfg),
+                     "chosen": key_text(table.column("chosen"), cfg),
+                     "rejected": key_text(table.column("rejected"), cfg)})
 
 
 def run(table: pa.Table, cfg: NormaliseConfig) -> CheckResult:
     if table.num_rows == 0:
         return apply(table, Decision.keep_all(0), RULE, cfg)
-    stats: dict[str, int] = {}
-    before = {name: table.column(name) for name in ("chosen", "rejected")}
-    for name in ("chosen", "rejected"):
-        col = normalise_text(table.column(name), cfg)
-        if cfg.strip_role_markers:
-            col, n_roles = _strip_roles(col)
-            stats[f"{name}_role_markers_stripped"] = n_roles
-        stats[f"{name}_changed"] = int((pl.Series(col) != pl.Series(before[name])).sum())
-        table = table.set_column(table.schema.get_field_index(name), name, col)
-    table = table.set_column(table.schema.get_field_index("prompt"), "prompt",
-                             _normalise_prompt(table.column("prompt"), cfg))
+    keys = key_table(table, cfg)
+    stats: dict[str, int] = {
+        f"{name}_key_differs": int((pl.Series(keys.column(name)) != pl.Series(table.column(name))).sum())
+        for name in ("chosen", "rejected")}
     old_ids = table.column("pair_id").to_numpy(zero_copy_only=False) if "pair_id" in table.column_names else None
     # with_ids builds Python objects per row; slices keep that transient memory bounded, and the id columns
-    # are joined back into single chunks.
-    parts = [with_ids(table.slice(lo, 50_000)).select(_IDS) for lo in range(0, table.num_rows, 50_000)]
+    # are joined back into single chunks. The text columns of `table` are left exactly as they came.
+    parts = [with_ids(keys.slice(lo, 50_000)).select(_IDS) for lo in range(0, keys.num_rows, 50_000)]
     for name in _IDS:
         arr = pa.concat_arrays([c for p in parts for c in p.column(name).chunks])
         if name in table.column_names:
             table = table.set_column(table.schema.get_field_index(name), name, arr)
         else:
             table = table.append_column(name, arr)
-    table = table.combine_chunks()  # only the small columns are still chunked; the text is already one chunk
+    table = table.combine_chunks()
     if old_ids is not None:
         stats["pair_id_changed"] = int(np.sum(old_ids != table.column("pair_id").to_numpy(zero_copy_only=False)))
     return apply(table, Decision.keep_all(table.num_rows, stats), RULE, cfg)

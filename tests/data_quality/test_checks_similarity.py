@@ -24,14 +24,13 @@ def pairs(rows: list[tuple[str, str, str]], sources: list[str] | None = None) ->
 def test_near_identical_threshold() -> None:
     long = "The capital of France is Paris, a city on the Seine with many museums and cafes."
     t = pairs([("q", long, long.replace("many", "lots of")), ("q", long, "I do not know."),
-               ("q", "You're welcome!", "you're welcome.")])
+               ("q", "You're welcome!", "you're welcome."), ("q", long, long.replace("Seine ", "Seine  \n"))])
     res = near_identical.run(t, near_identical.NearIdenticalConfig(max_similarity=0.9))
-    assert res.kept.column("source_row").to_pylist() == [1]  # case and punctuation are folded by default
+    # case and punctuation are what a reader sees: "!" vs "." and "Y" vs "y" is 0.87 < 0.9
+    assert res.kept.column("source_row").to_pylist() == [1, 2]
     assert res.rejects.column("reason").to_pylist() == ["near_identical_answers"] * 2
-    raw = near_identical.run(t, near_identical.NearIdenticalConfig(max_similarity=0.9, fold_case_punct=False))
-    assert raw.kept.column("source_row").to_pylist() == [1, 2]  # "!" vs "." and case: 0.87 < 0.9 unfolded
     strict = near_identical.run(t, near_identical.NearIdenticalConfig(max_similarity=0.99))
-    assert strict.kept.column("source_row").to_pylist() == [0, 1]
+    assert strict.kept.column("source_row").to_pylist() == [0, 1, 2]  # whitespace only: still the same text
     with pytest.raises(ValueError):
         near_identical.NearIdenticalConfig(scorer="nope")
 

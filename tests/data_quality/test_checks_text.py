@@ -17,28 +17,27 @@ def pairs(rows: list[tuple[str, str, str]], **extra: list) -> pa.Table:
     })
 
 
-def test_normalise_whitespace_unicode_roles_and_ids() -> None:
+def test_normalise_keys_ids_never_the_text() -> None:
     t = pairs([("Hi\u00a0 there", "Assistant:  Hello\r\n\n\n\nworld  ", "No.\n\nHuman: and then?"),
-               ("Hi there", "Hello\n\nworld", "No."),
+               ("Hi there", "Assistant: Hello\n\nworld", "No.\n\nHuman: and then?"),
                ("caf\u0065\u0301", "ok", "bad")])
     res = normalise.run(t, normalise.NormaliseConfig())
     out = res.kept
-    assert out.column("chosen").to_pylist()[0] == "Hello\n\nworld"
-    assert out.column("rejected").to_pylist()[0] == "No."
-    assert out.column("prompt_text").to_pylist()[0] == "Hi there"
-    assert out.column("prompt_text").to_pylist()[2] == "caf\u00e9"  # NFC composes
-    # After normalisation the first two rows are the same pair, so they must share an id.
+    for name in ("prompt", "prompt_text", "chosen", "rejected"):  # published text is the source's text
+        assert out.column(name).to_pylist() == t.column(name).to_pylist()
+    # The first two rows differ only in invisible whitespace, so they are the same pair and share an id.
     ids = out.column("pair_id").to_pylist()
     assert ids[0] == ids[1] and ids[0] != ids[2]
-    assert res.rejects.num_rows == 0 and res.stats["chosen_role_markers_stripped"] == 1
+    assert res.rejects.num_rows == 0 and res.stats["chosen_key_differs"] == 1
 
 
 def test_normalise_nfkc_and_off() -> None:
-    t = pairs([("\ufb01x", "A\u2003 b", "c")])
-    assert normalise.run(t, normalise.NormaliseConfig(unicode_form="NFKC")).kept.column("prompt_text")[0].as_py() == "fix"
-    raw = normalise.run(t, normalise.NormaliseConfig(unicode_form=None, collapse_whitespace=False,
-                                                     strip_role_markers=False)).kept
+    t = pairs([("\ufb01x", "A\u2003 b", "c"), ("fix", "A b", "c")])
+    ids = normalise.run(t, normalise.NormaliseConfig(unicode_form="NFKC")).kept.column("pair_id").to_pylist()
+    assert ids[0] == ids[1]
+    raw = normalise.run(t, normalise.NormaliseConfig(unicode_form=None, collapse_whitespace=False)).kept
     assert raw.column("chosen")[0].as_py() == "A\u2003 b"
+    assert len(set(raw.column("pair_id").to_pylist())) == 2
     with pytest.raises(ValueError):
         normalise.NormaliseConfig(unicode_form="NFX")
 
