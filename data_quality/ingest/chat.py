@@ -96,6 +96,8 @@ def check_prompt(prompt: list[dict], name: str) -> list[dict]:
 
 
 def _answer(value: object, name: str, opts: IngestOptions) -> str:
+    if value is None:
+        raise RowError(name, "is missing or null")
     if isinstance(value, str):
         return text_field(value, name, opts)
     if isinstance(value, list) and len(value) == 1:
