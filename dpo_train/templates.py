@@ -12,20 +12,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-ROLE_PREFIX = {"system": "System", "user": "User", "assistant": "Assistant"}
-# Fallback when a tokenizer has no chat template: "User: ...\n\nAssistant: ..." turns.
-PLAIN_TURN = "{role}: {content}\n\n"
-PLAIN_GENERATION_PROMPT = "Assistant:"
+# Fallback when a tokenizer has no chat template: "User: ...\n\nAssistant: ..." turns. One definition, in
+# storage, because the TRL export renders prompts with the same template.
+from storage.templates import ROLE_PREFIX, render_plain
+
+__all__ = ["ROLE_PREFIX", "render_plain", "has_chat_template", "render_prompt", "encode_prompt",
+           "encode_response", "eos_token_ids"]
 
 
 def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
-
-
-def render_plain(messages: Sequence[dict]) -> str:
-    turns = "".join(PLAIN_TURN.format(role=ROLE_PREFIX.get(m["role"], m["role"]), content=m["content"])
-                    for m in messages)
-    return turns + PLAIN_GENERATION_PROMPT
 
 
 def render_prompt(tokenizer: Any, messages: Sequence[dict]) -> str:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
-# Tables are wide; when piped (no terminal to measure) don't squeeze them into 80 columns.
+from pipelines import output
+from pipelines.errors import quiet_tracebacks, report_error
+
+# Spinners only: every printed value goes through pipelines.output, which never reads data as markup.
 console = Console(stderr=True)
-out = Console(width=None if sys.stdout.isatty() else 200)
 
 
 def _ws(args: argparse.Namespace):
@@ -23,16 +22,8 @@ def _ws(args: argparse.Namespace):
     return Workspace(args.workspace)
 
 
-def _print_table(rows: list[dict[str, Any]], title: str | None = None, max_width: int = 60) -> None:
-    if not rows:
-        out.print("(no rows)")
-        return
-    table = Table(title=title, show_lines=False)
-    for col in rows[0]:
-        table.add_column(str(col), overflow="fold", max_width=max_width)
-    for r in rows:
-        table.add_row(*("" if v is None else str(v) for v in r.values()))
-    out.print(table)
+def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    output.print_table(rows, title=title)
 
 
 # -- verbs ------------------------------------------------------------------------------------------------------
@@ -44,9 +35,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         info = steps.ingest(ws, [str(s) for s in args.sources], args.dataset, format=args.format)
     if info.quarantined:
         for q in ws.read_quarantine(info.snapshot_id).slice(0, 5).to_pylist():
-            console.print(f"[yellow]quarantined[/] {q['source']} row {q['source_row']}: {q['error']}")
+            output.message(f"{q['source']} row {q['source_row']}: {q['error']}", label="quarantined", style="yellow")
         if info.quarantined > 5:
-            console.print(f"... and {info.quarantined - 5} more (see the quarantine view)")
+            output.message(f"... and {info.quarantined - 5} more (see the quarantine view)")
     _print_table([_counts(info)], title=f"ingested {info.snapshot_id}")
     return 0
 
@@ -61,7 +52,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     _print_table([_counts(info)], title=f"cleaned {info.parents[0] if info.parents else ''} -> {info.snapshot_id}")
     report = info.path / "report.html"
     if report.exists():
-        out.print(f"report: {report}")
+        output.line(f"report: {report}")
     return 0
 
 
@@ -83,63 +74,61 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
     infos = _ws(args).list_snapshots(args.dataset)
-    _print_table([{**_counts(i), "kind": i.kind, "parents": ",".join(i.parents),
-                   "created": i.created_at.strftime("%Y-%m-%d %H:%M:%S")} for i in infos], title="snapshots")
+    rows = [{**_counts(i), "kind": i.kind, "parents": i.parents, "created": i.created_at} for i in infos]
+    output.emit(rows, args.format, title="snapshots")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     ws = _ws(args)
     info = ws.resolve(args.snapshot)
-    if args.json:
-        out.print_json(json.dumps(info.as_dict(), default=str))
-        return 0
-    _print_table([_counts(info)], title=info.snapshot_id)
-    out.print(f"kind: {info.kind}   created: {info.created_at}   flow run: {info.flow_run or '-'}")
-    out.print(f"content hash: {info.content_hash}   schema version: {info.schema_version}")
-    out.print(f"path: {info.path}")
     chain, cur = [], info
     while cur.parents:  # lineage back to the raw snapshot
         cur = ws.resolve(cur.parents[0])
-        chain.append(f"{cur.snapshot_id} ({cur.kind})")
-    out.print("lineage: " + " <- ".join([info.snapshot_id, *chain]))
-    schema = ws.read(info.snapshot_id).schema
-    _print_table([{"column": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema], title="schema")
+        chain.append(cur)
+    schema = [{"column": f.name, "type": str(f.type), "nullable": f.nullable}
+              for f in ws.read(info.snapshot_id).schema]
+    rejects: list[dict[str, Any]] = []
     if info.rejected:
         from storage.catalog import quote_literal
 
-        rows = ws.sql(
+        rejects = ws.sql(
             "SELECT rule, reason, count(*) AS n FROM rejects WHERE snapshot_id = "  # noqa: S608 (quoted literal)
             + quote_literal(info.snapshot_id) + " GROUP BY ALL ORDER BY n DESC LIMIT 20"
         ).to_pylist()
-        _print_table(rows, title="rejects by rule")
+    fmt = "json" if args.json else args.format
+    if fmt != "table":  # one record: the catalog row plus lineage, schema and rejects by rule
+        output.emit([{**info.as_dict(), "lineage": [c.snapshot_id for c in chain], "schema": schema,
+                      "rejects_by_rule": rejects}], fmt)
+        return 0
+    output.print_table([_counts(info)], title=info.snapshot_id)
+    output.line(f"kind: {info.kind}   created: {info.created_at}   flow run: {info.flow_run or '-'}")
+    output.line(f"content hash: {info.content_hash}   schema version: {info.schema_version}")
+    output.line(f"path: {info.path}")
+    output.line("lineage: " + " <- ".join([info.snapshot_id, *(f"{c.snapshot_id} ({c.kind})" for c in chain)]))
+    output.print_table(schema, title="schema")
+    if rejects:
+        output.print_table(rejects, title="rejects by rule")
     if info.params:
-        out.print("params: " + json.dumps(info.params, sort_keys=True)[:2000])
+        output.line("params: " + output.json_bytes(info.params).decode("utf-8")[:2000])
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from storage.formats import export
+    from pipelines.export import export_snapshot
 
-    ws = _ws(args)
-    path = export(ws.read(args.snapshot), args.to, args.format)
-    out.print(f"wrote {path}")
+    res = export_snapshot(_ws(args), args.snapshot, args.to, args.format, overwrite=args.overwrite,
+                          with_reference=args.with_reference_logps)
+    for warning in res.warnings:
+        output.message(warning, label="warning:", style="yellow")
+    output.line(f"wrote {res.rows} rows to {res.path}")
     return 0
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
     table = _ws(args).sql(args.query)
-    if args.format == "json":
-        for row in table.to_pylist():
-            out.print(json.dumps(row, default=str, ensure_ascii=False), soft_wrap=True)
-    elif args.format == "csv":
-        import pyarrow.csv as pacsv
-
-        pacsv.write_csv(table, sys.stdout.buffer)
-    else:
-        _print_table(table.slice(0, args.limit).to_pylist())
-        if table.num_rows > args.limit:
-            console.print(f"({table.num_rows} rows, showing {args.limit}; use --limit)")
+    # The table view shows --limit rows; json and csv are the data, every row.
+    output.emit(table, args.format, limit=args.limit if args.format == "table" else None)
     return 0
 
 
@@ -154,10 +143,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_with_progress(cfg_dict, _ws(args), f"{cfg_dict.get('mode', 'dpo')} on {cfg_dict.get('snapshot')}")
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
-    out.print(f"run {result.run_id}: {result.steps} steps, trained on {result.snapshot_id}")
-    out.print(f"checkpoint: {result.checkpoint}")
+    output.line(f"run {result.run_id}: {result.steps} steps, trained on {result.snapshot_id}")
+    output.line(f"checkpoint: {result.checkpoint}")
     if result.report:
-        out.print(f"report: {result.report}")
+        output.line(f"report: {result.report}")
     return 0
 
 
@@ -166,13 +155,19 @@ def cmd_iterate(args: argparse.Namespace) -> int:
 
     _quiet_transformers()
     history = run_iterate(args.config, rounds=args.rounds, workspace=args.workspace)
-    out.print(f"{len(history) - 1} round(s) complete; lineage: dpo rounds")
+    output.line(f"{len(history) - 1} round(s) complete; lineage: dpo rounds")
     return 0
 
 
 def cmd_rounds(args: argparse.Namespace) -> int:
-    rows = _ws(args).sql("SELECT experiment, round, step, status, artefact, updated_at FROM rounds").to_pylist()
-    _print_table(rows, title="rounds")
+    rows = _ws(args).sql("SELECT experiment, round, step, status, artefact, updated_at FROM rounds "
+                         "ORDER BY experiment, round, updated_at")
+    output.emit(rows, args.format, title="rounds")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    output.emit(_ws(args).sql("SELECT * FROM runs ORDER BY started_at"), args.format, title="runs")
     return 0
 
 
@@ -208,14 +203,39 @@ def _load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise SystemExit(f"error: {path}: {exc}") from exc
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dpo", description="Preference-data platform for DPO.")
-    p.add_argument("--workspace", "-w", default=None,
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dpo-platform")
+    except PackageNotFoundError:  # running from a checkout that was never installed
+        return "unknown"
+
+
+def _global_options() -> argparse.ArgumentParser:
+    """Options every verb accepts before or after its name (`dpo -w ws sql ...` = `dpo sql ... -w ws`)."""
+    g = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: an option not given after the verb must not reset the value given before it.
+    g.add_argument("--workspace", "-w", default=argparse.SUPPRESS,
                    help="workspace folder (default $DPO_WORKSPACE or ./dpo-workspace)")
+    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the full traceback of an error")
+    return g
+
+
+def _add_format(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--format", "-f", choices=output.FORMATS, default="table",
+                    help="table (for reading), json (one object per line) or csv (nested values as JSON)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_options()
+    p = argparse.ArgumentParser(prog="dpo", description="Preference-data platform for DPO.", parents=[common])
+    p.add_argument("--version", action="version", version=f"dpo {_version()}")
     sub = p.add_subparsers(dest="verb", required=True)
 
     def verb(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
+        sp = sub.add_parser(name, help=help, description=help, parents=[common])
         sp.set_defaults(fn=fn)
         return sp
 
@@ -234,17 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--config", "-c", required=True)
     sp = verb("snapshots", cmd_snapshots, "list snapshots")
     sp.add_argument("dataset", nargs="?")
+    _add_format(sp)
     sp = verb("show", cmd_show, "schema, counts and lineage of a snapshot")
     sp.add_argument("snapshot")
-    sp.add_argument("--json", action="store_true")
+    _add_format(sp)
+    sp.add_argument("--json", action="store_true", help="same as --format json")
     sp = verb("export", cmd_export, "export a snapshot for TRL / HF datasets")
     sp.add_argument("snapshot")
     sp.add_argument("--to", required=True, help="target file (.jsonl / .parquet) or folder (hf-dataset)")
     sp.add_argument("--format", default="trl-standard",
                     choices=["trl-standard", "trl-conversational", "hf-dataset"])
+    sp.add_argument("--overwrite", action="store_true",
+                    help="replace a previous export of this tool at --to (never anything else)")
+    sp.add_argument("--with-reference-logps", action="store_true",
+                    help="also export cached reference log-probs (TRL computes its own by default)")
     sp = verb("sql", cmd_sql, "read-only SQL over the catalog's views")
     sp.add_argument("query")
-    sp.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    _add_format(sp)
     sp.add_argument("--limit", type=int, default=50)
     sp = verb("train", cmd_train, "DPO (or SFT) training on a snapshot")
     sp.add_argument("--snapshot", "-s", default=None)
@@ -257,28 +283,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp = verb("iterate", cmd_iterate, "iterative DPO rounds")
     sp.add_argument("--config", "-c", required=True)
     sp.add_argument("--rounds", type=int, default=None)
-    verb("rounds", cmd_rounds, "lineage of iterative rounds")
+    _add_format(verb("rounds", cmd_rounds, "lineage of iterative rounds"))
+    _add_format(verb("runs", cmd_runs, "training runs and their status"))
     sp = verb("demo", cmd_demo, "the whole product end to end on the embedded defaults")
     sp.add_argument("--quick", action="store_true", help="smaller settings (used by the tests)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import duckdb
-
     from pipelines.logging import configure_logging
 
     args = build_parser().parse_args(argv)
+    args.workspace = getattr(args, "workspace", None)
+    args.debug = getattr(args, "debug", False)
     configure_logging()
+    quiet_tracebacks(not args.debug)
     try:
         return args.fn(args)
-    except duckdb.Error as exc:
-        console.print(f"[bold red]SQL error:[/] {exc}")
-        return 2
-    except (ValueError, KeyError, FileNotFoundError, TypeError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        console.print(f"[bold red]error:[/] {msg}")
-        return 2
+    except Exception as exc:  # noqa: BLE001 - one line for the user; --debug re-raises with the traceback
+        if args.debug:
+            raise
+        return report_error(exc)
+    except KeyboardInterrupt:
+        output.message("interrupted", label="error:", style="bold red")
+        return 130
 
 
 if __name__ == "__main__":
