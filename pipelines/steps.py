@@ -62,10 +62,28 @@ def code_version() -> str:
 
 
 def fingerprint_sources(paths: Sequence[str]) -> list[dict[str, Any]]:
-    """Per file: resolved path, size and content hash (the path matters: it becomes the `source` column)."""
+    """Per source: resolved path, size and content hash (the path matters: it becomes the `source` column).
+    A folder (of files, or a `save_to_disk` data set) hashes every file under it with its relative path; a
+    Hugging Face hub id is fingerprinted by its current commit."""
+    from data_quality.ingest.hub import PREFIX, hub_id, revision
+
     out = []
     for p in paths:
+        name = hub_id(str(p))
+        if name is not None:
+            out.append({"path": f"{PREFIX}{name}", "bytes": None, "xxh3": revision(name)})
+            continue
         rp = Path(p).expanduser().resolve()
+        if not rp.exists():
+            raise FileNotFoundError(f"{rp}: no such file or directory")
+        if rp.is_dir():
+            files = sorted(f for f in rp.rglob("*") if f.is_file())
+            h = xxhash.xxh3_128()
+            for f in files:
+                h.update(f"{f.relative_to(rp)}\0{file_hash(f)}\0".encode())
+            out.append({"path": str(rp), "bytes": sum(f.stat().st_size for f in files), "xxh3": h.hexdigest(),
+                        "files": len(files)})
+            continue
         out.append({"path": str(rp), "bytes": rp.stat().st_size, "xxh3": file_hash(rp)})
     return out
 
@@ -127,6 +145,9 @@ def publish_raw(ws: Workspace, dataset: str, result: Any, *, cache_key: str, par
     if hit is not None:
         return hit
     meta = {"per_source": result.per_source, "formats": result.formats, "code_version": code_version()}
+    # The format actually used (forced or detected) is what `dpo show` reports, never null.
+    params = {**params, "format": formats_used(result.formats) or params.get("format"),
+              "formats": result.formats}
     return ws.publish(dataset, result.pairs, rejects=result.rejects, quarantine=result.quarantine, params=params,
                       kind="raw", flow_run=flow_run, cache_key=cache_key, input_rows=result.input_rows, meta=meta)
 
@@ -145,6 +166,16 @@ def ingest(ws: Workspace, paths: Sequence[str], dataset: str, *, format: str | N
     res = read_sources(paths, format, options)
     params = ingest_params_record(fps, format, options, flow_parameters)
     return publish_raw(ws, dataset, res, cache_key=key, params=params, flow_run=flow_run)
+
+
+def formats_used(formats: dict[str, str]) -> str | None:
+    """One line for the formats of an ingest: the format when every source shares it, else each with a count."""
+    from collections import Counter
+
+    names = Counter(formats.values())
+    if len(names) <= 1:
+        return next(iter(names), None)
+    return ", ".join(f"{k} ({n} sources)" for k, n in sorted(names.items()))
 
 
 def ingest_params_record(fps: list[dict[str, Any]], format: str | None, options: dict[str, Any],

@@ -178,14 +178,6 @@ def _nothing_kept(entry: dict, quarantine: pa.Table, sample: list[dict], forced:
             f"top reasons: {top}. {format_hint(sample, entry['format'])}")
 
 
-def summary(fmts: dict[str, str]) -> str | None:
-    """One line for the formats used: the format when all sources share it, else each with its count."""
-    names = Counter(fmts.values())
-    if not names:
-        return None
-    return next(iter(names)) if len(names) == 1 else ", ".join(f"{k} ({n} sources)" for k, n in names.items())
-
-
 def _check_accounting(res: IngestResult, opts: IngestOptions) -> None:
     c = res.counts
     if c["input_rows"] != c["kept"] + c["rejected"] + c["quarantined"]:

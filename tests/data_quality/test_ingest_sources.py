@@ -1,0 +1,120 @@
+"""Sources that are not one well-formed file of one format: folders, `save_to_disk` folders (the product's own
+hf-dataset export included), hub ids without a hub, files mixing formats, files of non-objects, deep nesting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_quality.ingest import IngestError, ingest_files
+from pipelines import steps
+from storage.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[2]
+STANDARD = [{"prompt": f"q{i}?", "chosen": f"yes {i}", "rejected": f"no {i}"} for i in range(3)]
+
+
+def jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_mixed_formats_are_read_row_by_row(tmp_path):
+    # HH rows among TRL rows: read as HH (never a pair with the prompt "Human:"), the TRL rows as TRL.
+    hh = {"chosen": "\n\nHuman: yo\n\nAssistant: sup", "rejected": "\n\nHuman: yo\n\nAssistant: go away"}
+    hh_broken = {"chosen": "\n\nHuman: hi there", "rejected": "\n\nHuman: hi there\n\nAssistant: x"}
+    path = jsonl(tmp_path / "mixed.jsonl", [*STANDARD, hh, hh_broken])
+    res = ingest_files([path])
+    assert res.formats == {str(path.absolute()): "hh+trl_standard"}
+    assert res.per_source[0]["format_rows"] == {"trl_standard": 3, "hh": 2}
+    pairs = res.pairs.to_pylist()
+    assert [p["prompt"][0]["content"] for p in pairs] == ["q0?", "q1?", "q2?", "yo"]
+    assert (pairs[3]["chosen"], pairs[3]["rejected"]) == ("sup", "go away")
+    assert all(not p["prompt"][0]["content"].startswith("Human:") for p in pairs)
+    [q] = res.quarantine.to_pylist()
+    assert q["source_row"] == 4 and q["field"] == "chosen"  # the broken HH row, quarantined as HH
+
+
+def test_file_of_non_objects_is_quarantined_row_by_row(tmp_path):
+    path = tmp_path / "strings.json"
+    path.write_text(json.dumps(["a", 2, None, [1]]))
+    with pytest.raises(IngestError, match=r"strings\.json: format 'unknown' \(detected\) kept none of 4 rows") as e:
+        ingest_files([path])
+    q = e.value.result.quarantine.to_pylist()
+    assert [(r["source_row"], r["error"]) for r in q] == [
+        (0, "row is a str, expected an object"), (1, "row is a int, expected an object"),
+        (2, "row is a NoneType, expected an object"), (3, "row is a list, expected an object")]
+    assert all(r["source"] == str(path.absolute()) for r in q)
+    # Among good rows, each non-object row is quarantined and the rest is kept.
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([STANDARD[0], "junk", 7, STANDARD[1]]))
+    res = ingest_files([mixed])
+    assert res.counts == {"input_rows": 4, "kept": 2, "rejected": 0, "quarantined": 2}
+
+
+def test_deeply_nested_json_is_a_clear_error_not_a_traceback(tmp_path):
+    array = tmp_path / "deep.json"
+    array.write_text("[" + "[" * 5000 + "]" * 5000 + "]")
+    with pytest.raises(ValueError, match=r"deep\.json: JSON nested too deeply"):
+        ingest_files([array])
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text("[" * 5000 + "]" * 5000 + "\n" + json.dumps(STANDARD[0]) + "\n")
+    res = ingest_files([lines])  # JSON Lines: only the deep line is lost, to quarantine
+    assert res.counts == {"input_rows": 2, "kept": 1, "rejected": 0, "quarantined": 1}
+
+
+def test_folder_of_files_and_save_to_disk_through_steps(tmp_path):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    jsonl(folder / "a.jsonl", STANDARD[:2])
+    jsonl(folder / "b.jsonl", STANDARD[2:])
+    ws = Workspace(tmp_path / "ws")
+    info = steps.ingest(ws, [str(folder)], "folder")
+    assert (info.kept, info.quarantined) == (3, 0)
+    assert info.params["format"] == "trl_standard"  # recorded as used, even when detected
+    again = steps.ingest(ws, [str(folder)], "folder")
+    assert again.snapshot_id == info.snapshot_id  # the folder's fingerprint is stable
+    jsonl(folder / "b.jsonl", STANDARD[1:])
+    assert steps.ingest(ws, [str(folder)], "folder").snapshot_id != info.snapshot_id  # and content-sensitive
+
+    from storage.formats import export
+
+    exported = export(ws.read(info.snapshot_id), tmp_path / "hf", "hf-dataset")
+    back = steps.ingest(ws, [str(exported)], "roundtrip")
+    assert back.kept == 3 and back.params["format"] == "trl_conversational"
+    assert sorted(r["chosen"] for r in ws.read(back.snapshot_id).to_pylist()) == ["yes 0", "yes 1", "yes 2"]
+
+
+def _dpo(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.mark.slow
+def test_cli_hub_id_offline_and_forced_format_errors(tmp_path):
+    ws = str(tmp_path / "ws")
+    off = _dpo("-w", ws, "ingest", "someone/some-preference-set", "-d", "hub", env={"HF_HUB_OFFLINE": "1"})
+    assert off.returncode == 2, off.stderr
+    assert "Traceback" not in off.stdout + off.stderr
+    err = [line for line in off.stderr.splitlines() if "error" in line]
+    assert len(err) == 1 and "hf://datasets/someone/some-preference-set" in err[0] and "HF_HUB_OFFLINE" in err[0]
+    fixture = REPO / "tests" / "fixtures" / "formats" / "sharegpt.jsonl"
+    forced = _dpo("-w", ws, "ingest", str(fixture), "-d", "sg", "--format", "trl_conversational")
+    assert forced.returncode == 2 and "Traceback" not in forced.stderr
+    assert "kept none of 6 rows" in forced.stderr and "--format sharegpt" in forced.stderr
+    ok = _dpo("-w", ws, "ingest", str(fixture), "-d", "sg")
+    assert ok.returncode == 0, ok.stderr
+    assert "format: sharegpt" in ok.stdout + ok.stderr
+    shown = _dpo("-w", ws, "show", "sg", "--json")
+    assert json.loads(shown.stdout)["params"]["format"] == "sharegpt"
+    mapped = jsonl(tmp_path / "custom.jsonl", [{"q": "hi?", "a": {"good": "yes"}, "bad": "no"}])
+    m = _dpo("-w", ws, "ingest", str(mapped), "-d", "m", "--map", "prompt=q,chosen=a.good,rejected=bad")
+    assert m.returncode == 0, m.stderr
+    assert "format: mapped" in m.stdout + m.stderr
+    dir_fail = _dpo("-w", ws, "ingest", str(tmp_path / "nothing-here"), "-d", "x")
+    assert dir_fail.returncode == 2 and "Traceback" not in dir_fail.stderr
