@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import polars as pl
 import pyarrow as pa
 
 from data_quality.checks import (
@@ -114,22 +113,8 @@ REWRITES_PROMPT_ID = frozenset({"normalise"})  # a prompt-local check after thes
 
 def steps(cfg: GateConfig, eval_prompts: Sequence[str] | None = None) -> list[Step]:
     """The pipeline, in order; disabled checks are left out."""
-    # Decontam tokenises every text; handing its near-dup band keys on saves near_dup a second pass.
-    # near_dup only uses them when its input is exactly decontam's output (same pair ids, same order).
-    shared: dict[str, Any] = {}
-
     def run_decontam(t: pa.Table) -> CheckResult:
-        d = decontam.decide(t, cfg.decontam, eval_prompts, cfg.near_dup if cfg.near_dup.enabled else None)
-        if "near_dup_keys" in d.extra:
-            keep = ~d.drop
-            keys, valid = d.extra.pop("near_dup_keys")
-            shared["near_dup"] = (pl.Series(t.column("pair_id")).filter(keep), keys[keep], valid[keep])
-        return apply(t, d, decontam.RULE, cfg.decontam)
-
-    def run_near_dup(t: pa.Table) -> CheckResult:
-        pre = shared.pop("near_dup", None)
-        reuse = pre is not None and pre[0].equals(pl.Series(t.column("pair_id")))
-        return near_dup.run(t, cfg.near_dup, pre[1:] if reuse and pre is not None else None)
+        return apply(t, decontam.decide(t, cfg.decontam, eval_prompts), decontam.RULE, cfg.decontam)
 
     pipeline: list[tuple[str, bool, Callable[[pa.Table], CheckResult]]] = [
         ("normalise", cfg.normalise.enabled, lambda t: normalise.run(t, cfg.normalise)),
@@ -139,7 +124,7 @@ def steps(cfg: GateConfig, eval_prompts: Sequence[str] | None = None) -> list[St
         ("near_identical", cfg.near_identical.enabled, lambda t: near_identical.run(t, cfg.near_identical)),
         ("margins", cfg.margins.enabled, lambda t: margins.run(t, cfg.margins)),
         ("decontam", cfg.decontam.enabled and bool(eval_prompts), run_decontam),
-        ("near_dup", cfg.near_dup.enabled, run_near_dup),
+        ("near_dup", cfg.near_dup.enabled, lambda t: near_dup.run(t, cfg.near_dup)),
         ("length_bias", cfg.length_bias.enabled, lambda t: length_bias.run(t, cfg.length_bias)),
     ]
     return [(name, fn) for name, on, fn in pipeline if on]

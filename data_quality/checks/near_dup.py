@@ -1,17 +1,26 @@
-"""Near-duplicate pairs across the data set and across sources: MinHash + LSH banding + exact verification.
+"""Near-duplicate pairs across the data set and across sources, in near-linear time on real data.
 
-Signatures use one-permutation MinHash (OPH) with rotation densification: each shingle is hashed once and
-falls into one of `num_perm` bins, a bin keeps its minimum, and empty bins borrow from the next non-empty
-bin. Collision probability per bin equals the Jaccard similarity, like k-permutation MinHash, at the cost of
-one hash per shingle instead of `num_perm` (a numpy `minimum.at` over the flat shingle array). Bands and rows
-are chosen so that a pair at exactly the threshold becomes a candidate with probability >= `target_recall`;
-every candidate is then checked by exact Jaccard of the shingle sets, which keeps precision. Clusters are
-the connected components of verified pairs; the first row of a cluster (input order) is kept.
+A pair is a near-duplicate of an earlier kept pair when, by exact Jaccard of word shingles,
+- the whole pair is >= `threshold` similar: the shingles of each field in `fields`, tagged by field, as one set
+  (so the same words in the prompt and in an answer are not confused), and
+- its chosen answers and its rejected answers are each >= `min_answer_jaccard` similar: two pairs sharing a
+  prompt and one long answer but with different other answers are distinct training signals.
+
+Real preference data is heavily shared (AlpacaEval: ~70 rows per prompt, one reference answer in most of them),
+so everything is computed per *distinct text*, never per row: a text's shingles and MinHash signature once
+(one-permutation MinHash with rotation densification), and a text pair's shingle intersection once. LSH bands
+take rows from the chosen *and* the rejected signature, so rows sharing a prompt and one answer only meet when
+their other answers agree too; a bucket links each member to its first `bucket_links` members only (linear in
+the bucket, not quadratic). Candidates are verified exactly from per-field intersections (a sorted lookup of the
+smaller set's shingles in the larger one's, batched over text pairs).
+
+Drops are decided greedily in input order against *kept* rows only: a row is dropped as a duplicate of the
+first kept row it was verified against, never through a chain (A~B and B~C never drop C against A).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,27 +28,28 @@ import polars as pl
 import pyarrow as pa
 
 from .base import CheckResult, Decision, apply
-from .text import mix64, shingles, sorted_unique, text_shingles, tokens
+from .text import mix64, shingles, sorted_unique, tokens
 
 RULE = "near_dup"
-_EMPTY = np.iinfo(np.uint64).max
+ANSWER_FIELDS = ("chosen", "rejected")
+_EMPTY32 = np.uint32(0xFFFFFFFF)
 _M = np.uint64(0x9E3779B97F4A7C15)
+_HBITS = 42  # shingle hash bits kept for exact intersections (ids take the other 22)
 
 
 @dataclass(frozen=True)
 class NearDupConfig:
     enabled: bool = True
-    threshold: float = 0.8  # exact Jaccard of word shingles at or above which pairs are duplicates
+    threshold: float = 0.8  # exact Jaccard of the field-tagged shingle sets at or above which pairs are duplicates
     ngram: int = 3
-    num_perm: int = 64  # OPH bins; 64 gives 12 bands x 5 rows at 0.8
-    target_recall: float = 0.99  # candidate probability at J == threshold
+    num_perm: int = 64  # OPH bins per signature
+    target_recall: float = 0.99  # candidate probability for a pair whose answers are each `threshold` similar
     fields: tuple[str, ...] = ("prompt_text", "chosen", "rejected")
-    max_bucket: int = 64  # larger LSH buckets are linked as a star, not all pairs
-    chunk_rows: int = 5_000
+    bucket_links: int = 3  # a bucket member is compared with this many earliest members of its bucket
+    chunk_rows: int = 20_000  # distinct texts signed per batch (bounds the exploded-token memory)
     seed: int = 1
-    # Also required of chosen and of rejected separately: two pairs that share a prompt and a long chosen
-    # answer but have different rejected answers are distinct training signals, though their concatenated
-    # text can be >= threshold similar (seen on AlpacaEval: one GPT-4 answer against many rejected ones).
+    # Also required of chosen and of rejected separately (seen on AlpacaEval: one GPT-4 answer against many
+    # rejected ones makes whole pairs > 0.8 similar that are different preferences).
     min_answer_jaccard: float = 0.5
 
     def __post_init__(self) -> None:
@@ -48,50 +58,102 @@ class NearDupConfig:
         if not 0.0 <= self.min_answer_jaccard <= 1.0:
             raise ValueError("near_dup.min_answer_jaccard must be in [0, 1]")
         bad = set(self.fields) - {"prompt_text", "chosen", "rejected"}
-        if bad:
-            raise ValueError(f"near_dup.fields: unknown {sorted(bad)}")
+        if bad or not self.fields:
+            raise ValueError(f"near_dup.fields: unknown {sorted(bad)}" if bad else "near_dup.fields is empty")
+        if self.bucket_links < 1:
+            raise ValueError("near_dup.bucket_links must be >= 1")
 
 
-def choose_bands(threshold: float, num_perm: int, target_recall: float) -> tuple[int, int]:
-    """(bands, rows): the most selective banding whose candidate probability at the threshold is on target."""
+def choose_bands(threshold: float, num_perm: int, target_recall: float, groups: int = 1) -> tuple[int, int]:
+    """(bands, rows per signature): the most selective banding whose candidate probability is on target for a
+    pair that is `threshold` similar in each of `groups` signatures (a band takes `rows` bins of each)."""
     best = (num_perm, 1)
     for r in range(1, num_perm + 1):
         b = num_perm // r
-        if 1 - (1 - threshold**r) ** b >= target_recall:
+        if 1 - (1 - threshold ** (r * groups)) ** b >= target_recall:
             best = (b, r)
     return best
 
 
-def pair_text(table: pa.Table, fields: tuple[str, ...]) -> pl.Series:
-    cols = [pl.Series(f, table.column(f)) for f in fields]
-    return pl.DataFrame(cols).select(pl.concat_str(list(fields), separator="\n")).to_series()
+def band_groups(cfg: NearDupConfig) -> list[tuple[str, ...]]:
+    """Signatures a band is made of: each answer alone when both must agree, else the tagged union of `fields`."""
+    return [("chosen",), ("rejected",)] if cfg.min_answer_jaccard > 0 else [tuple(cfg.fields)]
 
 
-def signatures(texts: pl.Series, cfg: NearDupConfig) -> np.ndarray:
-    """(rows, num_perm) uint64 OPH signatures; rows without shingles are all _EMPTY."""
-    return signatures_from_tokens(*tokens(texts), cfg)
+# -- text sources -------------------------------------------------------------------------------------------
+class TableTexts:
+    """Row texts of an in-memory pair table (the out-of-core engine provides the same two methods over Parquet)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.n = table.num_rows
+
+    def hashes(self, field: str) -> np.ndarray:
+        return text_hashes(pl.Series(self.table.column(field)))
+
+    def texts(self, field: str, rows: np.ndarray) -> pl.Series:
+        return pl.Series(self.table.column(field).take(pa.array(rows)))
 
 
-def signatures_from_tokens(tok: np.ndarray, counts: np.ndarray, cfg: NearDupConfig) -> np.ndarray:
+def text_hashes(s: pl.Series) -> np.ndarray:
+    """64-bit identity of each text (equal texts, equal hashes), the key distinct texts are grouped by."""
+    return s.fill_null("").hash(0x7E57).to_numpy()
+
+
+def distinct(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first row of each distinct value, inverse: the distinct index of every row), by one stable sort."""
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    new = np.concatenate([[True], hs[1:] != hs[:-1]]) if h.size else np.zeros(0, bool)
+    inv = np.empty(h.size, np.int64)
+    inv[order] = np.cumsum(new) - 1
+    first = order[new]
+    # Number distinct texts by first appearance so the ids, like the rows, follow input order.
+    rank = np.argsort(first, kind="stable")
+    relabel = np.empty_like(rank)
+    relabel[rank] = np.arange(rank.size)
+    return first[rank], relabel[inv]
+
+
+# -- signatures ---------------------------------------------------------------------------------------------
+def _field_tag(field: str) -> np.uint64:
+    return np.uint64(hash_field(field))
+
+
+def hash_field(field: str) -> int:
+    return {"prompt_text": 0x51ED27D3A8F3C1B5, "chosen": 0x2545F4914F6CDD1D, "rejected": 0x9E6C63D0676A9A99}[field]
+
+
+def text_shingles_tagged(texts: pl.Series, field: str, ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """(shingle hashes tagged by field, text index) of each text."""
+    h, row = shingles(*tokens(texts), ngram)
+    return mix64(h ^ _field_tag(field)), row
+
+
+def raw_signatures(texts: pl.Series, field: str, cfg: NearDupConfig) -> np.ndarray:
+    """(len(texts), num_perm) uint32 one-permutation MinHash bins, _EMPTY32 where a bin got no shingle."""
     k = cfg.num_perm
-    n = counts.size
-    h, row = shingles(tok, counts, cfg.ngram)
-    # Shingle hashes are already mixed (uniform bits), so xor-ing a seed is enough to pick another permutation.
+    h, row = text_shingles_tagged(texts, field, cfg.ngram)
     h = h ^ np.uint64(cfg.seed * 0x9E3779B97F4A7C15 % 2**64)
     bins = (((h >> np.uint64(32)) * np.uint64(k)) >> np.uint64(32)).astype(np.int64)
-    sig = np.full(n * k, _EMPTY, dtype=np.uint64)
-    np.minimum.at(sig, row * k + bins, h & np.uint64(0xFFFFFFFF))
-    # Rotation densification: an empty bin takes the next non-empty bin to its right (circularly), offset
-    # by the distance so borrowed values never equal native ones. Only empty slots are visited, one step
-    # of distance per round; runs of empty bins are short, so there are few rounds.
-    pending = np.flatnonzero(sig == _EMPTY)
+    sig = np.full(texts.len() * k, _EMPTY32, dtype=np.uint32)
+    np.minimum.at(sig, row * k + bins, np.minimum(h & np.uint64(0xFFFFFFFF), np.uint64(0xFFFFFFFE)).astype(np.uint32))
+    return sig.reshape(-1, k)
+
+
+def densify(raw: np.ndarray) -> np.ndarray:
+    """Rotation densification: an empty bin takes the next non-empty bin to its right (circularly), offset by the
+    distance so borrowed values never equal native ones; rows without any shingle stay all-empty (uint64)."""
+    n, k = raw.shape
+    sig = raw.astype(np.uint64).ravel()
+    empty = np.uint64(_EMPTY32)
+    pending = np.flatnonzero(sig == empty)
     if pending.size:
         native = sig.copy()
-        row_base = pending - pending % k
-        col = pending % k
-        for dist in range(1, k):
+        row_base, col = pending - pending % k, pending % k
+        for dist in range(1, k):  # one step per round over the still-empty slots only; runs are short
             src = native[row_base + (col + dist) % k]
-            found = src != _EMPTY
+            found = src != empty
             sig[pending[found]] = src[found] + (np.uint64(dist) << np.uint64(32))
             keep = ~found
             pending, row_base, col = pending[keep], row_base[keep], col[keep]
@@ -101,7 +163,7 @@ def signatures_from_tokens(tok: np.ndarray, counts: np.ndarray, cfg: NearDupConf
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(n, bands) uint64 bucket keys: the `rows` values of each band folded together, then mixed."""
+    """(n, bands) uint64 keys: the `rows` bins of each band folded together, then mixed."""
     n = sig.shape[0]
     blocks = sig[:, : bands * rows].reshape(n, bands, rows)
     with np.errstate(over="ignore"):
@@ -111,181 +173,213 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
         return mix64(acc)
 
 
-def chunk_band_keys(texts: pl.Series, cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(band keys (n, bands), has-shingles mask) for a batch of texts."""
-    return keys_from_tokens(*tokens(texts), cfg)
+class _Field:
+    """One field's distinct texts: first row of each, and each row's distinct index."""
+
+    def __init__(self, src: TableTexts, name: str) -> None:
+        self.name = name
+        self.first, self.inv = distinct(src.hashes(name))
 
 
-def keys_from_tokens(tok: np.ndarray, counts: np.ndarray, cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Band keys from already-tokenised pair texts (lets another check share one tokenising pass)."""
-    bands, rows = choose_bands(cfg.threshold, cfg.num_perm, cfg.target_recall)
-    sig = signatures_from_tokens(tok, counts, cfg)
-    return band_keys(sig, bands, rows), sig[:, 0] != _EMPTY
+def _group_keys(src: TableTexts, fields: dict[str, _Field], group: tuple[str, ...], cfg: NearDupConfig,
+                bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, index): band keys (uint32, distinct x bands) and the key row of every pair row for one signature.
+
+    A one-field group is signed per distinct text; a union of fields per distinct combination of its texts.
+    """
+    if len(group) == 1:
+        f = fields[group[0]]
+        ids, index = np.arange(f.first.size), f.inv
+        rows_of = f.first
+    else:
+        combo = np.zeros(src.n, np.uint64)
+        for name in group:
+            combo = mix64(combo ^ fields[name].inv.astype(np.uint64) * _M)
+        rows_of, index = distinct(combo)
+        ids = np.arange(rows_of.size)
+    keys = np.empty((ids.size, bands), np.uint32)
+    for lo in range(0, ids.size, cfg.chunk_rows):
+        sel = rows_of[lo:lo + cfg.chunk_rows]
+        raw = None
+        for name in group:
+            f = fields[name]
+            part = raw_signatures(src.texts(name, f.first[f.inv[sel]]), name, cfg)
+            raw = part if raw is None else np.minimum(raw, part)
+        keys[lo:lo + sel.size] = band_keys(densify(raw), bands, rows).astype(np.uint32)
+    return keys, index
 
 
-def shingle_sets40(texts: pl.Series, ngram: int) -> np.ndarray:
-    """Sorted unique (row << 40 | 40-bit shingle hash) keys: each row's shingle set, ready to merge."""
-    h, r = text_shingles(texts, ngram)
-    return sorted_unique((r.astype(np.uint64) << np.uint64(40)) | (h >> np.uint64(24)))
-
-
-def candidates(keys: np.ndarray, valid: np.ndarray, max_bucket: int) -> np.ndarray:
-    """Candidate pairs (i < j) sharing a bucket in any band, as an (m, 2) int64 array."""
+def bucket_pairs(key: np.ndarray, links: int) -> np.ndarray:
+    """(m, 2) row pairs (i < j): every row with each of the first `links` rows of its bucket (equal keys)."""
+    order = np.argsort(key, kind="stable")  # stable: members of a bucket stay in row order
+    srt = key[order]
+    start = np.flatnonzero(np.concatenate([[True], srt[1:] != srt[:-1]]))
+    size = np.diff(np.concatenate([start, [srt.size]]))
+    pos = np.arange(srt.size) - np.repeat(start, size)  # position of each row inside its bucket
     out = []
-    rows_all = np.flatnonzero(valid)
-    for b in range(keys.shape[1]):
-        col = keys[rows_all, b]
-        order = np.argsort(col, kind="stable")
-        srt, rows = col[order], rows_all[order]
-        brk = np.flatnonzero(np.diff(srt) != 0) + 1
-        starts = np.concatenate([[0], brk])
-        sizes = np.diff(np.concatenate([starts, [srt.size]]))
-        multi = sizes > 1
-        st, sz = starts[multi], sizes[multi]
-        small = sz <= max_bucket
-        # All pairs inside small buckets: element p pairs with every later element of its bucket.
-        el_start = np.repeat(st[small], sz[small])
-        el = el_start + (np.arange(el_start.size) - np.repeat(np.cumsum(sz[small]) - sz[small], sz[small]))
-        later = np.repeat(st[small] + sz[small], sz[small]) - el - 1
-        left = np.repeat(el, later)
-        right = left + 1 + (np.arange(left.size) - np.repeat(np.cumsum(later) - later, later))
-        out.append(np.stack([rows[left], rows[right]], axis=1))
-        # Big buckets (boilerplate) are linked to their first element only.
-        big_st, big_sz = st[~small], sz[~small]
-        if big_st.size:
-            first = np.repeat(big_st, big_sz - 1)
-            other = first + 1 + (np.arange(first.size) - np.repeat(np.cumsum(big_sz - 1) - (big_sz - 1), big_sz - 1))
-            out.append(np.stack([rows[first], rows[other]], axis=1))
-    if not out:
-        return np.zeros((0, 2), np.int64)
-    pairs = np.sort(np.concatenate(out), axis=1)
-    n = max(int(keys.shape[0]), 1)
-    code = sorted_unique(pairs[:, 0] * n + pairs[:, 1])
-    return np.stack([code // n, code % n], axis=1)
+    for p in range(min(links, int(size.max()) if size.size else 0)):
+        anchor = np.repeat(start + p, size)
+        later = pos > p
+        out.append(np.stack([order[anchor[later]], order[later]], axis=1))
+    return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
 
-def exact_jaccard(pairs: np.ndarray, get_texts: Callable[[np.ndarray], pl.Series], ngram: int,
+def candidates(src: TableTexts, fields: dict[str, _Field], cfg: NearDupConfig) -> tuple[np.ndarray, dict]:
+    groups = band_groups(cfg)
+    bands, rows = choose_bands(cfg.threshold, cfg.num_perm, cfg.target_recall, len(groups))
+    parts = [_group_keys(src, fields, g, cfg, bands, rows) for g in groups]
+    n = src.n
+    codes = []
+    for b in range(bands):
+        key = np.zeros(n, np.uint64)
+        for keys, index in parts:
+            key = mix64(key ^ keys[index, b].astype(np.uint64))
+        pairs = bucket_pairs(key, cfg.bucket_links)
+        codes.append(sorted_unique(pairs[:, 0].astype(np.uint64) * np.uint64(n) + pairs[:, 1].astype(np.uint64)))
+    code = sorted_unique(np.concatenate(codes)) if codes else np.zeros(0, np.uint64)
+    cand = np.stack([(code // np.uint64(n)).astype(np.int64), (code % np.uint64(n)).astype(np.int64)], axis=1)
+    return cand, {"bands": bands, "rows_per_band": rows, "band_signatures": ["+".join(g) for g in groups]}
+
+
+# -- exact verification -------------------------------------------------------------------------------------
+def _shingle_table(src: TableTexts, f: _Field, ids: np.ndarray, cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted keys local_id << 42 | hash, set size per id) of the distinct texts `ids` (sorted)."""
+    keys, sizes = [], np.zeros(ids.size, np.int64)
+    for lo in range(0, ids.size, cfg.chunk_rows):
+        sel = ids[lo:lo + cfg.chunk_rows]
+        h, row = text_shingles_tagged(src.texts(f.name, f.first[sel]), f.name, cfg.ngram)
+        k = sorted_unique(((row + lo).astype(np.uint64) << np.uint64(_HBITS)) | (h >> np.uint64(64 - _HBITS)))
+        sizes[lo:lo + sel.size] = np.bincount((k >> np.uint64(_HBITS)).astype(np.int64) - lo, minlength=sel.size)
+        keys.append(k)
+    return (np.concatenate(keys) if keys else np.zeros(0, np.uint64)), sizes
+
+
+def intersections(keys: np.ndarray, sizes: np.ndarray, a: np.ndarray, b: np.ndarray,
                   batch_elems: int = 4_000_000) -> np.ndarray:
-    """Exact Jaccard of the shingle sets (40-bit hashes) of each candidate pair."""
-    if pairs.size == 0:
-        return np.zeros(0)
-    rows = sorted_unique(pairs.ravel())
-    key = shingle_sets40(get_texts(rows), ngram)
-    local = (key >> np.uint64(40)).astype(np.int64)
-    vals = key & np.uint64((1 << 40) - 1)
-    starts = np.searchsorted(local, np.arange(rows.size))
-    sizes = np.bincount(local, minlength=rows.size)
-    a, b = np.searchsorted(rows, pairs[:, 0]), np.searchsorted(rows, pairs[:, 1])
-    out = np.zeros(len(pairs))
+    """|S_a & S_b| for local text ids a, b: each element of the smaller set is looked up in the larger one."""
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    small = np.where(sizes[a] <= sizes[b], a, b)
+    large = np.where(sizes[a] <= sizes[b], b, a)
+    out = np.zeros(a.size, np.int64)
+    mask = np.uint64((1 << _HBITS) - 1)
     lo = 0
-    while lo < len(pairs):  # batches bound the gathered elements, so memory stays flat
-        cum = np.cumsum(sizes[a[lo:]] + sizes[b[lo:]])
+    while lo < a.size:  # batches bound the gathered elements
+        cum = np.cumsum(sizes[small[lo:]])
         hi = lo + max(1, int(np.searchsorted(cum, batch_elems)))
-        pa_, pb_ = a[lo:hi], b[lo:hi]
-        seg_rows = np.stack([pa_, pb_], axis=1).ravel()
-        seg_len = sizes[seg_rows]
-        tag = np.repeat(np.arange(hi - lo, dtype=np.uint64).repeat(2), seg_len)
-        offs = np.repeat(starts[seg_rows] - (np.cumsum(seg_len) - seg_len), seg_len) + np.arange(seg_len.sum())
-        merged = np.sort((tag << np.uint64(40)) | vals[offs])
-        same = merged[1:] == merged[:-1]
-        inter = np.bincount((merged[1:][same] >> np.uint64(40)).astype(np.int64), minlength=hi - lo)
-        union = sizes[pa_] + sizes[pb_] - inter
-        out[lo:hi] = np.divide(inter, union, out=np.ones(hi - lo), where=union > 0)
+        s, g = small[lo:hi], large[lo:hi]
+        ln = sizes[s]
+        pair = np.repeat(np.arange(hi - lo), ln)
+        elem = np.repeat(starts[s] - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))
+        query = (g[pair].astype(np.uint64) << np.uint64(_HBITS)) | (keys[elem] & mask)
+        at = np.minimum(np.searchsorted(keys, query), max(keys.size - 1, 0))
+        hit = keys[at] == query if keys.size else np.zeros(0, bool)
+        out[lo:hi] = np.bincount(pair[hit], minlength=hi - lo)
         lo = hi
     return out
 
 
-ANSWER_FIELDS = ("chosen", "rejected")
+def field_overlap(src: TableTexts, f: _Field, cand: np.ndarray, cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(intersection, union) of the field's shingle sets for every candidate pair, computed once per text pair.
 
-
-def answers_agree(edges: np.ndarray, field_texts: Callable[[np.ndarray, str], pl.Series],
-                  cfg: NearDupConfig) -> np.ndarray:
-    """Edges whose chosen and rejected answers are each >= cfg.min_answer_jaccard similar (exact Jaccard)."""
-    if edges.size == 0 or cfg.min_answer_jaccard <= 0.0:
-        return edges
-    keep = np.ones(len(edges), dtype=bool)
-    for name in ANSWER_FIELDS:
-        keep &= exact_jaccard(edges, lambda rows, f=name: field_texts(rows, f), cfg.ngram) >= cfg.min_answer_jaccard
-    return edges[keep]
-
-
-def components(edges: np.ndarray, n: int) -> np.ndarray:
-    """Connected-component label per row = smallest row index in its component (min-label propagation)."""
-    labels = np.arange(n, dtype=np.int64)
-    if edges.size == 0:
-        return labels
-    a, b = edges[:, 0], edges[:, 1]
-    while True:
-        m = np.minimum(labels[a], labels[b])
-        before = labels.copy()
-        np.minimum.at(labels, a, m)
-        np.minimum.at(labels, b, m)
-        labels = labels[labels]  # pointer jumping shortens chains
-        if np.array_equal(labels, before):
-            return labels
-
-
-def find_clusters(texts: pl.Series, cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(label per row, verified pairs (m, 2), stats) for a text column, signed in chunks of rows."""
-    return cluster_rows(texts.len(), lambda lo, hi: texts.slice(lo, hi - lo), texts.gather, cfg)
-
-
-def cluster_rows(n: int, chunk: Callable[[int, int], pl.Series], rows_text: Callable[[np.ndarray], pl.Series],
-                 cfg: NearDupConfig, precomputed: tuple[np.ndarray, np.ndarray] | None = None,
-                 field_texts: Callable[[np.ndarray, str], pl.Series] | None = None,
-                 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Clusters of `n` texts given by `chunk(lo, hi)`; only candidate rows are fetched again to verify.
-
-    `precomputed` = (band keys, valid) for exactly these rows, when an earlier pass already tokenised them.
+    Identical texts need no lookup. Two different texts without shingles (emoji-only answers) have union 0
+    and intersection 0: they are not called similar.
     """
-    bands, rows = choose_bands(cfg.threshold, cfg.num_perm, cfg.target_recall)
-    if precomputed is not None:
-        keys, valid = precomputed
-    else:
-        keys = np.empty((n, bands), dtype=np.uint64)
-        valid = np.ones(n, dtype=bool)
-        for lo in range(0, n, cfg.chunk_rows):
-            k, v = chunk_band_keys(chunk(lo, min(n, lo + cfg.chunk_rows)), cfg)
-            keys[lo:lo + len(v)], valid[lo:lo + len(v)] = k, v
-    cand = candidates(keys, valid, cfg.max_bucket)
-    del keys
-    jac = exact_jaccard(cand, rows_text, cfg.ngram)
-    edges = cand[jac >= cfg.threshold]
-    similar_text = len(edges)
-    if field_texts is not None:
-        edges = answers_agree(edges, field_texts, cfg)
-    labels = components(edges, n)
-    stats = {"bands": bands, "rows_per_band": rows, "candidates": int(len(cand)), "verified_pairs": int(len(edges)),
-             "different_answers": int(similar_text - len(edges)),
-             "candidate_precision": float(len(edges) / len(cand)) if len(cand) else None}
-    return labels, edges, stats
+    ta, tb = f.inv[cand[:, 0]], f.inv[cand[:, 1]]
+    ids = sorted_unique(np.concatenate([ta, tb]))
+    keys, sizes = _shingle_table(src, f, ids, cfg)
+    la, lb = np.searchsorted(ids, ta), np.searchsorted(ids, tb)
+    inter = sizes[la].copy()
+    diff = np.flatnonzero(ta != tb)
+    if diff.size:
+        code = la[diff].astype(np.uint64) << np.uint64(32) | lb[diff].astype(np.uint64)
+        uniq, back = np.unique(code, return_inverse=True)
+        ua, ub = (uniq >> np.uint64(32)).astype(np.int64), (uniq & np.uint64(0xFFFFFFFF)).astype(np.int64)
+        inter[diff] = intersections(keys, sizes, ua, ub)[back]
+    union = sizes[la] + sizes[lb] - inter
+    same = ta == tb
+    inter[same], union[same] = np.maximum(sizes[la][same], 1), np.maximum(sizes[la][same], 1)
+    return inter, union
 
 
-def decide(table: pa.Table, cfg: NearDupConfig,
-           precomputed: tuple[np.ndarray, np.ndarray] | None = None) -> Decision:
+def _ratio(i: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return np.divide(i, u, out=np.zeros(i.size), where=u > 0)
+
+
+def verify(src: TableTexts, fields: dict[str, _Field], cand: np.ndarray, cfg: NearDupConfig) -> dict[str, np.ndarray]:
+    """Exact Jaccard per candidate: whole pair (tagged union of `fields`) and each answer field."""
+    over = {name: field_overlap(src, f, cand, cfg) for name, f in fields.items()}
+    out = {"whole": _ratio(sum(over[f][0] for f in cfg.fields), sum(over[f][1] for f in cfg.fields))}
+    for name in ANSWER_FIELDS:
+        if name in over:
+            out[name] = _ratio(*over[name])
+    return out
+
+
+# -- greedy decisions ---------------------------------------------------------------------------------------
+def greedy(edges: np.ndarray, n: int) -> np.ndarray:
+    """Representative per row (-1 = kept): in input order, a row is dropped against the first *kept* earlier row
+    it is verified similar to; rows dropped never represent anyone, so there are no chains."""
+    rep = np.full(n, -1, np.int64)
+    if edges.size == 0:
+        return rep
+    order = np.lexsort((edges[:, 0], edges[:, 1]))
+    a, b = edges[order, 0].tolist(), edges[order, 1].tolist()
+    dropped = bytearray(n)
+    for x, y in zip(a, b, strict=True):  # a < b, sorted by b: every edge into a is settled before a is read
+        if not dropped[y] and not dropped[x]:
+            dropped[y] = 1
+            rep[y] = x
+    return rep
+
+
+def find_duplicates(src: TableTexts, cfg: NearDupConfig) -> tuple[np.ndarray, dict]:
+    """(representative row per row, -1 where kept; stats) for the rows of `src`."""
+    names = list(dict.fromkeys(cfg.fields + (ANSWER_FIELDS if cfg.min_answer_jaccard > 0 else ())))
+    fields = {name: _Field(src, name) for name in names}
+    cand, stats = candidates(src, fields, cfg)
+    sim = verify(src, fields, cand, cfg) if len(cand) else {"whole": np.zeros(0)}
+    similar = sim["whole"] >= cfg.threshold
+    ok = similar.copy()
+    if cfg.min_answer_jaccard > 0:
+        for name in ANSWER_FIELDS:
+            ok &= sim[name] >= cfg.min_answer_jaccard
+    rep = greedy(cand[ok], src.n)
+    stats.update(distinct_texts={name: int(f.first.size) for name, f in fields.items()},
+                 candidates=int(len(cand)), verified_pairs=int(ok.sum()),
+                 different_answers=int((similar & ~ok).sum()),
+                 candidate_precision=float(ok.mean()) if len(cand) else None)
+    return rep, stats
+
+
+def decide(table: pa.Table, cfg: NearDupConfig) -> Decision:
     n = table.num_rows
     d = Decision.keep_all(n)
     if n == 0:
         return d
-    # Pair texts are built a chunk at a time, never for the whole table at once.
-    labels, _, stats = cluster_rows(n, lambda lo, hi: pair_text(table.slice(lo, hi - lo), cfg.fields),
-                                    lambda rows: pair_text(table.take(pa.array(rows)), cfg.fields), cfg, precomputed,
-                                    field_texts=lambda rows, f: pl.Series(table.column(f).take(pa.array(rows))))
-    dup = labels != np.arange(n)
+    rep, stats = find_duplicates(TableTexts(table), cfg)
+    dup = rep >= 0
     d.mark(dup, "near_duplicate")
     ids = np.asarray(table.column("pair_id").to_numpy(zero_copy_only=False), dtype=object)
-    d.duplicate_of = np.where(dup, ids[labels], None).astype(object)
-    sizes = np.bincount(labels, minlength=n)
-    sizes = sizes[sizes > 1]
-    src = pl.DataFrame({"label": labels, "src": pl.Series(table.column("source"))})
-    cross = src.group_by("label").agg(pl.col("src").n_unique().alias("k")).filter(pl.col("k") > 1).height
-    size_values, size_counts = np.unique(sizes, return_counts=True)
-    stats.update(clusters=int(sizes.size), rows_in_clusters=int(sizes.sum()), cross_source_clusters=int(cross),
-                 cluster_sizes={str(int(s)): int(c) for s, c in zip(size_values, size_counts, strict=True)},
-                 max_cluster=int(sizes.max()) if sizes.size else 0)
+    d.duplicate_of = np.where(dup, ids[np.maximum(rep, 0)], None).astype(object)
+    stats.update(cluster_stats(rep, table.column("source")))
     d.stats = stats
     return d
 
 
-def run(table: pa.Table, cfg: NearDupConfig, precomputed: tuple[np.ndarray, np.ndarray] | None = None) -> CheckResult:
-    return apply(table, decide(table, cfg, precomputed), RULE, cfg)
+def cluster_stats(rep: np.ndarray, source: pa.ChunkedArray | pa.Array | Sequence[str]) -> dict:
+    """A cluster is a kept row and the rows dropped against it."""
+    dup = rep >= 0
+    label = np.where(dup, rep, np.arange(rep.size))
+    sizes = np.bincount(label, minlength=rep.size)
+    sizes = sizes[sizes > 1]
+    frame = pl.DataFrame({"label": label, "src": pl.Series(source)}).filter(pl.col("label").is_in(label[dup]))
+    cross = frame.group_by("label").agg(pl.col("src").n_unique().alias("k")).filter(pl.col("k") > 1).height
+    values, counts = np.unique(sizes, return_counts=True)
+    return {"clusters": int(sizes.size), "rows_in_clusters": int(sizes.sum()), "cross_source_clusters": int(cross),
+            "cluster_sizes": {str(int(s)): int(c) for s, c in zip(values, counts, strict=True)},
+            "max_cluster": int(sizes.max()) if sizes.size else 0}
+
+
+def run(table: pa.Table, cfg: NearDupConfig) -> CheckResult:
+    return apply(table, decide(table, cfg), RULE, cfg)
+

@@ -62,7 +62,8 @@ def shingles(tok: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray, n
         # Shifted slices over the flat array: shingles that straddle two rows are computed, then masked out.
         h = tok.copy()
         for j in range(1, min(k, n)):
-            h[: n - j] = (h[: n - j] ^ tok[j:]) * _STEP + np.uint64(j)
+            # multiply before xor-ing the next token: (a ^ b) * S would not tell "a b" from "b a"
+            h[: n - j] = (h[: n - j] * _STEP + np.uint64(j)) ^ tok[j:]
         h = mix64(h)
         valid = np.arange(n, dtype=np.int64) + k <= np.repeat(ends, counts)
         out_h = [h[valid]]
@@ -73,7 +74,7 @@ def shingles(tok: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray, n
             hs = tok[start].copy()
             for j in range(1, k - 1):
                 take = j < c
-                hs = np.where(take, (hs ^ tok[np.minimum(start + j, n - 1)]) * _STEP + np.uint64(j), hs)
+                hs = np.where(take, (hs * _STEP + np.uint64(j)) ^ tok[np.minimum(start + j, n - 1)], hs)
             out_h.append(mix64(hs))
             out_r.append(short.astype(np.int64))
     return np.concatenate(out_h), np.concatenate(out_r)
