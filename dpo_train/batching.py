@@ -37,6 +37,8 @@ class TokenizeStats:
     double_bos_fixed: int = 0
     double_eos_fixed: int = 0
     prompt_not_prefix: int = 0  # answers whose joint tokenisation does not start with the prompt tokens
+    sampled_rows: int = 0  # pairs trained on their sampled token ids (dpo_train.sampled_pairs), not their text
+    answers_without_eos: int = 0  # sampled answers cut at max_new_tokens: trained on without an EOS
     dropped_pair_ids: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -76,23 +78,10 @@ def _encode(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
     return [list(x) for x in tokenizer(texts, add_special_tokens=special)["input_ids"]]
 
 
-def tokenize_pairs(
-    table: pa.Table,
-    tokenizer: Any,
-    *,
-    max_length: int,
-    max_prompt_length: int,
-    truncation_mode: str = "keep_end",
-    check_prefix: bool = True,
-) -> TokenizedPairs:
-    """Tokenise a pair table; prompts beyond `max_prompt_length` are cut per `truncation_mode`, then answers
-    are cut to fit `max_length`; a pair whose prompt leaves no room for an answer token is dropped."""
-    if truncation_mode not in TRUNCATION_MODES:
-        raise ValueError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
-    if max_prompt_length >= max_length:
-        raise ValueError(f"max_prompt_length ({max_prompt_length}) must be < max_length ({max_length})")
+def _encode_text(table: pa.Table, tokenizer: Any, stats: TokenizeStats,
+                 check_prefix: bool) -> tuple[list[list[int]], dict[str, list[list[int]]]]:
+    """Prompt and answer ids from the text (answer + EOS), counting template anomalies in `stats`."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    stats = TokenizeStats(rows=table.num_rows)
     texts, special = render_prompts(tokenizer, table.column("prompt").to_pylist())
     prompts = _encode(tokenizer, texts, special)
     chosen_txt = table.column("chosen").to_pylist()
@@ -116,6 +105,34 @@ def tokenize_pairs(
                     stats.double_eos_fixed += 1  # the text already ended in EOS; keep just one
                 else:
                     ids.append(eos)
+    return prompts, answers
+
+
+def tokenize_pairs(
+    table: pa.Table,
+    tokenizer: Any,
+    *,
+    max_length: int,
+    max_prompt_length: int,
+    truncation_mode: str = "keep_end",
+    check_prefix: bool = True,
+    encoded: tuple[list[list[int]], list[list[int]], list[list[int]]] | None = None,
+) -> TokenizedPairs:
+    """Tokenise a pair table; prompts beyond `max_prompt_length` are cut per `truncation_mode`, then answers
+    are cut to fit `max_length`; a pair whose prompt leaves no room for an answer token is dropped.
+
+    `encoded`: (prompt, chosen, rejected) ids to use as given instead of tokenising the text (sampled answers,
+    see dpo_train.sampled_pairs): no EOS is appended and no BOS fixed; only the length limits apply."""
+    if truncation_mode not in TRUNCATION_MODES:
+        raise ValueError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
+    if max_prompt_length >= max_length:
+        raise ValueError(f"max_prompt_length ({max_prompt_length}) must be < max_length ({max_length})")
+    bos = tokenizer.bos_token_id
+    stats = TokenizeStats(rows=table.num_rows)
+    if encoded is not None:
+        prompts, answers = encoded[0], {"chosen": encoded[1], "rejected": encoded[2]}
+    else:
+        prompts, answers = _encode_text(table, tokenizer, stats, check_prefix)
 
     weights = np.asarray(table.column("weight").to_numpy(zero_copy_only=False), dtype=np.float64) \
         if "weight" in table.column_names else np.ones(table.num_rows)

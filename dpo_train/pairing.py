@@ -21,6 +21,12 @@ from storage.strict import from_dict_strict
 
 REQUIRED = ("prompt_id", "prompt", "sample_index", "response", "score")
 CANDIDATE_COLS = ["prompt_id", "c_row", "r_row", "c_score", "r_score", "c_idx", "r_idx"]
+# What to do with an answer cut at max_new_tokens (stop_reason "length"). Its token ids never get an EOS.
+#   keep: pair it like any other answer (trained on as sampled, without EOS)
+#   drop: leave it out before pairing, so no pair contains a truncated answer
+#   loss: it loses to every answer that stopped (its score becomes the round's lowest score minus 1), so it
+#         can only be a rejected answer, and two truncated answers tie and never pair
+TRUNCATED_POLICIES = ("keep", "drop", "loss")
 
 
 @dataclass(frozen=True)
@@ -29,8 +35,11 @@ class PairingConfig:
     min_margin: float = 0.0  # chosen_score - rejected_score must be >= this (and > 0: ties never pair)
     max_pairs_per_prompt: int | None = None  # keep the largest-margin pairs of a prompt
     seed: int = 0  # best_vs_random_lower's draw
+    truncated: str = "keep"  # TRUNCATED_POLICIES
 
     def __post_init__(self) -> None:
+        if self.truncated not in TRUNCATED_POLICIES:
+            raise ValueError(f"truncated must be one of {TRUNCATED_POLICIES}, got {self.truncated!r}")
         if self.rule not in RULES:
             raise ValueError(f"unknown pair rule {self.rule!r}; known: {sorted(RULES)}")
         if self.min_margin < 0:
@@ -133,9 +142,16 @@ def build_pairs(scored: pa.Table, cfg: PairingConfig | dict[str, Any], *, round:
         raise ValueError(f"scored generations are missing columns {missing}")
     g = pl.from_arrow(scored.select(["prompt_id", "sample_index", "score"]))
     assert isinstance(g, pl.DataFrame)
-    g = g.with_columns(pl.col("score").cast(pl.Float64)).with_row_index("row").with_columns(
-        pl.col("row").cast(pl.Int64))
+    g = g.with_columns(pl.col("score").cast(pl.Float64), pl.Series("truncated", truncated_mask(scored))
+                       ).with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
     usable = g.filter(pl.col("score").is_not_null() & pl.col("score").is_not_nan())
+    scored_ok = usable.height
+    if cfg.truncated == "drop":
+        usable = usable.filter(~pl.col("truncated"))
+    elif cfg.truncated == "loss" and usable.height:
+        floor = float(usable["score"].min()) - 1.0  # type: ignore[arg-type]
+        usable = usable.with_columns(pl.when(pl.col("truncated")).then(pl.lit(floor)).otherwise(pl.col("score"))
+                                     .alias("score"))
     cands = RULES[cfg.rule](usable, cfg)
     # One deterministic numbering shared by kept and dropped candidates: (source, source_row) is unique.
     order = g.group_by("prompt_id", maintain_order=True).agg(pl.col("row").min().alias("first_row"))
@@ -145,7 +161,7 @@ def build_pairs(scored: pa.Table, cfg: PairingConfig | dict[str, Any], *, round:
     kept, dropped = cands.filter(pl.col("reason").is_null()), cands.filter(pl.col("reason").is_not_null())
     rule_name = f"pairing:{cfg.rule}"
     params = json.dumps({"min_margin": cfg.min_margin, "max_pairs_per_prompt": cfg.max_pairs_per_prompt,
-                         "seed": cfg.seed}, sort_keys=True)
+                         "seed": cfg.seed, "truncated": cfg.truncated}, sort_keys=True)
     pairs = _to_pairs(scored, kept, round, judge)
     dropped_t = (rejects_table(_to_pairs(scored, dropped, round, judge), rule_name,
                                dropped["reason"].to_list(), params)
@@ -154,13 +170,29 @@ def build_pairs(scored: pa.Table, cfg: PairingConfig | dict[str, Any], *, round:
     stats = {
         "rule": cfg.rule, "params": json.loads(params), "round": round,
         "prompts": g["prompt_id"].n_unique(), "responses": g.height,
-        "responses_missing_score": g.height - usable.height,
+        "responses_missing_score": g.height - scored_ok,
+        "responses_truncated": int(g["truncated"].sum()),
+        "responses_truncated_dropped": scored_ok - usable.height,
+        "pairs_truncated_chosen": _count_truncated(g, kept, "c_row"),
+        "pairs_truncated_rejected": _count_truncated(g, kept, "r_row"),
         "candidates": cands.height, "pairs": kept.height, "dropped": dropped.height,
         "dropped_by_reason": dict(zip(reasons["reason"].to_list(), reasons["len"].to_list(), strict=True)),
         "prompts_with_pairs": kept["prompt_id"].n_unique(),
         "mean_margin": float(kept["margin"].mean()) if kept.height else None,  # type: ignore[arg-type]
     }
     return PairingResult(pairs, dropped_t, stats)
+
+
+def truncated_mask(scored: pa.Table) -> list[bool]:
+    """Answers cut at max_new_tokens: stop_reason "length" (or finish_reason "length" for older tables)."""
+    for col in ("stop_reason", "finish_reason"):
+        if col in scored.column_names:
+            return [r == "length" for r in scored.column(col).to_pylist()]
+    return [False] * scored.num_rows
+
+
+def _count_truncated(g: pl.DataFrame, kept: pl.DataFrame, side: str) -> int:
+    return int(g["truncated"].gather(kept[side]).sum()) if kept.height else 0
 
 
 def _to_pairs(scored: pa.Table, cands: pl.DataFrame, round: int, judge: str | None) -> pa.Table:
@@ -184,4 +216,10 @@ def _to_pairs(scored: pa.Table, cands: pl.DataFrame, round: int, judge: str | No
         "source": [f"round-{round}"] * n,
         "source_row": cands["source_row"].to_list(),
         "round": [round] * n,
+        # The sampled ids travel with the pair: training uses them as sampled (dpo_train.sampled_pairs).
+        "prompt_token_ids": col("prompt_token_ids", c_rows),
+        "chosen_token_ids": col("token_ids", c_rows),
+        "rejected_token_ids": col("token_ids", r_rows),
+        "chosen_stop": col("stop_reason", c_rows),
+        "rejected_stop": col("stop_reason", r_rows),
     })

@@ -25,13 +25,14 @@ import torch
 
 from dpo_train import checkpoints as ckpt
 from dpo_train import distributed as D
-from dpo_train.batching import collate, concatenated_forward, epoch_order, split_global_batch, tokenize_pairs
+from dpo_train.batching import collate, concatenated_forward, epoch_order, split_global_batch
 from dpo_train.config import TrainConfig
 from dpo_train.losses import Batch, LossParams, compute_loss, get_loss
 from dpo_train.metrics import DPO_SUMS, SFT_SUMS, MetricBuffer, StepSums, dpo_metrics, sft_metrics
 from dpo_train.prefix import check_supported, collate_shared, shared_forward, shared_lengths
 from dpo_train.reference import compute_reference_logps, ensure_reference, reference_meta
 from dpo_train.report import write_report
+from dpo_train.sampled_pairs import tokenize_table
 
 log = logging.getLogger(__name__)
 __all__ = ["TrainConfig", "RunResult", "train"]
@@ -111,7 +112,8 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
 
     tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    data = tokenize_pairs(table, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+    # Generated pairs train on their sampled token ids, offline pairs on their text (dpo_train.sampled_pairs).
+    data = tokenize_table(table, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                           truncation_mode=cfg.truncation_mode)
     if len(data) == 0:
         raise ValueError(f"no trainable pairs in {info.snapshot_id}: {data.stats.as_dict()}")

@@ -37,6 +37,14 @@ PAIR_SCHEMA = pa.schema(
         pa.field("weight", pa.float64(), nullable=False),
         pa.field("ref_chosen_logp", pa.float64()),
         pa.field("ref_rejected_logp", pa.float64()),
+        # Generated pairs only (null for offline data): the token ids exactly as sampled, so training uses what
+        # the policy produced instead of a re-encoding of the text, and why each answer stopped
+        # (eos | stop_string | length: an answer cut by length carries no EOS).
+        pa.field("prompt_token_ids", pa.list_(pa.int32())),
+        pa.field("chosen_token_ids", pa.list_(pa.int32())),
+        pa.field("rejected_token_ids", pa.list_(pa.int32())),
+        pa.field("chosen_stop", pa.string()),
+        pa.field("rejected_stop", pa.string()),
     ],
     metadata={"dpo.schema_version": str(SCHEMA_VERSION)},
 )

@@ -120,3 +120,40 @@ def test_pairing_invariants(groups, rule, margin, cap):
         has_gap = len(v) >= 2 and max(v) - min(v) >= margin and max(v) > min(v)
         if rule == "best_vs_worst" or rule == "best_vs_random_lower":
             assert (f"question {p}" in res.pairs.column("prompt_text").to_pylist()) == has_gap
+
+
+def scored_with_ids(groups: dict[str, list[tuple[float, str]]]) -> pa.Table:
+    """Scored generations carrying sampled ids; each answer is (score, stop_reason)."""
+    rows = []
+    for p, answers in groups.items():
+        for k, (s, stop) in enumerate(answers):
+            ids = [10 + k, 20 + k] + ([2] if stop == "eos" else [30 + k])
+            rows.append({"prompt_id": p, "prompt": [{"role": "user", "content": f"question {p}"}], "sample_index": k,
+                         "response": f"answer {p}-{k}", "score": s, "prompt_token_ids": [1, 5, 6],
+                         "token_ids": ids, "stop_reason": stop,
+                         "finish_reason": "length" if stop == "length" else "stop"})
+    return pa.Table.from_pylist(rows)
+
+
+def test_pairs_carry_the_sampled_token_ids_and_stop_reasons():
+    res = build_pairs(scored_with_ids({"a": [(0.1, "eos"), (0.9, "length")]}), PairingConfig(), round=1)
+    row = res.pairs.to_pylist()[0]
+    assert row["chosen_token_ids"] == [11, 21, 31] and row["rejected_token_ids"] == [10, 20, 2]
+    assert row["prompt_token_ids"] == [1, 5, 6]
+    assert (row["chosen_stop"], row["rejected_stop"]) == ("length", "eos")
+    assert res.stats["responses_truncated"] == 1 and res.stats["pairs_truncated_chosen"] == 1
+
+
+def test_truncated_answers_policy_drop_keep_or_loss():
+    groups = {"a": [(0.1, "eos"), (0.9, "length"), (0.5, "eos")], "b": [(2.0, "length"), (1.0, "length")]}
+    keep = build_pairs(scored_with_ids(groups), PairingConfig(truncated="keep"), round=1)
+    assert pairs_of(keep) == [("answer a-1", "answer a-0"), ("answer b-0", "answer b-1")]
+    drop = build_pairs(scored_with_ids(groups), PairingConfig(truncated="drop"), round=1)
+    assert pairs_of(drop) == [("answer a-2", "answer a-0")]
+    assert drop.stats["responses_truncated"] == 3 and drop.stats["responses_truncated_dropped"] == 3
+    loss = build_pairs(scored_with_ids(groups), PairingConfig(truncated="loss"), round=1)
+    # a truncated answer loses to every answer that stopped; two truncated answers tie and never pair
+    assert pairs_of(loss) == [("answer a-2", "answer a-1")]
+    assert loss.stats["pairs_truncated_chosen"] == 0 and loss.stats["dropped_by_reason"] == {"tie": 1}
+    with pytest.raises(ValueError, match="truncated must be one of"):
+        PairingConfig(truncated="maybe")
