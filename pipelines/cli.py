@@ -32,7 +32,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     ws = _ws(args)
     with console.status(f"reading {len(args.sources)} source(s)"):
-        info = steps.ingest(ws, [str(s) for s in args.sources], args.dataset, format=args.format)
+        info = steps.ingest(ws, [str(s) for s in args.sources], args.dataset, format=args.format,
+                            options={"columns": args.map} if args.map else None)
+    output.message(f"format: {info.params.get('format')}")
     if info.quarantined:
         for q in ws.read_quarantine(info.snapshot_id).slice(0, 5).to_pylist():
             output.message(f"{q['source']} row {q['source_row']}: {q['error']}", label="quarantined", style="yellow")
@@ -242,7 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp = verb("ingest", cmd_ingest, "read sources into a raw snapshot (unreadable rows are quarantined)")
     sp.add_argument("sources", nargs="+")
     sp.add_argument("--dataset", "-d", required=True)
-    sp.add_argument("--format", "-f", default=None, help="override format auto-detection")
+    from data_quality.ingest.formats import FORMATS
+
+    sp.add_argument("--format", "-f", default=None, choices=FORMATS, metavar="FORMAT",
+                    help=f"override format auto-detection: one of {', '.join(FORMATS)}")
+    sp.add_argument("--map", default=None, metavar="TARGET=SOURCE,...",
+                    help="read any layout through a column map, e.g. prompt=question,chosen=answers.0.text,"
+                         "rejected=bad (dotted paths reach into objects and lists)")
     sp = verb("clean", cmd_clean, "run the quality gate into a new snapshot + rejects + report")
     sp.add_argument("snapshot", help="NAME or NAME@VERSION")
     sp.add_argument("--config", "-c", default=None, help="TOML with a [gate] table")

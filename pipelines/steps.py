@@ -175,7 +175,7 @@ def formats_used(formats: dict[str, str]) -> str | None:
     names = Counter(formats.values())
     if len(names) <= 1:
         return next(iter(names), None)
-    return ", ".join(f"{k} ({n} sources)" for k, n in sorted(names.items()))
+    return ", ".join(f"{k} ({n} source{'s' if n > 1 else ''})" for k, n in sorted(names.items()))
 
 
 def ingest_params_record(fps: list[dict[str, Any]], format: str | None, options: dict[str, Any],
