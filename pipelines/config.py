@@ -82,6 +82,9 @@ class SourceConfig(_Strict):
     paths: list[str] = Field(min_length=1)
     format: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)  # IngestOptions.from_dict
+    # Column map for layouts no reader knows, as on the command line: "prompt=question,chosen=a.0.text,..." or
+    # a table {prompt = "question", ...}; the same as options.columns.
+    map: str | dict[str, str] | None = None
     gate: dict[str, Any] | None = None  # overrides the top-level gate config key by key
     raw_dataset: str | None = None
 
@@ -93,6 +96,10 @@ class SourceConfig(_Strict):
     @property
     def raw_name(self) -> str:
         return self.raw_dataset or f"{self.name}_raw"
+
+    @property
+    def ingest_options(self) -> dict[str, Any]:
+        return {**self.options, "columns": self.map} if self.map is not None else self.options
 
 
 class IngestParams(_Strict):
@@ -147,7 +154,7 @@ class RefreshConfig(_Strict):
 
     def ingest_params(self, source: SourceConfig, workspace: str | None = None) -> IngestParams:
         return IngestParams(paths=expand_paths(source.paths), dataset=source.raw_name, format=source.format,
-                            options=source.options, workspace=workspace or self.workspace, retry=self.retry)
+                            options=source.ingest_options, workspace=workspace or self.workspace, retry=self.retry)
 
     def clean_params(self, source: SourceConfig, ref: str, workspace: str | None = None) -> CleanParams:
         return CleanParams(ref=ref, dataset=source.name, gate=self.gate_for(source),
@@ -156,7 +163,8 @@ class RefreshConfig(_Strict):
 
 
 def expand_paths(patterns: list[str]) -> list[str]:
-    """Paths and globs -> sorted existing files; a pattern that matches nothing fails loudly."""
+    """Paths and globs -> sorted existing files (or folders, or hf://datasets/ ids); a pattern that matches
+    nothing fails loudly."""
     out: list[str] = []
     for pat in patterns:
         if glob.has_magic(pat):
@@ -164,7 +172,7 @@ def expand_paths(patterns: list[str]) -> list[str]:
             if not hits:
                 raise ConfigError(f"source pattern {pat!r} matches no files")
             out.extend(hits)
-        elif Path(pat).is_file():
+        elif Path(pat).exists() or pat.startswith("hf://"):
             out.append(pat)
         else:
             raise ConfigError(f"source file {pat!r} does not exist")
@@ -187,7 +195,9 @@ def _absolutise(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Resolve relative paths (sources, workspace, eval prompts) against the config file's folder."""
 
     def fix(p: Any) -> Any:
-        return str(base / p) if isinstance(p, str) and not Path(p).expanduser().is_absolute() else p
+        if not isinstance(p, str) or p.startswith("hf://") or Path(p).expanduser().is_absolute():
+            return p
+        return str(base / p)
 
     raw = dict(raw)
     for key in ("workspace", "eval_prompts_file"):
@@ -232,7 +242,7 @@ def parse_refresh_config(raw: dict[str, Any], *, where: str = "<config>", base: 
         raise ConfigError(_format_errors(where, exc)) from None
     _check_gate(where, "gate", cfg.gate)
     for i, src in enumerate(cfg.sources):
-        _check_ingest_options(where, f"sources.{i}.options", src.options)
+        _check_ingest_options(where, f"sources.{i}.options", src.ingest_options)
         if src.gate:
             _check_gate(where, f"sources.{i}.gate", cfg.gate_for(src))
     return cfg

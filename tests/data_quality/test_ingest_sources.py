@@ -118,3 +118,25 @@ def test_cli_hub_id_offline_and_forced_format_errors(tmp_path):
     assert "format: mapped" in m.stdout + m.stderr
     dir_fail = _dpo("-w", ws, "ingest", str(tmp_path / "nothing-here"), "-d", "x")
     assert dir_fail.returncode == 2 and "Traceback" not in dir_fail.stderr
+
+
+def test_refresh_toml_folder_source_with_a_column_map(tmp_path):
+    from pipelines.config import ConfigError, load_refresh_config
+
+    folder = tmp_path / "custom"
+    folder.mkdir()
+    jsonl(folder / "part-0.jsonl", [{"q": "hi?", "a": [{"t": "hello"}], "bad": "go"}])
+    jsonl(folder / "part-1.jsonl", [{"q": "bye?", "a": [{"t": "see you"}], "bad": "no"}])
+    cfg_path = tmp_path / "refresh.toml"
+    cfg_path.write_text('[[sources]]\nname = "custom"\npaths = ["custom"]\nmap = "prompt=q,chosen=a.0.t,rejected=bad"\n'
+                        '[[sources]]\nname = "hub"\npaths = ["hf://datasets/org/set"]\n')
+    cfg = load_refresh_config(cfg_path)
+    params = cfg.ingest_params(cfg.sources[0])
+    assert params.paths == [str(folder)] and params.options["columns"] == "prompt=q,chosen=a.0.t,rejected=bad"
+    assert cfg.ingest_params(cfg.sources[1]).paths == ["hf://datasets/org/set"]  # not made relative to the file
+    # What ingest_flow runs for this source: fingerprint (the folder), read, publish with the format recorded.
+    info = steps.ingest(Workspace(tmp_path / "ws"), params.paths, params.dataset, options=params.options)
+    assert (info.kept, info.params["format"]) == (2, "mapped")
+    cfg_path.write_text('[[sources]]\nname = "custom"\npaths = ["custom"]\nmap = "answer=q"\n')
+    with pytest.raises(ConfigError, match="unknown target"):
+        load_refresh_config(cfg_path)
