@@ -7,8 +7,8 @@ format keeps the messages (TRL applies the model's chat template, as our trainer
 one assistant message each.
 
 Exports never destroy: an existing target is refused unless `overwrite`, and even then only a previous export
-of ours is replaced (a folder carries the marker file EXPORT_MARKER; a file is recognised by its content), by
-writing a temporary sibling and renaming it into place. The current folder, its parents and anything inside or
+of ours is replaced (a folder carries the marker file EXPORT_MARKER, a file the hidden sidecar
+`.<name>.dpo-export.json`), by writing a temporary sibling and renaming it into place. The current folder, its parents and anything inside or
 above a protected folder (the workspace) are never a target.
 """
 
@@ -29,7 +29,6 @@ from storage.templates import render_plain
 
 EXPORT_FORMATS = ("trl-standard", "trl-conversational", "hf-dataset")
 EXPORT_MARKER = ".dpo-export.json"
-_PARQUET_KEY = b"dpo.export"
 _KEEP = ("pair_id", "weight")
 _SLICE = 20_000
 
@@ -95,21 +94,15 @@ def weight_warning(pairs: pa.Table) -> str | None:
 
 
 # -- where an export may go ----------------------------------------------------------------------------------
-def _is_our_export(target: Path, fmt: str) -> bool:
-    if target.is_dir():
-        return (target / EXPORT_MARKER).is_file()
-    if target.suffix == ".parquet":
-        try:
-            meta = pq.read_schema(target).metadata or {}
-        except (pa.ArrowInvalid, OSError):
-            return False
-        return _PARQUET_KEY in meta
-    try:  # a JSONL export: the first line is an object with the TRL columns
-        with open(target, encoding="utf-8") as fh:
-            first = json.loads(fh.readline() or "null")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    return isinstance(first, dict) and {"prompt", "chosen", "rejected"} <= first.keys() and fmt != "hf-dataset"
+def marker_path(target: Path) -> Path:
+    """Where the export marker of `target` lives: inside a folder export, beside a file export."""
+    return target / EXPORT_MARKER if target.is_dir() else target.with_name(f".{target.name}{EXPORT_MARKER}")
+
+
+def _write_marker(path: Path, fmt: str, rows: int) -> None:
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps({"written_by": "dpo export", "format": fmt, "rows": rows}) + "\n")
+    os.replace(tmp, path)
 
 
 def check_target(target: Path, fmt: str, *, overwrite: bool, protect: Iterable[str | os.PathLike[str]] = ()) -> Path:
@@ -136,9 +129,9 @@ def check_target(target: Path, fmt: str, *, overwrite: bool, protect: Iterable[s
     if path.is_dir() != want_dir:
         kind = "folder" if path.is_dir() else "file"
         raise ExportRefused(f"export target {target} is a {kind}; {fmt} writes a {'folder' if want_dir else 'file'}")
-    if not _is_our_export(path, fmt):
-        what = f"has no {EXPORT_MARKER} marker" if want_dir else "does not look like an export of this tool"
-        raise ExportRefused(f"export target {target} {what}: refusing to replace it (choose a new path)")
+    if not marker_path(path).is_file():
+        raise ExportRefused(f"export target {target} has no export marker ({marker_path(path).name}), so it is "
+                            "not a previous export of this tool: refusing to replace it (choose a new path)")
     return path
 
 
@@ -177,16 +170,17 @@ def export(pairs: pa.Table, to: str | os.PathLike[str], fmt: str = "trl-standard
 
             table = to_trl(pairs, "conversational", with_reference=with_reference)
             datasets.Dataset(table).save_to_disk(str(tmp))
-            (tmp / EXPORT_MARKER).write_text(json.dumps({"format": fmt, "rows": pairs.num_rows}) + "\n")
+            _write_marker(tmp / EXPORT_MARKER, fmt, pairs.num_rows)
         else:
             table = to_trl(pairs, fmt.removeprefix("trl-"), with_reference=with_reference,
                            labels_by_source=labels_by_source)
             if target.suffix == ".parquet":
-                meta = {**(table.schema.metadata or {}), _PARQUET_KEY: fmt.encode()}
-                pq.write_table(table.replace_schema_metadata(meta), tmp, compression="zstd")
+                pq.write_table(table, tmp, compression="zstd")
             else:
                 _write_jsonl(table, tmp)
         _swap_in(tmp, target)
+        if fmt != "hf-dataset":  # after the file: a crash between the two leaves a target --overwrite refuses
+            _write_marker(marker_path(target), fmt, pairs.num_rows)
         return target
     finally:
         if tmp.exists():
