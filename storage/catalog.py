@@ -2,21 +2,41 @@
 
 The catalog is a single `catalog.duckdb` file. Every operation opens it, does one transaction and closes it,
 so a killed process never holds it and DuckDB's WAL recovery rolls back a transaction cut short by a kill.
-Views use absolute Parquet paths so a plain `duckdb` client opened from anywhere sees the same data.
+
+Any DuckDB 1.x client opens it: the file is written in storage format v1.0.0 (`STORAGE_VERSION`), whatever
+DuckDB this code runs. Views read absolute Parquet paths, so a plain `duckdb` client opened from any folder sees
+the same data, and each view carries a guard: it runs only while the catalog file sits inside the workspace its
+paths point into. A moved or copied catalog therefore fails loudly ("... run `dpo doctor --fix`") instead of
+silently reading another workspace's files; any `dpo` command on the new folder repoints the views.
+Only views the catalog made (listed in `catalog_views`) are ever dropped or replaced: a user's own views and
+macros survive publishes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
+
+from storage.errors import CatalogBusyError, DiskFullError, StorageError
+from storage.names import CATALOG_OBJECTS
 
 CATALOG_FILE = "catalog.duckdb"
-CATALOG_VERSION = 1
+CATALOG_VERSION = 2
+# The oldest storage format of DuckDB 1.x: every 1.x client (and later) reads it.
+STORAGE_VERSION = "v1.0.0"
+_CONFIG = {"storage_compatibility_version": STORAGE_VERSION}
+# How long a writer waits for another process's lock before giving up (override: $DPO_CATALOG_WAIT_S).
+DEFAULT_WAIT_S = 120.0
+RESERVED_VIEWS = frozenset({"snapshots", "rounds"})
+
+log = logging.getLogger("dpo.storage")
 
 DDL = [
     """CREATE TABLE IF NOT EXISTS catalog_meta (key VARCHAR PRIMARY KEY, value VARCHAR)""",
@@ -37,6 +57,8 @@ DDL = [
     """CREATE TABLE IF NOT EXISTS round_log (
         experiment VARCHAR NOT NULL, round INTEGER NOT NULL, step VARCHAR NOT NULL, status VARCHAR NOT NULL,
         artefact VARCHAR, details JSON, updated_at TIMESTAMPTZ, PRIMARY KEY (experiment, round, step))""",
+    # The data views this catalog made (and so may drop or replace); every other view is the user's.
+    """CREATE TABLE IF NOT EXISTS catalog_views (name VARCHAR PRIMARY KEY)""",
     """CREATE OR REPLACE VIEW snapshots AS SELECT snapshot_id, dataset, version, kind, parents, created_at,
         flow_run, input_rows, kept, rejected, quarantined, schema_version, content_hash, cache_key, params,
         meta, path FROM snapshot_log ORDER BY dataset, version""",
@@ -53,32 +75,91 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    return getattr(exc, "errno", None) == 28 or "no space left on device" in str(exc).lower()
+
+
+def _holder(message: str) -> str:
+    """Who holds the lock, from DuckDB's "Conflicting lock is held in <program> (PID n)"."""
+    m = re.search(r"held in (.+?) \(PID (\d+)\)", message)
+    return f"{m.group(1)} (PID {m.group(2)})" if m else "another process"
+
+
 @contextlib.contextmanager
-def connect(root: Path, *, read_only: bool = False, lock_timeout_s: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """Open the catalog, waiting for another writer's lock (DuckDB allows one writing process per file)."""
+def connect(root: Path, *, read_only: bool = False,
+            lock_timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Open the catalog, waiting for another process's lock (DuckDB allows one writing process per file).
+
+    While it waits it says so once ("waiting for the catalog: held by ..."); after `lock_timeout_s` it raises
+    CatalogBusyError naming the holder. A full disk raises DiskFullError.
+    """
     path = root / CATALOG_FILE
+    if lock_timeout_s is None:
+        lock_timeout_s = float(os.environ.get("DPO_CATALOG_WAIT_S", DEFAULT_WAIT_S))
     deadline = time.monotonic() + lock_timeout_s
-    delay = 0.05
+    delay, warned = 0.02, False
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(str(path), read_only=read_only, config=_CONFIG)
             break
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise RuntimeError(f"cannot open catalog {path}: {exc}") from exc
+            if is_disk_full(exc):
+                raise DiskFullError(f"no space left on device while writing {path}") from exc
+            if "lock" not in str(exc).lower():
+                raise StorageError(f"cannot open catalog {path}: {exc}") from exc
+            holder = _holder(str(exc))
+            if time.monotonic() > deadline:
+                raise CatalogBusyError(
+                    f"the catalog {path} is held by {holder}; gave up after {lock_timeout_s:.0f} s "
+                    "(close that DuckDB client or wait for it to finish, then retry; $DPO_CATALOG_WAIT_S sets "
+                    "the wait)"
+                ) from exc
+            if not warned:
+                log.warning("waiting for the catalog %s: held by %s", path, holder)
+                warned = True
             time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, 0.5)
     try:
         yield con
     finally:
         con.close()
 
 
-def init_catalog(root: Path) -> None:
+def storage_version(root: Path) -> str:
+    with connect(root, read_only=True) as con:
+        row = con.execute(
+            "SELECT tags['storage_version'] FROM duckdb_databases() WHERE database_name = current_database()"
+        ).fetchone()
+    return str(row[0]) if row and row[0] else ""
+
+
+def _migrate_storage(root: Path) -> None:
+    """Rewrite a catalog made in a newer storage format (DuckDB 2.x default) as v1.0.0, keeping everything."""
+    path = root / CATALOG_FILE
+    tmp = root / f".{CATALOG_FILE}.migrate"
+    tmp.unlink(missing_ok=True)
     with connect(root) as con:
+        version = quote_literal(STORAGE_VERSION)
+        con.execute(f"ATTACH {quote_literal(str(tmp))} AS dpo_migrated (STORAGE_VERSION {version})")
+        con.execute(f"COPY FROM DATABASE {quote_ident(current_db(con))} TO dpo_migrated")
+        con.execute("DETACH dpo_migrated")
+        os.replace(tmp, path)  # while the old file is still locked by us: no writer slips in between
+
+
+def current_db(con: duckdb.DuckDBPyConnection) -> str:
+    row = con.execute("SELECT current_database()").fetchone()
+    return str(row[0]) if row else "main"
+
+
+def init_catalog(root: Path) -> None:
+    if (root / CATALOG_FILE).exists() and not storage_version(root).startswith("v1."):
+        _migrate_storage(root)
+    with connect(root) as con:
+        con.execute("BEGIN")
         for stmt in DDL:
             con.execute(stmt)
         con.execute("INSERT OR REPLACE INTO catalog_meta VALUES ('catalog_version', ?)", [str(CATALOG_VERSION)])
+        con.execute("COMMIT")
 
 
 def is_current(root: Path) -> bool:
@@ -93,76 +174,79 @@ def is_current(root: Path) -> bool:
     return meta.get("catalog_version") == str(CATALOG_VERSION) and meta.get("root") == str(root)
 
 
-def _read_parquet_sql(paths: Sequence[Path]) -> str:
-    """A SELECT over Parquet files; every path is quoted as a SQL string literal."""
-    files = "[" + ", ".join(quote_literal(str(p)) for p in paths) + "]"
-    return f"SELECT * FROM read_parquet({files}, union_by_name = true)"  # noqa: S608
+def _guard(root: Path) -> str:
+    """A WHERE condition that holds only while the catalog file lies inside `root` (the sandbox's private copy
+    lies in `root/.tmp`); otherwise the view raises an error telling how to repoint it."""
+    prefix = quote_literal(str(root) + "/")
+    msg = quote_literal(
+        f"this catalog's views read the snapshots under {root}, but the catalog file is not in that folder "
+        "(the workspace was moved or copied): run `dpo -w <the folder it is in now> doctor --fix` to repoint them"
+    )
+    return f"(SELECT bool_or(starts_with(path, {prefix})) FROM duckdb_databases()) OR error({msg})"  # noqa: S608
 
 
-def rebuild_views(con: duckdb.DuckDBPyConnection, root: Path, empty_dir: Path) -> None:
-    """Recreate every data view from the snapshot log (called inside the publishing transaction)."""
+def read_parquet_sql(paths: Sequence[Path], root: Path, prefix: str = "") -> str:
+    """A guarded SELECT over Parquet files; every path is quoted as a SQL string literal."""
+    files = "[" + ", ".join(quote_literal(prefix + str(p)) for p in paths) + "]"
+    return f"SELECT * FROM read_parquet({files}, union_by_name = true) WHERE {_guard(root)}"  # noqa: S608
+
+
+def user_objects(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Names of views, tables and macros in the catalog that it did not make itself (case-folded)."""
+    ours = {r[0].lower() for r in con.execute("SELECT name FROM catalog_views").fetchall()}
+    names = con.execute(
+        "SELECT view_name FROM duckdb_views() WHERE NOT internal AND database_name = current_database() "
+        "UNION SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "UNION SELECT function_name FROM duckdb_functions() WHERE database_name = current_database() "
+        "AND function_type IN ('macro', 'table_macro') AND NOT internal"
+    ).fetchall()
+    return {n[0].lower() for n in names} - ours - CATALOG_OBJECTS - RESERVED_VIEWS
+
+
+def wanted_views(con: duckdb.DuckDBPyConnection, root: Path, empty_dir: Path, prefix: str = "") -> dict[str, str]:
+    """The data views the snapshot log calls for: name -> SELECT (paths behind `prefix`, a file system URI)."""
     rows = con.execute(
         "SELECT dataset, version, path, tables FROM snapshot_log ORDER BY dataset, version"
     ).fetchall()
-    existing = {
-        r[0]
-        for r in con.execute(
-            "SELECT view_name FROM duckdb_views() WHERE NOT internal AND schema_name = 'main'"
-        ).fetchall()
-    }
     wanted: dict[str, str] = {}
     newest: dict[str, Path] = {}
     table_files: dict[str, list[Path]] = {"rejects": [], "quarantine": []}
     for dataset, version, path, tables in rows:
         pairs = Path(path) / "pairs.parquet"
-        sel = _read_parquet_sql([pairs])
+        sel = read_parquet_sql([pairs], root, prefix)
         wanted[f"{dataset}@{version}"] = sel
         wanted[f"{dataset}_v{version}"] = sel
         newest[dataset] = pairs
         for name in tables:
             table_files.setdefault(name, []).append(Path(path) / f"{name}.parquet")
     for dataset, pairs in newest.items():
-        wanted[dataset] = _read_parquet_sql([pairs])
+        wanted[dataset] = read_parquet_sql([pairs], root, prefix)
     for name, files in table_files.items():
-        if not files:
-            files = [empty_dir / f"{name}.parquet"]
-        wanted[name] = _read_parquet_sql(files)
-    reserved = {"snapshots", "rounds"}
-    for name in sorted(existing - set(wanted) - reserved):
+        wanted[name] = read_parquet_sql(files or [empty_dir / f"{name}.parquet"], root, prefix)
+    return wanted
+
+
+def rebuild_views(con: duckdb.DuckDBPyConnection, root: Path, empty_dir: Path) -> None:
+    """Recreate every data view from the snapshot log (called inside the publishing transaction).
+
+    Only views listed in `catalog_views` are dropped or replaced; a wanted name that a user's own view, table
+    or macro already holds is refused (nothing of the user's is overwritten).
+    """
+    wanted = wanted_views(con, root, empty_dir)
+    tracked = {r[0] for r in con.execute("SELECT name FROM catalog_views").fetchall()}
+    if not tracked:  # a catalog from before views were tracked: the ones it made are those it would make now
+        existing = {r[0] for r in con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal AND database_name = current_database()"
+        ).fetchall()}
+        tracked = existing & set(wanted)
+    users = user_objects(con)
+    clash = sorted(n for n in wanted if n.lower() in users or n in RESERVED_VIEWS)
+    if clash:
+        raise ValueError(f"name(s) {clash} are already used by a view, table or macro of the catalog that "
+                         "it did not create: rename that object or choose another dataset/table name")
+    for name in sorted(tracked - set(wanted)):
         con.execute(f"DROP VIEW IF EXISTS {quote_ident(name)}")
     for name, sel in wanted.items():
-        if name in reserved:
-            raise ValueError(f"dataset or table name {name!r} is reserved")
         con.execute(f"CREATE OR REPLACE VIEW {quote_ident(name)} AS {sel}")
-
-
-READ_ONLY_TYPES = {"SELECT", "EXPLAIN"}
-
-
-def sql_read_only(root: Path, query: str) -> pa.Table:
-    """Run SELECT/EXPLAIN statements read-only; anything else is refused before it runs.
-
-    Besides the read-only connection, file access is confined to the workspace and the configuration is
-    locked, so `read_csv('/etc/passwd')` or `COPY ... TO` cannot reach outside it.
-    """
-
-    with connect(root, read_only=True) as con:
-        statements = con.extract_statements(query)
-        if not statements:
-            raise ValueError("empty SQL")
-        for stmt in statements:
-            kind = stmt.type.name
-            if kind not in READ_ONLY_TYPES:
-                raise ValueError(
-                    f"refused: the SQL inspection path is read-only and this is a {kind} statement "
-                    f"({stmt.query.strip()[:80]!r}); only SELECT/EXPLAIN (incl. DESCRIBE/SHOW/SUMMARIZE) run here"
-                )
-        con.execute(f"SET allowed_directories = [{quote_literal(str(root) + '/')}]")
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        result: pa.Table | None = None
-        for stmt in statements:
-            rel = con.sql(stmt.query)
-            result = rel.to_arrow_table() if rel is not None else pa.table({})
-        assert result is not None
-        return result
+    con.execute("DELETE FROM catalog_views")
+    con.executemany("INSERT INTO catalog_views VALUES (?)", [[n] for n in sorted(wanted)])

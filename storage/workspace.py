@@ -1,42 +1,36 @@
 """A workspace: one folder with `catalog.duckdb` and the immutable Parquet snapshots it catalogues.
 
-Publishing is atomic: files are written and fsynced in `.tmp/`, the folder is renamed into `snapshots/`, and the
-catalog row plus views are committed in one DuckDB transaction. Until that commit nothing is visible; a folder
-left by a kill between rename and commit is not in the catalog, so it is invisible and is moved aside by the
-next publish of that version.
+Publishing is atomic (storage/publish.py); SQL inspection runs read-only on a private copy of the catalog
+(storage/sandbox.py); `dpo doctor` (storage/doctor.py) checks and repairs a workspace.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import xxhash
 
-from storage import catalog, runs
-from storage.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA, SCHEMA_VERSION, conform
+from storage import catalog, doctor, publish, runs, sandbox
+from storage.names import check_name, parse_ref
+from storage.publish import content_hash, with_snapshot_id
+from storage.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA, conform
 
 if TYPE_CHECKING:
     import datasets
     import polars as pl
 
+__all__ = ["DEFAULT_WORKSPACE", "SnapshotInfo", "Workspace", "check_name", "content_hash", "parse_ref"]
+
 DEFAULT_WORKSPACE = "dpo-workspace"
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,127}$")
-_TMP_MAX_AGE_S = 3600.0
-# Names of catalog views and tables; a dataset of that name would shadow them in SQL.
-RESERVED_NAMES = frozenset({"snapshots", "rejects", "quarantine", "rounds", "runs", "metrics", "round_log",
-                            "snapshot_log", "catalog_meta"})
 
 
 @dataclass(frozen=True)
@@ -65,49 +59,6 @@ class SnapshotInfo:
         d["path"] = str(self.path)
         d["created_at"] = self.created_at.isoformat()
         return d
-
-
-def check_name(name: str, what: str = "dataset") -> str:
-    if not _NAME_RE.match(name):
-        raise ValueError(
-            f"invalid {what} name {name!r}: use letters, digits, '_' or '-', starting with a letter or '_'"
-        )
-    return name
-
-
-def parse_ref(ref: str) -> tuple[str, int | None]:
-    """'hh@3' -> ('hh', 3); 'hh' -> ('hh', None) meaning the newest version."""
-    name, sep, version = ref.partition("@")
-    check_name(name)
-    if not sep:
-        return name, None
-    if not version.isdigit():
-        raise ValueError(f"invalid snapshot reference {ref!r}: the version after '@' must be a number")
-    return name, int(version)
-
-
-def content_hash(pairs: pa.Table) -> str:
-    """Hash of what training sees: ids in order plus weights and cached reference log-probs."""
-    h = xxhash.xxh3_128()
-    for name in ("pair_id", "weight", "ref_chosen_logp", "ref_rejected_logp"):
-        col = pairs.column(name).combine_chunks()
-        for buf in col.buffers():
-            if buf is not None:
-                h.update(memoryview(buf))
-    h.update(str(pairs.num_rows).encode())
-    return h.hexdigest()
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)
 
 
 class Workspace:
@@ -140,17 +91,17 @@ class Workspace:
             target = empty / f"{name}.parquet"
             if not target.exists():
                 tmp = empty / f".{name}.{uuid.uuid4().hex}.parquet"
-                pq.write_table(_with_snapshot_id(schema.empty_table(), ""), tmp)
+                pq.write_table(with_snapshot_id(schema.empty_table(), ""), tmp)
                 os.replace(tmp, target)
 
     def _cleanup_tmp(self) -> None:
-        now = time.time()
-        for d in (self.root / ".tmp").iterdir():
-            if now - d.stat().st_mtime > _TMP_MAX_AGE_S:
-                shutil.rmtree(d, ignore_errors=True)
+        """Temp folders older than an hour and what publish itself moved to .trash/ (nothing else is touched)."""
+        for p in [*doctor.stale_tmp(self.root), *doctor.own_trash(self.root)]:
+            shutil.rmtree(p, ignore_errors=True)
 
     def _ensure_views_root(self) -> None:
-        """If the workspace folder moved, views still point at the old absolute paths: rebuild them."""
+        """Repoint a moved or copied workspace (views and paths still name the old folder) and bring views made
+        by an older catalog version up to date: rebuilt in one transaction."""
         with catalog.connect(self.root) as con:
             con.execute("BEGIN")
             paths = con.execute("SELECT snapshot_id, path FROM snapshot_log").fetchall()
@@ -159,9 +110,7 @@ class Workspace:
                 ds, v = parse_ref(sid)
                 con.execute("UPDATE snapshot_log SET path = ? WHERE snapshot_id = ?",
                             [str(self.root / "snapshots" / ds / f"v{v}"), sid])
-            first = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'rejects'").fetchone()
-            if stale or not first or first[0] == 0:
-                catalog.rebuild_views(con, self.root, self.root / "_empty")
+            catalog.rebuild_views(con, self.root, self.root / "_empty")
             # Recorded last, in the same transaction: the catalog counts as current only once its views are.
             con.execute("INSERT OR REPLACE INTO catalog_meta VALUES ('root', ?)", [str(self.root)])
             con.execute("COMMIT")
@@ -184,100 +133,14 @@ class Workspace:
         files: dict[str, bytes | str | os.PathLike[str]] | None = None,
         meta: dict[str, Any] | None = None,
     ) -> SnapshotInfo:
-        check_name(dataset)
-        if dataset in RESERVED_NAMES or self._is_table_name(dataset):
-            raise ValueError(f"dataset name {dataset!r} is reserved for a catalog view or table")
-        pairs = conform(pairs)
-        rejects = conform(rejects, REJECTS_SCHEMA) if rejects is not None else REJECTS_SCHEMA.empty_table()
-        quarantine = (
-            conform(quarantine, QUARANTINE_SCHEMA) if quarantine is not None else QUARANTINE_SCHEMA.empty_table()
-        )
-        total = pairs.num_rows + rejects.num_rows + quarantine.num_rows
-        if input_rows is not None and input_rows != total:
-            raise ValueError(
-                f"row accounting broken for dataset {dataset!r}: input {input_rows} != kept {pairs.num_rows} + "
-                f"rejected {rejects.num_rows} + quarantined {quarantine.num_rows}"
-            )
+        """Publish atomically (storage/publish.py). With a cache_key that this dataset already published (say by
+        a parallel identical run), nothing new is written and that snapshot is returned."""
         parent_ids = [self.resolve(p).snapshot_id for p in parents]
-        extra_tables = dict(tables or {})
-        for name in extra_tables:
-            check_name(name, "table")
-            if name in RESERVED_NAMES or name == "pairs" or self.list_snapshots(name):
-                raise ValueError(f"extra table name {name!r} is reserved or names a dataset")
-        for name in files or {}:
-            if Path(name).name != name or name.startswith("."):
-                raise ValueError(f"snapshot file name {name!r} must be a plain file name")
-
-        tmp = self.root / ".tmp" / uuid.uuid4().hex
-        tmp.mkdir()
-        try:
-            chash = content_hash(pairs)
-            pq.write_table(pairs, tmp / "pairs.parquet", compression="zstd")
-            # Side tables carry their snapshot_id, known only inside the commit: they are written there, once.
-            side = {"rejects": rejects, "quarantine": quarantine, **dict(sorted(extra_tables.items()))}
-            written = ["pairs.parquet", *(f"{name}.parquet" for name in side)]
-            for name, content in (files or {}).items():
-                target = tmp / name
-                if isinstance(content, bytes):
-                    target.write_bytes(content)
-                elif isinstance(content, str):
-                    target.write_text(content, encoding="utf-8")
-                else:
-                    shutil.copyfile(content, target)
-                written.append(name)
-            return self._commit(
-                tmp, written, side, dataset=dataset, pairs=pairs, rejects=rejects, quarantine=quarantine,
-                parents=parent_ids, params=params or {}, meta=meta or {}, kind=kind, flow_run=flow_run,
-                cache_key=cache_key, input_rows=total, chash=chash,
-            )
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-
-    def _is_table_name(self, name: str) -> bool:
-        with catalog.connect(self.root, read_only=True) as con:
-            row = con.execute("SELECT count(*) FROM snapshot_log WHERE list_contains(tables, ?)", [name]).fetchone()
-        return bool(row and row[0])
-
-    def _commit(self, tmp: Path, written: list[str], side: dict[str, pa.Table], **kw: Any) -> SnapshotInfo:
-        dataset = kw["dataset"]
-        created = datetime.now(UTC)
-        with catalog.connect(self.root) as con:
-            con.execute("BEGIN")
-            try:
-                row = con.execute("SELECT max(version) FROM snapshot_log WHERE dataset = ?", [dataset]).fetchone()
-                version = (row[0] or 0) + 1 if row else 1
-                snapshot_id = f"{dataset}@{version}"
-                for name, tbl in side.items():
-                    pq.write_table(_with_snapshot_id(tbl, snapshot_id), tmp / f"{name}.parquet", compression="zstd")
-                manifest = {
-                    "snapshot_id": snapshot_id, "schema_version": SCHEMA_VERSION, "kind": kw["kind"],
-                    "parents": kw["parents"], "params": kw["params"], "meta": kw["meta"],
-                    "content_hash": kw["chash"], "created_at": created.isoformat(), "files": written,
-                    "counts": {"input": kw["input_rows"], "kept": kw["pairs"].num_rows,
-                               "rejected": kw["rejects"].num_rows, "quarantined": kw["quarantine"].num_rows},
-                }
-                (tmp / "manifest.json").write_text(_json(manifest), encoding="utf-8")
-                for name in [*written, "manifest.json"]:
-                    _fsync_file(tmp / name)
-                final = self.root / "snapshots" / dataset / f"v{version}"
-                final.parent.mkdir(parents=True, exist_ok=True)
-                if final.exists():  # left by a process killed between rename and commit: never catalogued
-                    os.rename(final, self.root / ".trash" / f"{dataset}-v{version}-{uuid.uuid4().hex}")
-                os.rename(tmp, final)
-                _fsync_file(final.parent)
-                con.execute(
-                    "INSERT INTO snapshot_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [snapshot_id, dataset, version, kw["kind"], kw["parents"], created, kw["flow_run"],
-                     _json(kw["params"]), _json(kw["meta"]), kw["input_rows"], kw["pairs"].num_rows,
-                     kw["rejects"].num_rows, kw["quarantine"].num_rows, SCHEMA_VERSION, kw["chash"],
-                     kw["cache_key"], str(final), list(side)],
-                )
-                catalog.rebuild_views(con, self.root, self.root / "_empty")
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        snapshot_id = publish.publish(
+            self.root, dataset, pairs, rejects=rejects, quarantine=quarantine, parents=parent_ids,
+            params=params or {}, kind=kind, flow_run=flow_run, cache_key=cache_key, input_rows=input_rows,
+            tables=dict(tables or {}), files=dict(files or {}), meta=meta or {},
+        )
         return self.resolve(snapshot_id)
 
     # -- read ----------------------------------------------------------------------------------------------
@@ -338,8 +201,9 @@ class Workspace:
             raise FileNotFoundError(f"snapshot {info.snapshot_id} has no file {name!r}")
         return p
 
-    def sql(self, query: str) -> pa.Table:
-        return catalog.sql_read_only(self.root, query)
+    def sql(self, query: str, limits: sandbox.SqlLimits | None = None) -> pa.Table:
+        """Read-only SQL over the catalog's views (storage/sandbox.py); writes are refused and impossible."""
+        return sandbox.sql_read_only(self.root, query, limits)
 
     # -- runs, metrics, rounds (catalog tables; see storage/runs.py) ---------------------------------------------
     def record_run(self, run_id: str, *, kind: str, snapshot_id: str | None, model: str | None,
@@ -382,9 +246,3 @@ def _info(row: tuple) -> SnapshotInfo:
         meta=json.loads(meta) if meta else {}, input_rows=inp, kept=kept, rejected=rej, quarantined=quar,
         schema_version=sv, content_hash=ch, cache_key=ck, tables=[t for t in tables if t],
     )
-
-
-def _with_snapshot_id(table: pa.Table, snapshot_id: str) -> pa.Table:
-    if "snapshot_id" in table.column_names:
-        table = table.drop_columns(["snapshot_id"])
-    return table.add_column(0, "snapshot_id", pa.array([snapshot_id] * table.num_rows, pa.string()))

@@ -1,0 +1,229 @@
+"""Publishing a snapshot: written and fsynced in `.tmp/`, renamed into `snapshots/`, then one catalog transaction.
+
+Until the commit nothing is visible; a folder left by a kill between rename and commit is not in the catalog, so it
+is invisible, and the next publish of that version (or `dpo doctor --fix`) moves it aside and deletes it.
+Everything a user-visible rule depends on is decided inside the transaction, under the catalog's write lock:
+the version number, case-insensitive name uniqueness, and the cache check (parallel identical work publishes ONE
+snapshot: the others get it back).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+from storage import catalog
+from storage.errors import DiskFullError
+from storage.names import check_name, check_new_name
+from storage.schema import QUARANTINE_SCHEMA, REJECTS_SCHEMA, SCHEMA_VERSION, conform
+
+TRASH_PREFIX = "uncatalogued-"
+
+
+def content_hash(pairs: pa.Table) -> str:
+    """Hash of what training sees: ids in order plus weights and cached reference log-probs."""
+    h = xxhash.xxh3_128()
+    for name in ("pair_id", "weight", "ref_chosen_logp", "ref_rejected_logp"):
+        col = pairs.column(name).combine_chunks()
+        for buf in col.buffers():
+            if buf is not None:
+                h.update(memoryview(buf))
+    h.update(str(pairs.num_rows).encode())
+    return h.hexdigest()
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
+
+
+def with_snapshot_id(table: pa.Table, snapshot_id: str) -> pa.Table:
+    if "snapshot_id" in table.column_names:
+        table = table.drop_columns(["snapshot_id"])
+    return table.add_column(0, "snapshot_id", pa.array([snapshot_id] * table.num_rows, pa.string()))
+
+
+class _Writing:
+    """Turns 'no space left on device' (an OSError or DuckDB's IO error) into DiskFullError naming the file."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    def at(self, path: Path) -> _Writing:
+        self.path = path
+        return self
+
+    def __enter__(self) -> _Writing:
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> bool:
+        if exc is not None and isinstance(exc, OSError | duckdb.Error) and catalog.is_disk_full(exc):
+            raise DiskFullError(f"no space left on device while writing {self.path}; nothing was published "
+                                "(free some space and retry)") from exc
+        return False
+
+
+def publish(
+    root: Path,
+    dataset: str,
+    pairs: pa.Table,
+    *,
+    rejects: pa.Table | None,
+    quarantine: pa.Table | None,
+    parents: Sequence[str],
+    params: dict[str, Any],
+    kind: str,
+    flow_run: str | None,
+    cache_key: str | None,
+    input_rows: int | None,
+    tables: dict[str, pa.Table],
+    files: dict[str, bytes | str | os.PathLike[str]],
+    meta: dict[str, Any],
+) -> str:
+    """Publish and return the new snapshot id (or, for a cache_key already published, that snapshot's id)."""
+    check_name(dataset)
+    pairs = conform(pairs)
+    rejects = conform(rejects, REJECTS_SCHEMA) if rejects is not None else REJECTS_SCHEMA.empty_table()
+    quarantine = conform(quarantine, QUARANTINE_SCHEMA) if quarantine is not None else QUARANTINE_SCHEMA.empty_table()
+    total = pairs.num_rows + rejects.num_rows + quarantine.num_rows
+    if input_rows is not None and input_rows != total:
+        raise ValueError(
+            f"row accounting broken for dataset {dataset!r}: input {input_rows} != kept {pairs.num_rows} + "
+            f"rejected {rejects.num_rows} + quarantined {quarantine.num_rows}"
+        )
+    for name in tables:
+        check_name(name, "table")
+    for name in files:
+        if Path(name).name != name or name.startswith("."):
+            raise ValueError(f"snapshot file name {name!r} must be a plain file name")
+
+    tmp = root / ".tmp" / uuid.uuid4().hex
+    tmp.mkdir()
+    writing = _Writing()
+    try:
+        with writing:
+            chash = content_hash(pairs)
+            with writing.at(tmp / "pairs.parquet"):
+                pq.write_table(pairs, tmp / "pairs.parquet", compression="zstd")
+            # Side tables carry their snapshot_id, known only inside the commit: they are written there, once.
+            side = {"rejects": rejects, "quarantine": quarantine, **dict(sorted(tables.items()))}
+            written = ["pairs.parquet", *(f"{name}.parquet" for name in side)]
+            for name, content in files.items():
+                target = writing.at(tmp / name).path
+                assert target is not None
+                if isinstance(content, bytes):
+                    target.write_bytes(content)
+                elif isinstance(content, str):
+                    target.write_text(content, encoding="utf-8")
+                else:
+                    shutil.copyfile(content, target)
+                written.append(name)
+            return _commit(
+                root, tmp, written, side, writing, dataset=dataset, pairs=pairs, rejects=rejects,
+                quarantine=quarantine, parents=list(parents), params=params, meta=meta, kind=kind,
+                flow_run=flow_run, cache_key=cache_key, input_rows=total, chash=chash,
+            )
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_names(con: duckdb.DuckDBPyConnection, dataset: str, tables: Sequence[str]) -> None:
+    """Case-insensitive uniqueness against what the catalog holds, checked under its write lock."""
+    datasets = {r[0] for r in con.execute("SELECT DISTINCT dataset FROM snapshot_log").fetchall()}
+    side = {r[0] for r in con.execute("SELECT DISTINCT unnest(tables) FROM snapshot_log").fetchall()}
+    folded = {d.lower(): d for d in datasets}
+    if dataset not in datasets:  # a new dataset: the creation rules apply
+        check_new_name(dataset)
+        if dataset.lower() in folded:
+            raise ValueError(f"dataset name {dataset!r} differs only in case from the existing dataset "
+                             f"{folded[dataset.lower()]!r} (SQL names are case-insensitive)")
+        if dataset.lower() in {t.lower() for t in side} | catalog.user_objects(con):
+            raise ValueError(f"dataset name {dataset!r} is already the name of a catalog table or view")
+    for name in tables:
+        if name.lower() in {"pairs", "rejects", "quarantine"} or name.lower() in folded:
+            raise ValueError(f"extra table name {name!r} is reserved or names a dataset")
+
+
+def _commit(root: Path, tmp: Path, written: list[str], side: dict[str, pa.Table], writing: _Writing,
+            **kw: Any) -> str:
+    dataset = kw["dataset"]
+    created = datetime.now(UTC)
+    trashed: Path | None = None
+    final: Path | None = None
+    with catalog.connect(root) as con:
+        con.execute("BEGIN")
+        try:
+            if kw["cache_key"] is not None:
+                hit = con.execute(
+                    "SELECT snapshot_id FROM snapshot_log WHERE cache_key = ? AND dataset = ? "
+                    "ORDER BY version DESC LIMIT 1", [kw["cache_key"], dataset]).fetchone()
+                if hit:  # identical work published meanwhile by another process: that snapshot is the answer
+                    con.execute("ROLLBACK")
+                    return str(hit[0])
+            _check_names(con, dataset, [n for n in side if n not in ("rejects", "quarantine")])
+            row = con.execute("SELECT max(version) FROM snapshot_log WHERE dataset = ?", [dataset]).fetchone()
+            version = (row[0] or 0) + 1 if row else 1
+            snapshot_id = f"{dataset}@{version}"
+            for name, tbl in side.items():
+                with writing.at(tmp / f"{name}.parquet"):
+                    pq.write_table(with_snapshot_id(tbl, snapshot_id), tmp / f"{name}.parquet", compression="zstd")
+            manifest = {
+                "snapshot_id": snapshot_id, "schema_version": SCHEMA_VERSION, "kind": kw["kind"],
+                "parents": kw["parents"], "params": kw["params"], "meta": kw["meta"],
+                "content_hash": kw["chash"], "created_at": created.isoformat(), "files": written,
+                "counts": {"input": kw["input_rows"], "kept": kw["pairs"].num_rows,
+                           "rejected": kw["rejects"].num_rows, "quarantined": kw["quarantine"].num_rows},
+            }
+            with writing.at(tmp / "manifest.json"):
+                (tmp / "manifest.json").write_text(to_json(manifest), encoding="utf-8")
+                for name in [*written, "manifest.json"]:
+                    fsync_file(tmp / name)
+            target = root / "snapshots" / dataset / f"v{version}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():  # left by a process killed between rename and commit: never catalogued
+                trashed = root / ".trash" / f"{TRASH_PREFIX}{dataset}-v{version}-{uuid.uuid4().hex}"
+                os.rename(target, trashed)
+            os.rename(tmp, target)
+            final = target
+            fsync_file(final.parent)
+            con.execute(
+                "INSERT INTO snapshot_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [snapshot_id, dataset, version, kw["kind"], kw["parents"], created, kw["flow_run"],
+                 to_json(kw["params"]), to_json(kw["meta"]), kw["input_rows"], kw["pairs"].num_rows,
+                 kw["rejects"].num_rows, kw["quarantine"].num_rows, SCHEMA_VERSION, kw["chash"],
+                 kw["cache_key"], str(final), list(side)],
+            )
+            catalog.rebuild_views(con, root, root / "_empty")
+            with writing.at(root / catalog.CATALOG_FILE):
+                con.execute("COMMIT")
+        except BaseException:
+            # DuckDB may already have aborted the transaction (a failed COMMIT): the original error is the news.
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            if final is not None and final.exists() and not tmp.exists():
+                os.rename(final, tmp)  # back to .tmp, deleted below: nothing uncatalogued stays in snapshots/
+            raise
+    if trashed is not None:  # moved there by us a moment ago: ours to delete
+        shutil.rmtree(trashed, ignore_errors=True)
+    return snapshot_id
