@@ -11,8 +11,8 @@ from typing import Any
 from storage.figures import png_base64
 
 PLOTS = [("loss",), ("rewards/chosen", "rewards/rejected", "rewards/margin"), ("rewards/accuracy",),
-         ("logps/chosen", "logps/rejected"), ("kl_estimate",), ("nll_per_token",), ("grad_norm",), ("lr",),
-         ("tokens_per_s",), ("len/chosen", "len/rejected")]
+         ("logps/chosen", "logps/rejected"), ("logratio/offpolicy",), ("kl/onpolicy", "kl/onpolicy_mc"),
+         ("nll_per_token",), ("grad_norm",), ("lr",), ("tokens_per_s",), ("len/chosen", "len/rejected")]
 
 
 def _plot(series: dict[str, list[tuple[int, float]]], names: tuple[str, ...]) -> str:

@@ -28,7 +28,7 @@ from dpo_train import distributed as D
 from dpo_train.batching import collate, concatenated_forward, epoch_order, split_global_batch
 from dpo_train.config import TrainConfig
 from dpo_train.losses import Batch, LossParams, compute_loss, get_loss
-from dpo_train.metrics import DPO_SUMS, SFT_SUMS, MetricBuffer, StepSums, dpo_metrics, sft_metrics
+from dpo_train.metrics import DPO_SUMS, SFT_SUMS, KLProbe, MetricBuffer, StepSums, dpo_metrics, sft_metrics
 from dpo_train.prefix import check_supported, collate_shared, shared_forward, shared_lengths
 from dpo_train.reference import compute_reference_logps, ensure_reference, reference_meta
 from dpo_train.report import write_report
@@ -101,7 +101,8 @@ def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
     return f
 
 
-def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
+def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]], None] | None = None,
+          kl_probe: KLProbe | None = None) -> RunResult:
     """Train `cfg.model` on `cfg.snapshot` in workspace `ws`; resumes from the newest checkpoint of the run."""
     dist = D.init(cfg.distributed, cfg.device)
     torch.manual_seed(cfg.seed)
@@ -274,6 +275,8 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
             metrics = {"loss": s["loss"], "grad_norm": float(grad_norm), "lr": lr, "epoch": epoch + pos / per_epoch,
                        "tokens_per_s": s["tokens"] / max(elapsed, 1e-9), "pairs_per_s": s["pairs"] / max(elapsed, 1e-9)}
             metrics.update(dpo_metrics(s) if dpo else sft_metrics(s))
+            if kl_probe is not None and kl_probe.due(step + 1):  # on-policy KL after every N updates
+                metrics.update(kl_probe(D.unwrap(model), data.prompt, dist.device))
             buffer.add(step, metrics)
             result.losses[step] = s["loss"]
             step += 1

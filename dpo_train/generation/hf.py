@@ -97,7 +97,7 @@ def _hit_stop_string(tok: Any, toks: list[int], stop: tuple[str, ...]) -> bool:
     return any(s in text for s in stop)
 
 
-def _generate_batch(model: Any, tok: Any, prompt_ids: list[list[int]], seeds: list[int],
+def generate_batch(model: Any, tok: Any, prompt_ids: list[list[int]], seeds: list[int],
                     cfg: GenerationConfig, device: str, eos: set[int]) -> list[Generated]:
     import torch
 
@@ -160,7 +160,7 @@ def generate_transformers(msgs: list[Messages], ids: list[str], cfg: GenerationC
         for start in range(0, len(jobs), cfg.batch_size):
             batch = jobs[start:start + cfg.batch_size]
             seeds = [derive_seed(cfg.seed, ids[r], k) for r, k in batch]
-            outs = _generate_batch(model, tok, [encoded[r] for r, _ in batch], seeds, cfg, device, eos)
+            outs = generate_batch(model, tok, [encoded[r] for r, _ in batch], seeds, cfg, device, eos)
             for (r, k), seed, (toks, lps, reason) in zip(batch, seeds, outs, strict=True):
                 samples.append(Sample(r, k, response_text(tok, toks, cfg.stop),
                                       "length" if reason == "length" else "stop", len(toks), seed,

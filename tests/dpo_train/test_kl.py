@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dpo_train.generation import GenerationConfig, generate
-from dpo_train.generation.hf import _generate_batch
+from dpo_train.generation.hf import generate_batch
 from dpo_train.kl import kl_to_reference, path_statistics, summarise
 
 EOS = 1
@@ -42,7 +42,7 @@ def test_estimators_match_closed_form_kl_of_a_unigram_model():
     cfg = GenerationConfig(model="toy", max_new_tokens=cap, temperature=1.0, top_p=1.0)
     tok = SimpleNamespace(pad_token_id=0)
     prompts = [[2, 3]] * n
-    outs = _generate_batch(pi, tok, prompts, list(range(n)), cfg, "cpu", {EOS})
+    outs = generate_batch(pi, tok, prompts, list(range(n)), cfg, "cpu", {EOS})
     ids = [o[0] for o in outs]
     assert any(o[2] == "length" for o in outs) and any(o[2] == "eos" for o in outs)
     stats = path_statistics(pi, ref, prompts, ids, batch_size=512)
@@ -60,7 +60,7 @@ def test_appending_an_unsampled_eos_biases_the_estimate():
     pi, ref = Unigram(a), Unigram(b)
     cfg = GenerationConfig(model="toy", max_new_tokens=4)
     n = 2000
-    outs = _generate_batch(pi, SimpleNamespace(pad_token_id=0), [[2]] * n, list(range(n)), cfg, "cpu", {EOS})
+    outs = generate_batch(pi, SimpleNamespace(pad_token_id=0), [[2]] * n, list(range(n)), cfg, "cpu", {EOS})
     ids = [o[0] for o in outs]
     with_eos = [t if t[-1:] == [EOS] else t + [EOS] for t in ids]
     truth = closed_form_kl(torch.softmax(torch.tensor(a), -1), torch.softmax(torch.tensor(b), -1), 4)
@@ -84,3 +84,22 @@ def test_kl_refuses_generations_without_token_ids(tiny_model_dir, chat_prompts):
     g = generate(chat_prompts[:1], GenerationConfig(model=str(tiny_model_dir), n=1, max_new_tokens=3))
     with pytest.raises(ValueError, match="token_ids"):
         kl_to_reference(str(tiny_model_dir), str(tiny_model_dir), g.drop(["token_ids"]))
+
+
+def test_training_metrics_name_the_offpolicy_logratio_and_probe_the_onpolicy_kl(workspace, tiny_model_dir):
+    from train_pairs import pair_table
+
+    from dpo_train.metrics import KLProbe
+    from dpo_train.trainer import TrainConfig, train
+
+    workspace.publish("toy", pair_table(8))
+    seen: list[dict] = []
+    cfg = TrainConfig(snapshot="toy@1", model=str(tiny_model_dir), lr=5e-3, per_device_batch_size=4, max_length=96,
+                      max_prompt_length=48, max_steps=4, epochs=2, save_steps=0, report=False)
+    probe = KLProbe(str(tiny_model_dir), every=2, prompts=4, samples=2, max_new_tokens=8)
+    train(cfg, workspace, on_step=lambda step, m: seen.append(dict(m)), kl_probe=probe)
+    assert all("logratio/offpolicy" in m and "kl_estimate" not in m for m in seen)
+    probed = [m for m in seen if "kl/onpolicy" in m]
+    assert len(probed) == 2  # after updates 2 and 4
+    assert all(m["kl/onpolicy"] >= 0 and m["kl/onpolicy_stderr"] >= 0 for m in probed)
+    assert probed[-1]["kl/onpolicy"] > 0  # the policy moved away from its reference
