@@ -33,7 +33,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     ws = _ws(args)
     with console.status(f"reading {len(args.sources)} source(s)"):
         info = steps.ingest(ws, [str(s) for s in args.sources], args.dataset, format=args.format,
-                            options={"columns": args.map} if args.map else None)
+                            options=_ingest_options(args))
     output.message(f"format: {info.params.get('format')}")
     if info.quarantined:
         for q in ws.read_quarantine(info.snapshot_id).slice(0, 5).to_pylist():
@@ -42,6 +42,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             output.message(f"... and {info.quarantined - 5} more (see the quarantine view)")
     _print_table([_counts(info)], title=f"ingested {info.snapshot_id}")
     return 0
+
+
+def _ingest_options(args: argparse.Namespace) -> dict[str, Any]:
+    """`-o KEY=VALUE` ingest options (values read as JSON when they parse, else as text) plus `--map`."""
+    import json
+
+    opts: dict[str, Any] = {}
+    for item in args.option or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"-o {item!r}: expected KEY=VALUE, e.g. -o pairing=best_vs_random")
+        try:
+            opts[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key.strip()] = value
+    if args.map:
+        opts["columns"] = args.map
+    return opts
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
@@ -251,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--map", default=None, metavar="TARGET=SOURCE,...",
                     help="read any layout through a column map, e.g. prompt=question,chosen=answers.0.text,"
                          "rejected=bad (dotted paths reach into objects and lists)")
+    sp.add_argument("--option", "-o", action="append", metavar="KEY=VALUE",
+                    help="an ingest option (repeatable): pairing, min_margin, score_key, pku_label, seed, ...")
     sp = verb("clean", cmd_clean, "run the quality gate into a new snapshot + rejects + report")
     sp.add_argument("snapshot", help="NAME or NAME@VERSION")
     sp.add_argument("--config", "-c", default=None, help="TOML with a [gate] table")

@@ -116,6 +116,10 @@ def test_cli_hub_id_offline_and_forced_format_errors(tmp_path):
     m = _dpo("-w", ws, "ingest", str(mapped), "-d", "m", "--map", "prompt=q,chosen=a.good,rejected=bad")
     assert m.returncode == 0, m.stderr
     assert "format: mapped" in m.stdout + m.stderr
+    pku = REPO / "tests" / "fixtures" / "formats" / "pku_saferlhf.jsonl"
+    safer = _dpo("-w", ws, "ingest", str(pku), "-d", "pku", "-o", "pku_label=safer")
+    assert safer.returncode == 0, safer.stderr
+    assert json.loads(_dpo("-w", ws, "show", "pku", "--json").stdout)["params"]["options"]["pku_label"] == "safer"
     dir_fail = _dpo("-w", ws, "ingest", str(tmp_path / "nothing-here"), "-d", "x")
     assert dir_fail.returncode == 2 and "Traceback" not in dir_fail.stderr
 
