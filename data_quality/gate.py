@@ -28,6 +28,9 @@ from data_quality.checks import (
     near_dup,
     near_identical,
     normalise,
+    repeated_answer,
+    repetition,
+    script,
 )
 from data_quality.checks.base import CheckResult, apply
 from data_quality.checks.tables import stats_tables
@@ -38,12 +41,16 @@ from storage.schema import REJECTS_SCHEMA, conform
 class GateConfig:
     normalise: normalise.NormaliseConfig = field(default_factory=normalise.NormaliseConfig)
     degenerate: degenerate.DegenerateConfig = field(default_factory=degenerate.DegenerateConfig)
+    repetition: repetition.RepetitionConfig = field(default_factory=repetition.RepetitionConfig)
+    script: script.ScriptConfig = field(default_factory=script.ScriptConfig)
     contradictions: contradictions.ContradictionsConfig = field(
         default_factory=contradictions.ContradictionsConfig)
     dedup: dedup.DedupConfig = field(default_factory=dedup.DedupConfig)
     near_identical: near_identical.NearIdenticalConfig = field(default_factory=near_identical.NearIdenticalConfig)
     margins: margins.MarginsConfig = field(default_factory=margins.MarginsConfig)
     decontam: decontam.DecontamConfig = field(default_factory=decontam.DecontamConfig)
+    repeated_answer: repeated_answer.RepeatedAnswerConfig = field(
+        default_factory=repeated_answer.RepeatedAnswerConfig)
     near_dup: near_dup.NearDupConfig = field(default_factory=near_dup.NearDupConfig)
     length_bias: length_bias.LengthBiasConfig = field(default_factory=length_bias.LengthBiasConfig)
 
@@ -106,7 +113,7 @@ Step = tuple[str, Callable[[pa.Table], CheckResult]]
 # How far each check looks, declared beside the pipeline so a changed check changes it here too. Used to run
 # the gate in shards (pipelines.sharding): row-local checks decide each row alone; prompt-local ones compare
 # rows of one prompt only (dedup too: pair_id hashes the prompt); a check in neither set is treated as global.
-ROW_LOCAL = frozenset({"normalise", "degenerate", "near_identical", "decontam"})
+ROW_LOCAL = frozenset({"normalise", "degenerate", "repetition", "script", "near_identical", "decontam"})
 PROMPT_LOCAL = frozenset({"contradictions", "dedup", "margins"})
 REWRITES_PROMPT_ID = frozenset({"normalise"})  # a prompt-local check after these must re-shard
 
@@ -119,11 +126,14 @@ def steps(cfg: GateConfig, eval_prompts: Sequence[str] | None = None) -> list[St
     pipeline: list[tuple[str, bool, Callable[[pa.Table], CheckResult]]] = [
         ("normalise", cfg.normalise.enabled, lambda t: normalise.run(t, cfg.normalise)),
         ("degenerate", cfg.degenerate.enabled, lambda t: degenerate.run(t, cfg.degenerate)),
+        ("repetition", cfg.repetition.enabled, lambda t: repetition.run(t, cfg.repetition)),
+        ("script", cfg.script.enabled and cfg.script.expected is not None, lambda t: script.run(t, cfg.script)),
         ("contradictions", cfg.contradictions.enabled, lambda t: contradictions.run(t, cfg.contradictions)),
         ("dedup", cfg.dedup.enabled, lambda t: dedup.run(t, cfg.dedup)),
         ("near_identical", cfg.near_identical.enabled, lambda t: near_identical.run(t, cfg.near_identical)),
         ("margins", cfg.margins.enabled, lambda t: margins.run(t, cfg.margins)),
         ("decontam", cfg.decontam.enabled and bool(eval_prompts), run_decontam),
+        ("repeated_answer", cfg.repeated_answer.enabled, lambda t: repeated_answer.run(t, cfg.repeated_answer)),
         ("near_dup", cfg.near_dup.enabled, lambda t: near_dup.run(t, cfg.near_dup)),
         ("length_bias", cfg.length_bias.enabled, lambda t: length_bias.run(t, cfg.length_bias)),
     ]

@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .base import CheckResult, Decision, apply, histogram
+from .degenerate import echoes_prompt
+from .repetition import RepetitionConfig, flagged
 
 RULE = "length_bias"
 
@@ -30,7 +32,9 @@ class LengthBiasConfig:
     mode: str = "reweight"  # reweight | subsample | stats (statistics only)
     unit: str = "chars"  # chars | words
     n_bins: int = 10  # quantile bins of |length difference|
-    max_weight: float = 20.0  # clip before the final exact rebalance
+    max_weight: float = 20.0  # a true cap: no published weight exceeds it (mean weight is 1)
+    min_ess_fraction: float = 0.5  # warn when the effective sample size falls below this share of the rows
+    no_bonus_for_degenerate: bool = True  # loops and prompt echoes never get a weight above their base
     hist_bins: int = 40
     max_models: int = 10  # models given a length-controlled win rate
     seed: int = 0
@@ -40,6 +44,8 @@ class LengthBiasConfig:
             raise ValueError(f"length_bias.mode must be reweight, subsample or stats, not {self.mode!r}")
         if self.unit not in ("chars", "words"):
             raise ValueError(f"length_bias.unit must be chars or words, not {self.unit!r}")
+        if self.max_weight < 1.0:
+            raise ValueError("length_bias.max_weight must be >= 1 (weights have mean 1)")
 
 
 def lengths(table: pa.Table, unit: str = "chars") -> tuple[np.ndarray, np.ndarray]:
@@ -135,28 +141,62 @@ def _bins(absdiff: np.ndarray, pos: np.ndarray, neg: np.ndarray, n_bins: int) ->
     return edges[keep]
 
 
-def balance(diff: np.ndarray, base: np.ndarray, cfg: LengthBiasConfig,
-            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """(weights or base, keep mask, per-bin table) balancing chosen-longer against rejected-longer."""
+def fit(diff: np.ndarray, base: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(bin edges, chosen-longer factor, rejected-longer factor): equal total weight per side in each bin."""
     pos, neg = diff > 0, diff < 0
     absdiff = np.abs(diff).astype(np.float64)
-    edges = _bins(absdiff, pos, neg, cfg.n_bins)
-    idx = np.clip(np.searchsorted(edges, absdiff, side="right") - 1, 0, edges.size - 2)
+    edges = _bins(absdiff, pos, neg, n_bins)
+    idx = bin_index(edges, diff)
     nb = edges.size - 1
     wp = np.bincount(idx[pos], weights=base[pos], minlength=nb)
     wn = np.bincount(idx[neg], weights=base[neg], minlength=nb)
-    keep = np.ones(diff.size, dtype=bool)
-    weights = base.copy()
     fp = np.divide(wp + wn, 2 * wp, out=np.ones(nb), where=(wp > 0) & (wn > 0))
     fn = np.divide(wp + wn, 2 * wn, out=np.ones(nb), where=(wp > 0) & (wn > 0))
+    return edges, fp, fn
+
+
+def bin_index(edges: np.ndarray, diff: np.ndarray) -> np.ndarray:
+    return np.clip(np.searchsorted(edges, np.abs(diff).astype(np.float64), side="right") - 1, 0, edges.size - 2)
+
+
+def reweight(diff: np.ndarray, base: np.ndarray, edges: np.ndarray, fp: np.ndarray, fn: np.ndarray,
+             max_weight: float, no_bonus: np.ndarray | None = None) -> np.ndarray:
+    """Weights from fitted factors, rebalanced globally, mean 1, and never above `max_weight` (a true cap).
+
+    Clipping and the global rebalance alternate until both hold; when the minority is too small for both
+    (its weight would have to exceed the cap), the cap wins and the residual imbalance shows in the stats.
+    Rows in `no_bonus` (degenerate answers: loops, echoes) keep at most their base weight.
+    """
+    pos, neg = diff > 0, diff < 0
+    idx = bin_index(edges, diff)
+    f = np.where(pos, fp[idx], np.where(neg, fn[idx], 1.0))
+    if no_bonus is not None:
+        f = np.where(no_bonus, np.minimum(f, 1.0), f)
+    w = base * f
+    fixed = no_bonus if no_bonus is not None else np.zeros(diff.size, dtype=bool)
+    for _ in range(100):
+        tp, tn = w[pos].sum(), w[neg].sum()
+        if tp > 0 and tn > 0:
+            w = np.where(pos, w * (tp + tn) / (2 * tp), np.where(neg, w * (tp + tn) / (2 * tn), w))
+        w = w / w.mean() if w.size else w
+        w = np.where(fixed, np.minimum(w, base), w)
+        if w.size == 0 or w.max() <= max_weight * (1 + 1e-9):
+            break
+        w = np.minimum(w, max_weight)
+    return np.minimum(w, max_weight)
+
+
+def balance(diff: np.ndarray, base: np.ndarray, cfg: LengthBiasConfig, rng: np.random.Generator,
+            no_bonus: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """(weights or base, keep mask, per-bin table) balancing chosen-longer against rejected-longer."""
+    pos, neg = diff > 0, diff < 0
+    edges, fp, fn = fit(diff, base, cfg.n_bins)
+    idx = bin_index(edges, diff)
+    nb = edges.size - 1
+    keep = np.ones(diff.size, dtype=bool)
+    weights = base.copy()
     if cfg.mode == "reweight":
-        weights = np.where(pos, base * np.minimum(fp[idx], cfg.max_weight),
-                           np.where(neg, base * np.minimum(fn[idx], cfg.max_weight), base))
-        tp, tn = weights[pos].sum(), weights[neg].sum()
-        if tp > 0 and tn > 0:  # exact global rebalance after clipping
-            weights = np.where(pos, weights * (tp + tn) / (2 * tp), np.where(neg, weights * (tp + tn) / (2 * tn),
-                                                                              weights))
-        weights = weights / weights.mean() if weights.size else weights
+        weights = reweight(diff, base, edges, fp, fn, cfg.max_weight, no_bonus)
     elif cfg.mode == "subsample":
         for b in range(nb):  # loop over bins; the per-row work is vectorised
             p_rows, n_rows = np.flatnonzero(pos & (idx == b)), np.flatnonzero(neg & (idx == b))
@@ -167,6 +207,36 @@ def balance(diff: np.ndarray, base: np.ndarray, cfg: LengthBiasConfig,
               "rejected_longer": int((neg & (idx == b)).sum()), "chosen_longer_factor": float(fp[b]),
               "rejected_longer_factor": float(fn[b])} for b in range(nb)]
     return weights, keep, table
+
+
+def effective_sample_size(w: np.ndarray) -> float:
+    """Kish's effective sample size (sum w)^2 / sum w^2: how many equally weighted rows the weights are worth."""
+    return float(w.sum() ** 2 / (w**2).sum()) if w.size and (w**2).sum() > 0 else 0.0
+
+
+def heldout_balance(diff: np.ndarray, base: np.ndarray, half: np.ndarray, cfg: LengthBiasConfig,
+                    no_bonus: np.ndarray | None, n_boot: int = 200, seed: int = 0) -> dict:
+    """Fit the weights on one half, measure the chosen-longer fraction they give on the other half.
+
+    Within the fitted half the fraction is 0.5 by construction, which proves nothing; on held-out rows it is
+    a measurement that fails when the weights do not carry over (or reweighting is off). The standard error
+    is a bootstrap over the held-out rows.
+    """
+    a, b = ~half, half
+    if not ((diff[a] > 0).any() and (diff[a] < 0).any() and (diff[b] != 0).any()):
+        return {}
+    edges, fp, fn = fit(diff[a], base[a], cfg.n_bins)
+    nb_a = no_bonus[b] if no_bonus is not None else None
+    w = reweight(diff[b], base[b], edges, fp, fn, cfg.max_weight, nb_a) if cfg.mode == "reweight" else base[b]
+    d = diff[b]
+    frac = weighted_frac_longer(d, w)
+    rng = np.random.default_rng(seed)
+    boots = [weighted_frac_longer(d[i], w[i]) for i in (rng.integers(0, d.size, d.size) for _ in range(n_boot))]
+    se = float(np.std([x for x in boots if x is not None])) if boots else None
+    raw = weighted_frac_longer(d, base[b])
+    return {"heldout_rows": int(d.size), "heldout_frac_chosen_longer_before": raw,
+            "heldout_weighted_frac_chosen_longer": frac, "heldout_se": se,
+            "heldout_balanced": bool(frac is not None and se is not None and abs(frac - 0.5) <= 3 * se + 0.01)}
 
 
 def weighted_frac_longer(diff: np.ndarray, w: np.ndarray) -> float | None:
@@ -210,14 +280,37 @@ def run(table: pa.Table, cfg: LengthBiasConfig) -> CheckResult:
         stats["length_controlled"] = length_controlled(table, diff, cfg.max_models)
         d.stats = stats
         return apply(table, d, RULE, cfg)
-    weights, keep, bins = balance(diff, base, cfg, np.random.default_rng(cfg.seed))
+    no_bonus = degenerate_answers(table) if cfg.no_bonus_for_degenerate else None
+    weights, keep, bins = balance(diff, base, cfg, np.random.default_rng(cfg.seed), no_bonus)
     d.mark(~keep, "length_balance_subsample")
     table = table.set_column(table.schema.get_field_index("weight"), "weight", pa.array(weights, pa.float64()))
     stats["length_controlled"] = length_controlled(table, diff, cfg.max_models, keep)
+    ess = effective_sample_size(weights[keep])
+    n_kept = int(keep.sum())
+    half = (pl.Series(table.column("pair_id")).hash(23).to_numpy() & 1).astype(bool)
     stats.update(bins=bins, diff_hist=diff_histogram(diff, weights * keep, cfg.hist_bins),
                  diff_hist_before=diff_histogram(diff, base, cfg.hist_bins),
                  weighted_frac_chosen_longer=weighted_frac_longer(diff, weights * keep),
                  weight_mean=float(weights[keep].mean()) if keep.any() else None,
-                 weight_max=float(weights.max()) if n else None)
+                 weight_max=float(weights.max()) if n else None, max_weight=cfg.max_weight,
+                 effective_sample_size=ess, ess_fraction=ess / n_kept if n_kept else None,
+                 no_bonus_rows=int(no_bonus.sum()) if no_bonus is not None else 0,
+                 heldout=heldout_balance(diff[keep], base[keep], half[keep], cfg,
+                                         no_bonus[keep] if no_bonus is not None else None))
+    warnings = []
+    if n_kept and ess / n_kept < cfg.min_ess_fraction:
+        warnings.append(f"effective sample size {ess:.0f} of {n_kept} rows ({ess / n_kept:.1%}) is below "
+                        f"min_ess_fraction {cfg.min_ess_fraction:.0%}: a few heavily weighted rows dominate")
+    ho = stats["heldout"]
+    if ho and not ho["heldout_balanced"]:
+        warnings.append(f"held-out chosen-longer fraction {ho['heldout_weighted_frac_chosen_longer']:.3f} "
+                        f"(s.e. {ho['heldout_se']:.3f}) is not 0.5: the weights do not balance unseen rows")
+    stats["warnings"] = warnings
     d.stats = stats
     return apply(table, d, RULE, cfg)
+
+
+def degenerate_answers(table: pa.Table) -> np.ndarray:
+    """Rows that must not earn a weight bonus: a looping or runaway answer on either side, a rejected echo."""
+    masks = [m for pair in flagged(table, RepetitionConfig()).values() for m in pair]
+    return np.logical_or.reduce([*masks, echoes_prompt(table, "rejected")])

@@ -25,10 +25,14 @@ def test_decontam_prompt_and_answer_overlap() -> None:
     assert decontam.run(t, decontam.DecontamConfig(), None).kept.num_rows == 3
 
 
-def test_decontam_min_matches_counts_distinct_ngrams() -> None:
+def test_decontam_min_fraction_of_the_eval_item() -> None:
     t = build_pair_table({"prompt": [[{"role": "user", "content": "hello"}]] * 2,
                           "chosen": ["Sure: poem about the autumn leaves falling in the quiet park at dusk", "fine"],
                           "rejected": ["x", "y"], "source": ["t"] * 2, "source_row": [0, 1]})
-    # The answer shares 12 consecutive words ("poem ... dusk") with the eval prompt: 5 distinct 8-grams.
-    assert decontam.run(t, decontam.DecontamConfig(min_matches=5), EVAL).rejects.num_rows == 1
-    assert decontam.run(t, decontam.DecontamConfig(min_matches=6), EVAL).rejects.num_rows == 0
+    # The answer shares 12 consecutive words ("poem ... dusk") with the eval prompt: 5 of its 8 distinct 8-grams.
+    cfg = {"long_ngram": None}
+    assert decontam.run(t, decontam.DecontamConfig(min_fraction=0.62, **cfg), EVAL).rejects.num_rows == 1
+    assert decontam.run(t, decontam.DecontamConfig(min_fraction=0.63, **cfg), EVAL).rejects.num_rows == 0
+    # ... but 12 words are not a long n-gram of 13: with the fraction out of reach, nothing is flagged.
+    assert decontam.run(t, decontam.DecontamConfig(min_fraction=1.0, long_ngram=13), EVAL).rejects.num_rows == 0
+    assert decontam.run(t, decontam.DecontamConfig(min_fraction=1.0, long_ngram=12), EVAL).rejects.num_rows == 1

@@ -6,10 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
-from data_quality.checks import degenerate, near_identical, normalise
+from data_quality.checks import (
+    decontam,
+    degenerate,
+    length_bias,
+    near_identical,
+    normalise,
+    repeated_answer,
+    repetition,
+    script,
+)
 from data_quality.gate import GateConfig, run_gate
 from storage.schema import build_pair_table
 
@@ -86,3 +96,114 @@ def test_degenerate_keeps_a_rejected_answer_that_echoes_the_prompt() -> None:
 def test_degenerate_zero_width_answer_is_empty() -> None:
     res = degenerate.run(table(real("rejected_zero_width")), degenerate.DegenerateConfig())
     assert res.rejects.column("reason").to_pylist() == ["empty_rejected"]
+
+
+# -- item 5: garbage that real data holds ------------------------------------------------------------------
+def test_repetition_drops_a_looping_chosen_and_keeps_a_looping_rejected() -> None:
+    t = table(real("chosen_loop", "rejected_loop", "repetitive_but_fine", "python_indent"))
+    res = repetition.run(t, repetition.RepetitionConfig())
+    assert res.rejects.column("reason").to_pylist() == ["chosen_repetition_loop"]
+    assert res.rejects.column("source_row").to_pylist() == [real("chosen_loop")[0]["source_row"]]
+    assert res.stats["rejected_flagged_kept"] == 3  # 20,000-character runaways, kept: a looping model losing
+    strict = repetition.run(t, repetition.RepetitionConfig(drop_rejected=True))
+    assert strict.rejects.num_rows == 4  # ABC music notation and the Python answer repeat, but are no loop
+
+
+def test_repeated_answer_drops_a_constant_chosen_across_many_prompts() -> None:
+    rows = [r for r in ROWS if r["tag"] != "filter_boilerplate"]
+    constant = real("filter_boilerplate")[0]["rejected"]  # a real constant answer (a content filter's)
+    assert len({json.dumps(r["prompt"]) for r in rows}) >= 10
+    gamed = table([dict(r, chosen=constant) for r in rows])
+    res = repeated_answer.run(gamed, repeated_answer.RepeatedAnswerConfig(min_prompts=10))
+    assert res.kept.num_rows == 0 and set(res.rejects.column("reason").to_pylist()) == {
+        "chosen_repeated_across_prompts"}
+    ids = dict(zip(gamed.column("pair_id").to_pylist(), gamed.column("chosen").to_pylist(), strict=True))
+    for own, other in zip(res.rejects.column("pair_id").to_pylist(), res.rejects.column("duplicate_of").to_pylist(),
+                          strict=True):
+        assert other != own and ids[other] == constant  # each names another row with the same answer
+    natural = repeated_answer.run(table(rows), repeated_answer.RepeatedAnswerConfig())
+    assert natural.rejects.num_rows == 0
+
+
+def test_script_drops_a_chosen_answer_in_the_wrong_script() -> None:
+    t = table(ROWS)
+    res = script.run(t, script.ScriptConfig(expected="Latin"))
+    # pairrm-tulu-2-70b answered an English question in English, then in Korean (1,722 Hangul letters).
+    assert res.rejects.column("source_row").to_pylist() == [real("wrong_script_chosen")[0]["source_row"]]
+    assert res.rejects.column("reason").to_pylist() == ["chosen_wrong_script"]
+    assert script.run(t, script.ScriptConfig()).rejects.num_rows == 0  # off unless the user sets a script
+    with pytest.raises(ValueError, match="Unicode script"):
+        script.ScriptConfig(expected="Klingon")
+
+
+def _biased_with(extra: list[dict], n: int = 2000, frac: float = 0.9) -> pa.Table:
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(5, 400, n), rng.integers(5, 400, n)
+    longer = rng.random(n) < frac
+    lc, lr = np.where(longer, np.maximum(a, b), np.minimum(a, b)), np.where(longer, np.minimum(a, b), np.maximum(a, b))
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": "x " * int(k), "rejected": "y " * int(m),
+             "source": "t", "source_row": i} for i, (k, m) in enumerate(zip(lc, lr, strict=True))]
+    return table(rows + extra)
+
+
+def test_length_bias_gives_no_weight_bonus_to_a_looping_rejected_answer() -> None:
+    loops = real("rejected_loop")
+    res = length_bias.run(_biased_with(loops), length_bias.LengthBiasConfig())
+    w = dict(zip(res.kept.column("source").to_pylist(), res.kept.column("weight").to_pylist(), strict=True))
+    lc, lr = length_bias.lengths(res.kept)
+    weights = np.asarray(res.kept.column("weight"))
+    planted = (lr > lc)[:-3]  # the last three rows are the real loops
+    assert weights[:-3][planted].min() > 1.5  # the rejected-longer minority is up-weighted ...
+    assert all(w[r["source"]] <= 1.0 for r in loops)  # ... except the 20,000-character loops
+    assert res.stats["no_bonus_rows"] == 3
+
+
+def test_length_bias_weights_are_capped_and_the_ess_is_reported() -> None:
+    t = _biased_with([], n=3000, frac=0.98)  # a 2% minority: balancing needs weights near 25
+    res = length_bias.run(t, length_bias.LengthBiasConfig(max_weight=10.0))
+    w = np.asarray(res.kept.column("weight"))
+    assert w.max() <= 10.0 + 1e-9  # a true cap, after every rescale
+    st = res.stats
+    assert st["effective_sample_size"] == pytest.approx(w.sum() ** 2 / (w**2).sum())
+    assert st["ess_fraction"] < 0.5 and any("effective sample size" in m for m in st["warnings"])
+
+
+def test_length_balance_is_measured_on_held_out_rows_and_can_fail() -> None:
+    t = _biased_with([], n=4000, frac=0.75)
+    res = length_bias.run(t, length_bias.LengthBiasConfig())
+    ho = res.stats["heldout"]
+    assert ho["heldout_balanced"] and abs(ho["heldout_weighted_frac_chosen_longer"] - 0.5) < 3 * ho["heldout_se"] + 0.01
+    assert ho["heldout_frac_chosen_longer_before"] > 0.7
+    # The same measurement with reweighting off fails: it is not true by construction.
+    lc, lr = length_bias.lengths(t)
+    half = np.arange(t.num_rows) % 2 == 1
+    off = length_bias.heldout_balance(lc - lr, np.ones(t.num_rows), half,
+                                      length_bias.LengthBiasConfig(mode="stats"), None)
+    assert not off["heldout_balanced"]
+
+
+# -- item 6: decontamination measured against the eval item -------------------------------------------------
+AE_EVAL = "Can you help me figure out how to sew a button on a shirt?"  # an AlpacaEval instruction
+
+
+def test_decontam_ignores_a_generic_phrase_and_catches_the_eval_item() -> None:
+    hh = real("generic_phrase_hh")  # HH prompts with "Can you help me figure out how to ..."
+    leaked = dict(hh[0], prompt=[{"role": "user", "content": "Q: " + AE_EVAL + " Thanks!"}], source_row=-1)
+    res = decontam.run(table([*hh, leaked]), decontam.DecontamConfig(), [AE_EVAL])
+    assert res.rejects.column("source_row").to_pylist() == [-1]
+    assert res.rejects.column("duplicate_of").to_pylist() == ["eval:0"]
+
+
+def test_eval_prompt_files_text_jsonl_json(tmp_path: Path) -> None:
+    (tmp_path / "e.txt").write_text(AE_EVAL + "\n\nsecond\n", encoding="utf-8")
+    (tmp_path / "e.jsonl").write_text(json.dumps({"instruction": AE_EVAL, "dataset": "x"}) + "\n", encoding="utf-8")
+    (tmp_path / "e.json").write_text(json.dumps([{"question": AE_EVAL}, {"prompt": "p"}, "s"]), encoding="utf-8")
+    assert decontam.read_eval_prompts(tmp_path / "e.txt") == [AE_EVAL, "second"]
+    assert decontam.read_eval_prompts(tmp_path / "e.jsonl") == [AE_EVAL]
+    assert decontam.read_eval_prompts(tmp_path / "e.json") == [AE_EVAL, "p", "s"]
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": "x"}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 1: no string field among \['prompt', 'instruction'"):
+        decontam.read_eval_prompts(tmp_path / "bad.jsonl")
+    (tmp_path / "obj.json").write_text(json.dumps({"prompt": "x"}), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"obj\.json: expected a JSON array"):
+        decontam.read_eval_prompts(tmp_path / "obj.json")

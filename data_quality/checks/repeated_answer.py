@@ -1,0 +1,76 @@
+"""One answer repeated across many distinct prompts: boilerplate, or a constant string that games a judge.
+
+AlpacaEval's public annotations include a "null model" whose single adversarial string is the *chosen*
+answer of 664 pairs over 664 different prompts: a judge was gamed, and training on those pairs teaches the
+string. An answer is compared by its normalisation key; when the same chosen answer appears for at least
+`min_prompts` distinct prompts, every such row is dropped, naming (in `duplicate_of`) the first row that
+carries the same answer for another prompt. Short answers ("Yes.", "True") are legitimately shared across
+prompts and are not judged (`min_chars`). Rejected answers repeated across prompts are counted, not dropped
+(a constant string losing is a valid preference). A global check: it must see the whole table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from .base import CheckResult, Decision, apply
+from .normalise import key_text
+
+RULE = "repeated_answer"
+
+
+@dataclass(frozen=True)
+class RepeatedAnswerConfig:
+    enabled: bool = True
+    min_prompts: int = 10  # distinct prompts an answer must be chosen for to count as boilerplate
+    min_chars: int = 20  # shorter answers are not judged
+    top: int = 5  # most repeated answers listed in the statistics
+
+    def __post_init__(self) -> None:
+        if self.min_prompts < 2:
+            raise ValueError("repeated_answer.min_prompts must be >= 2")
+
+
+def repeated(table: pa.Table, side: str, cfg: RepeatedAnswerConfig) -> pl.DataFrame:
+    """Per row: the answer's key hash, how many distinct prompts carry it, and the first row carrying it."""
+    key = pl.Series(key_text(table.column(side)))
+    df = pl.DataFrame({"h": key.hash(13), "chars": key.str.len_chars(),
+                       "pid": pl.Series(table.column("prompt_id")), "row": np.arange(table.num_rows)})
+    return df.with_columns(n_prompts=pl.col("pid").n_unique().over("h"), first=pl.col("row").min().over("h"),
+                           second=pl.col("row").bottom_k(2).max().over("h"))
+
+
+def _top(df: pl.DataFrame, table: pa.Table, side: str, cfg: RepeatedAnswerConfig) -> list[dict]:
+    heads = df.filter((pl.col("row") == pl.col("first")) & (pl.col("n_prompts") >= 2) & (pl.col("chars") >= cfg.min_chars))
+    heads = heads.sort("n_prompts", descending=True).head(cfg.top)
+    texts = table.column(side).take(pa.array(heads.get_column("row").to_numpy())).to_pylist()
+    return [{"answer": t[:200], "prompts": int(n)} for t, n in zip(texts, heads.get_column("n_prompts"), strict=True)]
+
+
+def decide(table: pa.Table, cfg: RepeatedAnswerConfig) -> Decision:
+    n = table.num_rows
+    d = Decision.keep_all(n)
+    if n == 0:
+        return d
+    ch = repeated(table, "chosen", cfg)
+    hit = ((ch.get_column("n_prompts") >= cfg.min_prompts) & (ch.get_column("chars") >= cfg.min_chars)).to_numpy()
+    d.mark(hit, "chosen_repeated_across_prompts")
+    # Each dropped row names another row with the same answer: the first carrier, or for the first the second.
+    first, second = ch.get_column("first").to_numpy(), ch.get_column("second").to_numpy()
+    other = np.where(first == np.arange(n), second, first)
+    ids = np.asarray(table.column("pair_id").to_numpy(zero_copy_only=False), dtype=object)
+    d.duplicate_of = np.where(d.drop, ids[other], None).astype(object)
+    re = repeated(table, "rejected", cfg)
+    d.stats = {"chosen_repeated_rows": int(hit.sum()),
+               "rejected_repeated_rows": int(((re.get_column("n_prompts") >= cfg.min_prompts)
+                                              & (re.get_column("chars") >= cfg.min_chars)).sum()),
+               "top_chosen": _top(ch, table, "chosen", cfg), "top_rejected": _top(re, table, "rejected", cfg)}
+    return d
+
+
+def run(table: pa.Table, cfg: RepeatedAnswerConfig) -> CheckResult:
+    return apply(table, decide(table, cfg), RULE, cfg)
