@@ -36,9 +36,10 @@ class PromptsConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    samples: int = Field(2, ge=1)  # answers per eval prompt
-    kl: bool = True
-    win_rate: bool = True
+    samples: int = Field(2, ge=1)  # answers per eval prompt (fresh sampling seeds every round)
+    kl: bool = True  # KL(policy || reference) on the sampled ids, exact per position + Monte Carlo, with s.e.
+    win_rate: bool = True  # vs the previous round and vs the reference, with s.e.
+    kl_probe_steps: int = Field(0, ge=0)  # > 0: also measure the on-policy KL every this many training steps
 
 
 class IterateConfig(_Strict):
@@ -52,9 +53,11 @@ class IterateConfig(_Strict):
     prompts: PromptsConfig
     generation: dict[str, Any] = Field(default_factory=lambda: {"n": 4, "max_new_tokens": 48, "temperature": 1.0})
     judge: dict[str, Any] = Field(
-        default_factory=lambda: {"type": "python", "function": "dpo_train.judges.functions:prompt_overlap"})
+        default_factory=lambda: {"type": "python", "function": "dpo_train.judges.functions:sentiment"})
     judge_train_on: str | None = None  # for a bradley_terry judge: the snapshot to train it on (once)
     pairs: dict[str, Any] = Field(default_factory=lambda: {"rule": "best_vs_worst", "min_margin": 0.0})
+    # GateConfig for the round's pairs. On-policy pairs are not length-reweighted unless asked: the default
+    # length_bias mode here is "stats" (set length_bias.mode = "reweight" to reweight).
     gate: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -67,6 +70,10 @@ class IterateConfig(_Strict):
             raise ValueError(f"train keys {bad} are set by the round flow (policy/reference/snapshot per round)")
         return v
 
+    def round_gate(self) -> dict[str, Any]:
+        """The gate config a round runs: the user's, with length reweighting off unless they configured it."""
+        return {**self.gate, "length_bias": {"mode": "stats", **self.gate.get("length_bias", {})}}
+
     def check_parts(self) -> None:
         """Validate the sub-tables with their owners' strict parsers."""
         from data_quality.gate import GateConfig
@@ -78,7 +85,7 @@ class IterateConfig(_Strict):
             raise ValueError(f"unknown built-in policy {self.policy!r}; the only one is 'builtin:tiny'")
         GenerationConfig.from_dict({**self.generation, "model": self.policy})
         PairingConfig.from_dict(self.pairs)
-        GateConfig.from_dict(self.gate)
+        GateConfig.from_dict(self.round_gate())
         TrainConfig.from_dict({**self.train, "snapshot": "x", "model": self.policy})
         if self.judge.get("type") == "bradley_terry" and not (self.judge.get("path") or self.judge_train_on):
             raise ValueError("a bradley_terry judge needs `path` or a top-level `judge_train_on` snapshot")

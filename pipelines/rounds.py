@@ -46,6 +46,19 @@ def _write_text(text: str, path: Path) -> str:
     return str(path)
 
 
+EVAL_SEED_OFFSET = 10**6
+
+
+def round_train_settings(cfg: IterateConfig) -> dict[str, Any]:
+    """The round's TrainConfig keys: a round trains the `max_steps` it is configured for. A round's snapshot
+    is small (16 pairs at batch 4 is one epoch of 4 steps), so unless `epochs` is set, enough epochs are
+    allowed to reach max_steps instead of stopping at the end of the first."""
+    train = dict(cfg.train)
+    if train.get("max_steps", -1) > 0 and "epochs" not in train:
+        train["epochs"] = int(train["max_steps"])
+    return train
+
+
 class RoundFailure(RuntimeError):
     """A step failed; the message names the experiment, round and step so the re-run is obvious."""
 
@@ -166,6 +179,7 @@ def run_round(ws: Workspace, cfg: IterateConfig, round: int, runner: Rounds, jud
     from dpo_train.evaluation import evaluate_round
     from dpo_train.generation import generate
     from dpo_train.judges import score
+    from dpo_train.metrics import KLProbe
     from dpo_train.pairing import build_pairs
     from dpo_train.trainer import train
     from pipelines import steps
@@ -200,18 +214,22 @@ def run_round(ws: Workspace, cfg: IterateConfig, round: int, runner: Rounds, jud
 
     def s_gate() -> dict[str, Any]:
         raw = runner.done(round, "pairs")["artefact"]
-        info = steps.clean(ws, raw, cfg.gate, dataset=f"{exp}-r{round}")
+        info = steps.clean(ws, raw, cfg.round_gate(), dataset=f"{exp}-r{round}")
         return {"artefact": info.snapshot_id, "kept": info.kept, "rejected": info.rejected}
 
     def s_train() -> dict[str, Any]:
         clean = runner.done(round, "gate")["artefact"]
         if ws.resolve(clean).kept == 0:
             raise ValueError(f"the gate kept no pairs in {clean}: nothing to train on (see `dpo show {clean}`)")
-        tcfg = TrainConfig.from_dict({**cfg.train, "snapshot": clean, "model": policy, "ref_model": reference,
-                                      "run_id": f"{exp}-r{round}", "output_dir": str(rdir / "train")})
-        res = train(tcfg, ws)
+        tcfg = TrainConfig.from_dict({**round_train_settings(cfg), "snapshot": clean, "model": policy,
+                                      "ref_model": reference, "run_id": f"{exp}-r{round}",
+                                      "output_dir": str(rdir / "train")})
+        probe = KLProbe(reference, every=cfg.eval.kl_probe_steps, seed=round) if cfg.eval.kl_probe_steps else None
+        res = train(tcfg, ws, kl_probe=probe)
         return {"artefact": res.run_id, "checkpoint": str(res.checkpoint), "run_id": res.run_id,
-                "steps": res.steps, "trained_on": res.snapshot_id, "reference": reference, "policy_in": policy}
+                "steps": res.steps, "trained_on": res.snapshot_id, "reference": reference, "policy_in": policy,
+                "sampled_rows": res.tokenize_stats.get("sampled_rows"),
+                "answers_without_eos": res.tokenize_stats.get("answers_without_eos")}
 
     def s_evaluate() -> dict[str, Any]:
         new_policy = runner.done(round, "train")["checkpoint"]
@@ -236,9 +254,12 @@ def _eval_generations(ws: Workspace, cfg: IterateConfig, runner: Rounds, round: 
     from dpo_train.generation import generate
     from dpo_train.judges import score
 
-    # The same seed every round: differences between rounds come from the policy, not the sampler. Pure
-    # sampling (T=1, top-p 1): the KL estimate E_pi[log pi - log pi_ref] is only unbiased for samples of pi.
-    gcfg = generation_cfg(cfg, model, seed_offset=0, n=cfg.eval.samples, temperature=1.0, top_p=1.0)
+    # Fresh seeds every round (EVAL_SEED_OFFSET + round, apart from the training samples' 1000 * round): the
+    # errors of two rounds' estimates are independent, so a difference's s.e. is sqrt(se_a^2 + se_b^2) and a
+    # round's luck does not repeat in the next. Pure sampling (T=1, top-p 1, no stop strings): the KL
+    # E_pi[log pi - log pi_ref] is only unbiased for samples of pi itself.
+    gcfg = generation_cfg(cfg, model, seed_offset=EVAL_SEED_OFFSET + round, n=cfg.eval.samples, temperature=1.0,
+                          top_p=1.0, stop=())
     gens = score(generate(eval_prompts, gcfg), judge)
     _write_parquet(gens, ws.path("rounds", cfg.experiment, f"round-{round:03d}", "eval_generations.parquet"))
     return gens
@@ -282,7 +303,9 @@ def iterate(cfg: IterateConfig, ws: Workspace | None = None, *, rounds: int | No
         gens = _eval_generations(ws, cfg, runner, 0, cfg.policy, eval_prompts, judge)
         from dpo_train.evaluation import evaluate_round
 
-        rec = evaluate_round(0, gens, judge=judge)
+        # KL of the initial policy to itself is 0 by construction; measured anyway so every curve starts at 0.
+        rec = evaluate_round(0, gens, judge=judge, policy_path=cfg.policy if cfg.eval.kl else None,
+                             reference_path=cfg.policy if cfg.eval.kl else None)
         rdir = ws.path("rounds", cfg.experiment, "round-000")
         _write_parquet(eval_prompts, rdir / "eval_prompts.parquet")
         return {"artefact": _write_text(json.dumps(rec, indent=2, default=str), rdir / "evaluation.json"),

@@ -21,3 +21,19 @@ def prompt_overlap(prompt: list[dict], response: str) -> float:
 def answer_length(prompt: list[dict], response: str) -> float:
     """Number of words in the answer (a deliberately biased judge, for length-bias experiments)."""
     return float(len(response.split()))
+
+
+# A small sentiment lexicon: the known, programmatic reward of the controlled experiment (`dpo experiment`) and
+# of examples/iterate.toml. Words that real answers use often, so the reward is dense enough to move in a few
+# rounds of a tiny model, like the DPO paper's sentiment task.
+POSITIVE = frozenset("""good great happy glad love like nice best better well sure yes thank thanks help helpful
+kind fun enjoy beautiful perfect welcome safe wonderful excellent amazing awesome friendly hope positive easy
+healthy fine right interesting important useful love lovely care""".split())
+NEGATIVE = frozenset("""bad sorry no not never hate wrong worst worse terrible awful sad stupid kill illegal
+dangerous harm hurt cannot can't don't won't problem difficult hard pain angry afraid""".split())
+
+
+def sentiment(prompt: list[dict], response: str) -> float:
+    """Positive minus negative lexicon words in the answer (the prompt is ignored)."""
+    words = _WORD.findall(response.lower())
+    return float(sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words))

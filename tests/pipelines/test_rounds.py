@@ -149,3 +149,34 @@ def test_kill_9_mid_round_then_resume(tiny_policy, prompt_ws):
     for step, ts in done_before.items():  # finished steps were kept, not redone
         assert after[step]["updated_at"] == ts
     assert Path(after["train"]["details"]["checkpoint"]).exists()
+
+
+@pytest.mark.slow
+def test_round_trains_what_was_sampled_for_the_configured_steps(tiny_policy, prompt_ws):
+    import pyarrow.parquet as pq
+
+    # 6 prompts -> at most 6 best-vs-worst pairs -> 2 steps per epoch at batch 4; the round must still train 5
+    cfg = _cfg(tiny_policy, prompt_ws, train={"max_steps": 5, "per_device_batch_size": 4, "lr": 1e-4})
+    history = iterate(cfg, prompt_ws, rounds=1)
+    steps = {(r["round"], r["step"]): r["details"] for r in prompt_ws.get_rounds("exp")}
+    # a round trains the steps it is configured for, even when its snapshot is smaller than one epoch of them
+    assert steps[(1, "train")]["steps"] == 5
+    clean = prompt_ws.read(steps[(1, "gate")]["artefact"])
+    assert clean.num_rows > 0
+    # on-policy pairs are not length-reweighted unless asked
+    assert set(clean.column("weight").to_pylist()) == {1.0}
+    # the pairs carry the sampled ids, the trainer used them, and the gate did not rewrite the sampled text
+    gens = pq.read_table(steps[(1, "generate")]["artefact"]).to_pylist()
+    by_text = {tuple(g["token_ids"]): g for g in gens}
+    for row in clean.to_pylist():
+        g = by_text[tuple(row["chosen_token_ids"])]
+        assert row["chosen"] == g["response"] and row["chosen_stop"] == g["stop_reason"]
+        assert row["prompt_token_ids"] == g["prompt_token_ids"]
+    assert steps[(1, "train")]["sampled_rows"] == clean.num_rows
+    # evaluation samples with fresh seeds each round; every estimate has its standard error
+    e0 = pq.read_table(steps[(0, "evaluate")]["generations"]).column("seed").to_pylist()
+    e1 = pq.read_table(steps[(1, "evaluate")]["generations"]).column("seed").to_pylist()
+    assert not set(e0) & set(e1)
+    rec = history[1]
+    assert history[0]["kl"]["kl"] == 0.0 and rec["kl"]["stderr"] is not None and rec["kl"]["kl"] >= 0
+    assert rec["score"]["current"]["stderr"] is not None and rec["win_rate_vs_reference"]["stderr"] is not None
