@@ -132,7 +132,11 @@ def check_views(root: Path, fix: bool) -> list[Finding]:
                 con.execute(f"SELECT * FROM {catalog.quote_ident(name)} LIMIT 0")  # noqa: S608 (quoted)
             except duckdb.Error as exc:
                 broken.append((name, name in ours, str(exc).splitlines()[0][:200]))
-    out = [Finding("view", name, f"broken: {err}" + ("" if mine else " (a user's view: left alone)"))
+        present = set(names)
+        broken += [(name, True, "missing") for name in catalog.wanted_views(con, root, root / "_empty")
+                   if name not in present]
+    out = [Finding("view", name, (err if err == "missing" else f"broken: {err}")
+                   + ("" if mine else " (a user's view: left alone)"))
            for name, mine, err in broken]
     if fix and any(mine for _, mine, _ in broken):
         with catalog.connect(root) as con:

@@ -205,15 +205,15 @@ def _commit(root: Path, tmp: Path, written: list[str], side: dict[str, pa.Table]
             os.rename(tmp, target)
             final = target
             fsync_file(final.parent)
-            con.execute(
-                "INSERT INTO snapshot_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [snapshot_id, dataset, version, kw["kind"], kw["parents"], created, kw["flow_run"],
-                 to_json(kw["params"]), to_json(kw["meta"]), kw["input_rows"], kw["pairs"].num_rows,
-                 kw["rejects"].num_rows, kw["quarantine"].num_rows, SCHEMA_VERSION, kw["chash"],
-                 kw["cache_key"], str(final), list(side)],
-            )
-            catalog.rebuild_views(con, root, root / "_empty")
             with writing.at(root / catalog.CATALOG_FILE):
+                con.execute(
+                    "INSERT INTO snapshot_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [snapshot_id, dataset, version, kw["kind"], kw["parents"], created, kw["flow_run"],
+                     to_json(kw["params"]), to_json(kw["meta"]), kw["input_rows"], kw["pairs"].num_rows,
+                     kw["rejects"].num_rows, kw["quarantine"].num_rows, SCHEMA_VERSION, kw["chash"],
+                     kw["cache_key"], str(final), list(side)],
+                )
+                catalog.rebuild_views(con, root, root / "_empty")
                 con.execute("COMMIT")
         except BaseException:
             # DuckDB may already have aborted the transaction (a failed COMMIT): the original error is the news.

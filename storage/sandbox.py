@@ -271,8 +271,11 @@ def _prepare(con: duckdb.DuckDBPyConnection, root: Path, copy: Path, spill: Path
 
 def sql_read_only(root: Path, query: str, limits: SqlLimits | None = None) -> pa.Table:
     """Run read-only SQL over a private copy of the catalog; the last statement's rows as an Arrow table."""
-    limits = limits or SqlLimits()
-    statements = check_read_only(query)
+    return run_statements(root, check_read_only(query), limits or SqlLimits())
+
+
+def run_statements(root: Path, statements: list[str], limits: SqlLimits) -> pa.Table:
+    """The second layer alone: run statements (already checked) where they cannot write into the workspace."""
     work = root / ".tmp" / f"sql-{uuid.uuid4().hex}"
     work.mkdir(parents=True)
     try:
