@@ -146,10 +146,27 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sql(args: argparse.Namespace) -> int:
-    table = _ws(args).sql(args.query)
+    from storage.sandbox import SqlLimits
+
+    limits = SqlLimits(timeout_s=args.timeout, memory_limit=args.memory_limit, threads=args.threads,
+                       max_temp_size=args.temp_limit)
+    table = _ws(args).sql(args.query, limits)
     # The table view shows --limit rows; json and csv are the data, every row.
     output.emit(table, args.format, limit=args.limit if args.format == "table" else None)
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from storage.doctor import diagnose
+
+    ws = _ws(args)  # opening repoints a moved or copied workspace and upgrades an old catalog
+    findings = [f.as_dict() for f in diagnose(ws.root, fix=args.fix)]
+    output.emit(findings or [{"check": "all", "path": str(ws.root), "problem": "none", "status": "ok",
+                              "action": ""}], args.format, title="doctor")
+    open_ = sum(f["status"] == "open" for f in findings)
+    if open_:
+        output.message(f"{open_} problem(s) remain" + ("" if args.fix else " (--fix repairs what is safe)"))
+    return 1 if open_ else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -300,6 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("query")
     _add_format(sp)
     sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument("--timeout", type=float, default=60.0, help="seconds before the query is stopped (60)")
+    sp.add_argument("--memory-limit", default="2GB", help="DuckDB memory limit for the query (2GB)")
+    sp.add_argument("--threads", type=int, default=2, help="DuckDB threads for the query (2)")
+    sp.add_argument("--temp-limit", default="4GB", help="spill-to-disk space for the query (4GB)")
+    sp = verb("doctor", cmd_doctor, "check a workspace (orphans, stale temp/trash, broken views, dead runs); "
+              "exit 1 while problems remain")
+    sp.add_argument("--fix", action="store_true", help="repair what is safe (only what the workspace made)")
+    _add_format(sp)
     sp = verb("train", cmd_train, "DPO (or SFT) training on a snapshot")
     sp.add_argument("--snapshot", "-s", default=None)
     sp.add_argument("--model", "-m", default=None, help="local path or hub id of the policy")
