@@ -200,7 +200,7 @@ def run_rows(rows: RawRows, opts: IngestOptions, handle: RowHandler) -> Collecto
             continue
         try:
             handle(out, row, record)
-        except (RowError, TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+        except (RowError, TypeError, ValueError, KeyError, AttributeError, IndexError, RecursionError) as exc:
             out.bad_row(row, record, exc)
     return out
 

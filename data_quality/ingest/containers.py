@@ -71,6 +71,8 @@ def raw_of(value: object, limit: int) -> str:
         text = json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         text = repr(value)
+    except RecursionError:  # nested deeper than Python's printers go (orjson parses up to 1024 levels)
+        text = f"<a {type(value).__name__} nested too deeply to show>"
     return clip(text, limit)
 
 

@@ -144,3 +144,24 @@ def test_refresh_toml_folder_source_with_a_column_map(tmp_path):
     cfg_path.write_text('[[sources]]\nname = "custom"\npaths = ["custom"]\nmap = "answer=q"\n')
     with pytest.raises(ConfigError, match="unknown target"):
         load_refresh_config(cfg_path)
+
+
+def test_deeply_nested_row_is_quarantined(tmp_path):
+    # Deep enough for orjson to parse but too deep for Python's json to print back into the quarantine.
+    deep = "[" * 1000 + "]" * 1000
+    lines = tmp_path / "deep_row.jsonl"
+    lines.write_text('{"prompt": ' + deep + ', "chosen": "a", "rejected": "b"}\n' + json.dumps(STANDARD[0]) + "\n")
+    res = ingest_files([lines])
+    assert res.counts == {"input_rows": 2, "kept": 1, "rejected": 0, "quarantined": 1}
+    assert res.quarantine.column("source_row").to_pylist() == [0]
+    # A CSV cell holding a deeply nested JSON list (messages are JSON text in CSV).
+    import csv
+
+    cell = tmp_path / "deep_cell.csv"
+    answer = json.dumps([{"role": "assistant", "content": "a"}])
+    with open(cell, "w", newline="") as fh:
+        csv.writer(fh).writerows([["prompt", "chosen", "rejected"], ["[" * 5000, answer, answer.replace('"a"', '"b"')],
+                                  [json.dumps([{"role": "user", "content": "q"}]), answer,
+                                   answer.replace('"a"', '"b"')]])
+    res = ingest_files([cell])
+    assert res.counts == {"input_rows": 2, "kept": 1, "rejected": 0, "quarantined": 1}
