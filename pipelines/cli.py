@@ -86,9 +86,17 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import httpx
+
     from pipelines.schedules import serve
 
-    serve(args.config)
+    try:
+        serve(args.config)
+    except httpx.TransportError as exc:
+        from prefect.settings import PREFECT_API_URL
+
+        raise ConnectionError(f"cannot reach the Prefect server at {PREFECT_API_URL.value()} ({exc}): start it "
+                              "with `prefect server start`") from exc
     return 0
 
 
@@ -176,6 +184,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                        "output_dir": args.output_dir}.items() if v is not None})
     from pipelines.demo import train_with_progress
 
+    if cfg_dict.get("model"):
+        check_model(str(cfg_dict["model"]))
     _quiet_transformers()
     result = train_with_progress(cfg_dict, _ws(args), f"{cfg_dict.get('mode', 'dpo')} on {cfg_dict.get('snapshot')}")
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
@@ -216,6 +226,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_model(ref: str) -> None:
+    """Fail in one line, before any loading, on a model that is neither a local folder nor reachable."""
+    from pathlib import Path
+
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise NotADirectoryError(f"model {ref}: not a folder (give the folder holding config.json)")
+        return
+    if path.is_absolute() or ref.startswith((".", "~")) or ref.count("/") > 1 or "\\" in ref:
+        raise FileNotFoundError(f"model path {ref} does not exist")
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(ref, "config.json"), str):
+        return  # a hub id already in the local cache
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or not _hub_reachable():
+        raise ConnectionError(f"model {ref!r} is not a local folder, not in the Hugging Face cache, and the hub "
+                              "cannot be reached: download it where the hub is reachable, or pass a local path")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connect to the hub, so an offline machine fails in seconds, not after minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _quiet_transformers() -> None:
     """Weight-loading progress bars of every model load would bury the command's own progress."""
     from transformers.utils import logging as hf_logging
@@ -236,8 +281,8 @@ def _load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise SystemExit(f"error: {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:  # a ValueError: exit 2 with the file and position
+        raise ValueError(f"{path}: not valid TOML: {exc}") from exc
 
 
 def _version() -> str:

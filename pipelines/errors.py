@@ -32,6 +32,12 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - duckdb is a dependency
         pass
     try:
+        import httpx
+
+        extra.append(httpx.TransportError)  # a Prefect server or judge endpoint that cannot be reached
+    except ImportError:  # pragma: no cover - httpx comes with prefect
+        pass
+    try:
         from storage.errors import StorageError
 
         extra.append(StorageError)  # catalog busy, disk full, query limits
@@ -57,7 +63,9 @@ def describe(exc: BaseException) -> str:
 
 def report_error(exc: BaseException) -> int:
     if isinstance(exc, _user_error_types()):
-        label = "SQL error:" if type(exc).__module__.startswith(("duckdb", "_duckdb")) else "error:"
+        # DuckDB's IO errors (a catalog locked by another process) are not the query's fault.
+        sql = type(exc).__module__.startswith(("duckdb", "_duckdb")) and "IO" not in type(exc).__name__
+        label = "SQL error:" if sql else "error:"
         output.message(describe(exc), label=label, style="bold red")
         return EXIT_USER
     output.message(f"{type(exc).__name__}: {describe(exc)} (this is a bug: rerun with --debug for the traceback)",

@@ -25,7 +25,7 @@ def _require_server() -> str:
 
     url = PREFECT_API_URL.value()
     if not url:
-        raise RuntimeError(
+        raise ConnectionError(  # an OSError: the CLI reports it as a user error (exit 2), no traceback
             "`dpo serve` needs a running Prefect server: cron schedules do not run in Prefect's ephemeral mode. "
             "Start one with `prefect server start`, then "
             "`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api` (or export PREFECT_API_URL)."

@@ -1,0 +1,140 @@
+"""One CLI convention: every verb answers bad arguments and bad inputs with exit code 2 and one clear line,
+never a traceback (`--debug` shows it); global options go before or after the verb; `--version` works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+
+BAD_ARGS = [
+    ["nope"],
+    ["sql"],
+    ["sql", "SELECT 1", "--format", "xml"],
+    ["export", "d@1"],
+    ["train", "--max-steps", "x"],
+    ["ingest", "--dataset"],
+    ["snapshots", "--format", "yaml"],
+    ["rounds", "extra-arg"],
+    ["show"],
+    ["--workspace"],
+]
+
+
+@pytest.fixture
+def env(tmp_path, small_pairs, monkeypatch):
+    """A workspace with one snapshot and a folder of bad inputs; cwd is the tmp folder."""
+    from storage.workspace import Workspace
+
+    Workspace(tmp_path / "ws").publish("d", small_pairs)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (bad / "not_toml.toml").write_text("[gate\nthis is = not toml")
+    (bad / "empty_dir").mkdir()
+    (bad / "existing.txt").write_text("mine\n")
+    (bad / "a_file").write_text("not a workspace\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return tmp_path
+
+
+BAD_INPUTS = [
+    ["ingest", "bad/missing.jsonl", "--dataset", "x"],
+    ["ingest", "bad/deep.json", "--dataset", "x"],  # RecursionError in the JSON reader
+    ["ingest", "bad/empty_dir", "--dataset", "x"],  # a folder with nothing to read
+    ["ingest", "bad/existing.txt", "--dataset", "bad name!"],
+    ["show", "nope@3"],
+    ["show", "d@x"],
+    ["show", "d@99"],
+    ["clean", "nope"],
+    ["clean", "d@1", "--config", "bad/not_toml.toml"],
+    ["clean", "d@1", "--config", "bad/missing.toml"],
+    ["sql", "SELEC 1"],
+    ["sql", "DELETE FROM runs"],
+    ["sql", "SELECT * FROM no_such_view"],
+    ["export", "nope", "--to", "out.jsonl"],
+    ["export", "d@1", "--to", "bad/existing.txt"],
+    ["export", "d@1", "--to", "out.csv"],
+    ["export", "d@1", "--to", "ws", "--format", "hf-dataset", "--overwrite"],
+    ["train", "--snapshot", "d@1", "--model", "/no/such/model"],
+    ["train", "--snapshot", "d@1", "--model", "someorg/some-model"],  # a hub id, offline
+    ["train", "--snapshot", "d@1", "--model", "bad/existing.txt"],
+    ["train", "--config", "bad/missing.toml"],
+    ["iterate", "--config", "bad/missing.toml"],
+    ["iterate", "--config", "bad/not_toml.toml"],
+    ["refresh", "--config", "bad/missing.toml"],
+    ["refresh", "--config", "bad/not_toml.toml"],
+    ["serve", "--config", "bad/missing.toml"],
+    ["serve", "--config", str(Path(__file__).resolve().parents[2] / "examples" / "refresh.toml")],  # no server
+    ["snapshots", "-w", "bad/a_file"],
+]
+
+
+def _run(capfd, argv: list[str]) -> tuple[int, str]:
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own usage errors
+        rc = exc.code
+    cap = capfd.readouterr()
+    return rc, cap.out + cap.err
+
+
+@pytest.mark.parametrize("argv", BAD_ARGS, ids=" ".join)
+def test_bad_arguments_exit_2_without_traceback(env, capfd, argv):
+    rc, text = _run(capfd, ["-w", "ws", *argv])
+    assert rc == 2, text
+    assert "Traceback" not in text and "usage:" in text
+
+
+@pytest.mark.parametrize("argv", BAD_INPUTS, ids=" ".join)
+def test_bad_inputs_exit_2_with_one_clear_line(env, capfd, argv):
+    rc, text = _run(capfd, ["-w", "ws", *argv])
+    assert rc == 2, text
+    assert "Traceback" not in text and "error:" in text, text
+    assert "internal error" not in text and "this is a bug" not in text, text
+
+
+def test_errors_name_the_file_or_snapshot(env, capfd):
+    assert "bad/missing.jsonl" in _run(capfd, ["-w", "ws", "ingest", "bad/missing.jsonl", "-d", "x"])[1]
+    assert "nope@3" in _run(capfd, ["-w", "ws", "show", "nope@3"])[1]
+    assert "/no/such/model" in _run(capfd, ["-w", "ws", "train", "-s", "d@1", "--model", "/no/such/model"])[1]
+    text = _run(capfd, ["-w", "ws", "train", "-s", "d@1", "--model", "someorg/some-model"])[1]
+    assert "someorg/some-model" in text and "cannot be reached" in text
+
+
+def test_debug_shows_the_traceback(env, capfd):
+    with pytest.raises(KeyError, match="nope@3"):
+        main(["show", "nope@3", "-w", "ws", "--debug"])
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "--debug", "-w", "ws", "show", "nope@3"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+                          timeout=120, cwd=env)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_global_options_anywhere_and_version(env, capfd):
+    for argv in (["-w", "ws", "sql", "SELECT count(*) AS n FROM d", "--format", "json"],
+                 ["sql", "SELECT count(*) AS n FROM d", "--format", "json", "-w", "ws"],
+                 ["sql", "-w", "ws", "--format", "json", "SELECT count(*) AS n FROM d"]):
+        rc, text = _run(capfd, argv)
+        assert rc == 0 and json.loads(text) == {"n": 10}, (argv, text)
+    rc, text = _run(capfd, ["--version"])
+    assert rc == 0 and text.startswith("dpo ")
+
+
+def test_serve_with_an_unreachable_server_is_one_line(env):
+    """The Prefect client's connection error, in a fresh process so the server URL setting is read anew."""
+    cfg = Path(__file__).resolve().parents[2] / "examples" / "refresh.toml"
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "-w", "ws", "serve", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=180, cwd=env,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+                               "PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout and "cannot reach the Prefect server" in proc.stderr
