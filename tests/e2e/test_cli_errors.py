@@ -36,6 +36,7 @@ def env(tmp_path, small_pairs, monkeypatch):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (bad / "not_objects.json").write_text("[1, 2, 3]")
     (bad / "not_toml.toml").write_text("[gate\nthis is = not toml")
     (bad / "empty_dir").mkdir()
     (bad / "existing.txt").write_text("mine\n")
@@ -49,6 +50,7 @@ def env(tmp_path, small_pairs, monkeypatch):
 BAD_INPUTS = [
     ["ingest", "bad/missing.jsonl", "--dataset", "x"],
     ["ingest", "bad/deep.json", "--dataset", "x"],  # RecursionError in the JSON reader
+    ["ingest", "bad/not_objects.json", "--dataset", "x"],  # was AssertionError: ingest lost rows
     ["ingest", "bad/empty_dir", "--dataset", "x"],  # a folder with nothing to read
     ["ingest", "bad/existing.txt", "--dataset", "bad name!"],
     ["show", "nope@3"],
