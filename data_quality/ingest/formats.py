@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from data_quality.ingest import alpaca_eval, chat, hh, multi_completion, pairwise, ranked, trl
 from data_quality.ingest._common import RowHandler
@@ -21,6 +22,9 @@ MAPPED = "mapped"
 class Format:
     handle: RowHandler
     looks_like: Callable[[dict], bool]
+    # looks_like can only hold for a row with at least one of these fields: detection tests only the formats a
+    # row's key set allows (cached per key set), so per-row detection costs a few checks, not fourteen.
+    keys: tuple[str, ...]
     # Ranked formats: under the all_above_margin rule one record becomes several candidate pairs.
     expands: bool = False
 
@@ -33,27 +37,33 @@ def _looks_hh(rec: dict) -> bool:
 
 
 REGISTRY: dict[str, Format] = {
-    "alpaca_eval": Format(alpaca_eval._handle, alpaca_eval.looks_like),
-    "ultrafeedback": Format(ranked.handle_ultrafeedback, ranked.looks_ultrafeedback, expands=True),
-    "multi_completion": Format(multi_completion.handle_row, multi_completion.looks_like, expands=True),
-    "nectar": Format(ranked.handle_nectar, ranked.looks_nectar, expands=True),
-    "pku_saferlhf": Format(pairwise.handle_pku, pairwise.looks_pku),
-    "shp": Format(pairwise.handle_shp, pairwise.looks_shp),
-    "helpsteer": Format(pairwise.handle_helpsteer, pairwise.looks_helpsteer),
-    "chatbot_arena": Format(pairwise.handle_arena, pairwise.looks_arena),
-    "sharegpt": Format(chat.handle_sharegpt, chat.looks_sharegpt),
-    "llamafactory_pair": Format(chat.handle_pair_messages, chat.looks_pair_messages),
-    "llamafactory_alpaca": Format(chat.handle_alpaca, chat.looks_alpaca),
-    "hh": Format(hh._handle, _looks_hh),
-    "trl_conversational": Format(trl.handle_conversational, trl.looks_conversational),
-    "trl_standard": Format(trl.handle_standard, trl.looks_standard),
+    "alpaca_eval": Format(alpaca_eval._handle, alpaca_eval.looks_like, ("output_1",)),
+    "ultrafeedback": Format(ranked.handle_ultrafeedback, ranked.looks_ultrafeedback, ("completions",), True),
+    "multi_completion": Format(multi_completion.handle_row, multi_completion.looks_like, ("completions",), True),
+    "nectar": Format(ranked.handle_nectar, ranked.looks_nectar, ("answers",), True),
+    "pku_saferlhf": Format(pairwise.handle_pku, pairwise.looks_pku, ("response_0",)),
+    "shp": Format(pairwise.handle_shp, pairwise.looks_shp, ("human_ref_A",)),
+    "helpsteer": Format(pairwise.handle_helpsteer, pairwise.looks_helpsteer, ("response1", "response_1")),
+    "chatbot_arena": Format(pairwise.handle_arena, pairwise.looks_arena, ("conversation_a",)),
+    "sharegpt": Format(chat.handle_sharegpt, chat.looks_sharegpt, ("conversations", "messages")),
+    "llamafactory_pair": Format(chat.handle_pair_messages, chat.looks_pair_messages, ("chosen_messages",)),
+    "llamafactory_alpaca": Format(chat.handle_alpaca, chat.looks_alpaca, ("instruction",)),
+    "hh": Format(hh._handle, _looks_hh, ("chosen", "rejected")),
+    "trl_conversational": Format(trl.handle_conversational, trl.looks_conversational, ("chosen",)),
+    "trl_standard": Format(trl.handle_standard, trl.looks_standard, ("chosen",)),
 }
 FORMATS = (*REGISTRY, MAPPED)
 
 
+@lru_cache(maxsize=4096)
+def _candidates(keys: frozenset[str]) -> tuple[tuple[str, Callable[[dict], bool]], ...]:
+    return tuple((name, f.looks_like) for name, f in REGISTRY.items() if not keys.isdisjoint(f.keys))
+
+
 def detect_row(rec: dict) -> str | None:
-    for name, f in REGISTRY.items():
-        if f.looks_like(rec):
+    """The first registry format whose fields this row has (None: none does)."""
+    for name, looks_like in _candidates(frozenset(rec)):
+        if looks_like(rec):
             return name
     return None
 
