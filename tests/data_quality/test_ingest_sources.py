@@ -165,3 +165,27 @@ def test_deeply_nested_row_is_quarantined(tmp_path):
                                    answer.replace('"a"', '"b"')]])
     res = ingest_files([cell])
     assert res.counts == {"input_rows": 2, "kept": 1, "rejected": 0, "quarantined": 1}
+
+
+def test_hub_id_through_datasets_when_reachable(tmp_path, monkeypatch):
+    # The hub itself is never contacted in tests: datasets.load_dataset and the revision look-up are stand-ins.
+    import datasets
+
+    from data_quality.ingest import hub
+
+    calls = []
+
+    def fake_load(name, *args, **kwargs):
+        calls.append((name, args, kwargs))
+        return datasets.DatasetDict({"train": datasets.Dataset.from_list(STANDARD[:2]),
+                                     "test": datasets.Dataset.from_list(STANDARD[2:])})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr(hub, "revision", lambda name: "0123abc")
+    assert hub.hub_id("org/prefs") == "org/prefs" and hub.hub_id("hf://datasets/org/prefs") == "org/prefs"
+    assert hub.hub_id("missing/file.jsonl") is None  # a data file path is never taken for a hub id
+    info = steps.ingest(Workspace(tmp_path / "ws"), ["org/prefs"], "hub")
+    assert calls == [("org/prefs", (), {})]  # no trust_remote_code, no other options
+    assert (info.kept, info.params["format"]) == (3, "trl_standard")
+    assert info.params["inputs"] == [{"path": "hf://datasets/org/prefs", "bytes": None, "xxh3": "0123abc"}]
+    assert set(info.params["formats"]) == {"hf://datasets/org/prefs/train", "hf://datasets/org/prefs/test"}
