@@ -34,6 +34,7 @@ from data_quality.checks import (
 )
 from data_quality.checks.base import CheckResult, apply
 from data_quality.checks.tables import stats_tables
+from data_quality.examples import drop_examples
 from storage.schema import REJECTS_SCHEMA, conform
 
 
@@ -166,5 +167,6 @@ def run_gate(pairs: pa.Table, cfg: GateConfig | None = None, eval_prompts: Seque
         for reason, count in st.get("dropped", {}).items():
             drops[f"{name}:{reason}"] = count
     stats = {"input_rows": n_in, "kept": kept.num_rows, "rejected": all_rejects.num_rows,
-             "drops_by_reason": drops, "checks": per_check, "config": cfg.to_dict()}
+             "drops_by_reason": drops, "checks": per_check, "config": cfg.to_dict(),
+             "examples": drop_examples(all_rejects, kept, eval_prompts=eval_prompts)}
     return GateResult(kept, all_rejects, stats, stats_tables(stats), n_in)

@@ -19,7 +19,9 @@ h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid 
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f4f4f4}td.l,th.l{text-align:left}.acc{font-size:1.1em;background:#eef6ee;padding:.6em;
 border-radius:4px}.grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0}
-figcaption{font-size:.85em;color:#555}pre{background:#f8f8f8;padding:.6em;font-size:.8em;overflow:auto}"""
+figcaption{font-size:.85em;color:#555}pre{background:#f8f8f8;padding:.6em;font-size:.8em;overflow:auto}
+table.ex{width:100%;table-layout:fixed}table.ex td{vertical-align:top}table.ex pre{white-space:pre-wrap;
+max-height:14em;margin:.2em 0}.warn{background:#fdecea;padding:.5em;border-radius:4px}"""
 
 
 def _stats_of(result: Any) -> dict[str, Any]:
@@ -95,13 +97,47 @@ def _plots(stats: dict[str, Any]) -> list[str]:
         figs.append(_figure("Drops by rule:reason", drop_bars))
     sizes = nd.get("cluster_sizes", {})
     if sizes:
-        def clusters(ax: Any) -> None:
-            ks = sorted(sizes, key=int)
-            ax.bar([str(k) for k in ks], [sizes[k] for k in ks], color="#69c")
-            ax.set_xlabel("near-duplicate cluster size")
-            ax.set_ylabel("clusters")
-        figs.append(_figure("Near-duplicate cluster sizes", clusters))
+        figs.append(_figure("Near-duplicate cluster sizes", lambda ax: draw_cluster_sizes(ax, sizes)))
     return figs
+
+
+def draw_cluster_sizes(ax: Any, sizes: dict) -> None:
+    """Bars on a numeric axis with a few integer ticks (one label per distinct size overlapped), log counts."""
+    from matplotlib.ticker import MaxNLocator
+
+    ks = sorted(int(k) for k in sizes)
+    ax.bar(ks, [sizes[str(k)] if str(k) in sizes else sizes[k] for k in ks], color="#69c", width=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=8, integer=True))
+    if ks and max(ks) > 50:
+        ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("near-duplicate cluster size")
+    ax.set_ylabel("clusters")
+
+
+def _side(r: dict | None) -> str:
+    if not r:
+        return "<i>the pair itself</i>"
+    if "eval_item" in r:
+        body = html.escape(r["prompt"]) if r.get("prompt") else "<i>(text not recorded)</i>"
+        return f"<b>eval item {r['eval_item']}</b><pre>{body}</pre>"
+    if r.get("missing"):
+        return f"<i>pair {html.escape(r['pair_id'])} not found</i>"
+    return (f"<b>{html.escape(r['source'])}</b><br>prompt<pre>{html.escape(r['prompt'])}</pre>"
+            f"chosen<pre>{html.escape(r['chosen'])}</pre>rejected<pre>{html.escape(r['rejected'])}</pre>")
+
+
+def _examples(examples: dict[str, list[dict]]) -> str:
+    """Per rule:reason, dropped rows beside the row each was judged against."""
+    if not examples:
+        return "<p><i>no drops</i></p>"
+    parts = []
+    for key, items in sorted(examples.items()):
+        rows = "".join(f'<tr><td class="l">{_side(e["dropped"])}</td><td class="l">{_side(e["against"])}</td></tr>'
+                       for e in items)
+        parts.append(f"<h3>{html.escape(key)}</h3><table class='ex'><tr><th class='l'>dropped</th>"
+                     f"<th class='l'>judged against</th></tr>{rows}</table>")
+    return "".join(parts)
 
 
 def render_report(result: Any, *, parent: Any = None, dataset: str | None = None, quarantined: int = 0,
@@ -119,6 +155,7 @@ def render_report(result: Any, *, parent: Any = None, dataset: str | None = None
                f"(source rows = {n_in + quarantined} = kept + rejected + quarantined)"
     lb = checks.get("length_bias", {})
     lc = lb.get("length_controlled", {})
+    ho = lb.get("heldout") or {}
     length_rows = [{"statistic": k, "value": v} for k, v in (
         ("fraction chosen longer", lb.get("frac_chosen_longer")),
         ("weighted fraction chosen longer", lb.get("weighted_frac_chosen_longer")),
@@ -126,7 +163,16 @@ def render_report(result: Any, *, parent: Any = None, dataset: str | None = None
         ("corr(margin, length diff)", lb.get("corr_margin_length_diff")),
         ("length coefficient (logit per tanh-sd)", lc.get("length_coef")),
         ("length coefficient with weights", lc.get("length_coef_weighted")),
-        ("P(longer preferred) at +1 sd", lc.get("p_longer_preferred_at_1sd"))) if v is not None]
+        ("P(longer preferred) at +1 sd", lc.get("p_longer_preferred_at_1sd")),
+        ("largest weight (cap)", f"{lb['weight_max']:.3g} ({lb.get('max_weight')})" if "weight_max" in lb else None),
+        ("effective sample size", f"{lb['effective_sample_size']:.0f} of {kept} ({lb['ess_fraction']:.1%})"
+         if lb.get("ess_fraction") is not None else None),
+        ("rows denied a weight bonus (loops, runaways, echoes)", lb.get("no_bonus_rows")),
+        ("held-out chosen-longer fraction, weights fitted on the other half",
+         f"{ho['heldout_frac_chosen_longer_before']:.3f} -> {ho['heldout_weighted_frac_chosen_longer']:.3f} "
+         f"± {ho['heldout_se']:.3f} ({'balanced' if ho['heldout_balanced'] else 'NOT balanced'})"
+         if ho else None)) if v is not None]
+    warnings = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in lb.get("warnings", []))
     steps = [{"check": n, "rows in": s.get("rows_in"), "rows out": s.get("rows_out"),
               "dropped": sum(s.get("dropped", {}).values()), "seconds": s.get("seconds")} for n, s in checks.items()]
     drops = [{"rule:reason": k, "rows": v} for k, v in sorted(stats.get("drops_by_reason", {}).items())]
@@ -142,7 +188,8 @@ def render_report(result: Any, *, parent: Any = None, dataset: str | None = None
         "<h2>Checks, in order</h2>", _table(steps),
         "<h2>Drops by reason</h2>", _table(drops),
         "<h2>Plots</h2>", '<div class="grid">', *_plots(stats), "</div>",
-        "<h2>Length bias</h2>", _table(length_rows),
+        "<h2>Dropped rows, beside what they were judged against</h2>", _examples(stats.get("examples", {})),
+        "<h2>Length bias</h2>", warnings, _table(length_rows),
         "<h3>Length-controlled win rates per model</h3>", _table(lc.get("models", [])),
         "<h3>Reweighting bins (|length difference|)</h3>", _table(lb.get("bins", [])),
         "<h2>Near-duplicates</h2>", _table(nd_rows),
