@@ -35,6 +35,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         info = steps.ingest(ws, [str(s) for s in args.sources], args.dataset, format=args.format,
                             options=_ingest_options(args))
     output.message(f"format: {info.params.get('format')}")
+    for src in info.meta.get("per_source", []):  # a file read row by row, or rows unlike a forced format
+        if src.get("format_rows"):
+            rows = ", ".join(f"{k}: {n}" for k, n in src["format_rows"].items())
+            output.message(f"{src['source']} mixes formats, each row read by its own ({rows} rows)", label="note:")
+        if src.get("rows_like"):
+            rows = ", ".join(f"{n} look like {k}" for k, n in src["rows_like"].items())
+            output.message(f"{src['source']}: {rows}, read as {src['format']} (forced)", label="warning:",
+                           style="yellow")
     if info.quarantined:
         for q in ws.read_quarantine(info.snapshot_id).slice(0, 5).to_pylist():
             output.message(f"{q['source']} row {q['source_row']}: {q['error']}", label="quarantined", style="yellow")

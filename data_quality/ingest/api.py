@@ -98,13 +98,23 @@ def _sources(path: str | Path, opts: IngestOptions) -> list[RawRows]:
 
 
 def _read_one(rows: RawRows, format: str | None, opts: IngestOptions) -> tuple[Collector, str, dict]:
-    """One source through its reader: (collector, format name, per-format row counts)."""
+    """One source through its reader: (collector, format name, rows per format when a file mixes them)."""
     if format == MAPPED or (format is None and opts.columns):
         from data_quality.ingest.mapping import mapped_handler
 
         return run_rows(rows, opts, mapped_handler(opts.columns or {})), MAPPED, {}
     if format is not None:
-        return READERS[format](rows, opts), format, {}
+        # Forced: every row is read as `format`, but rows whose fields say otherwise are counted for a warning.
+        other: Counter[str] = Counter()
+        handle = REGISTRY[format].handle
+
+        def forced(out: Collector, row: int, rec: dict) -> None:
+            seen = detect_row(rec)
+            if seen is not None and seen != format:
+                other[seen] += 1
+            handle(out, row, rec)
+
+        return run_rows(rows, opts, forced), format, dict(other)
     main = detect_format(rows, opts)
     if main is None:  # no row is an object: each one is quarantined as such
         out = run_rows(rows, opts, lambda out, row, rec: None)
@@ -151,8 +161,10 @@ def ingest_files(paths: Sequence[str | Path], format: str | None = None,
             entry = {"source": rows.source, "container": rows.container, "format": fmt, "records": records,
                      "input_rows": kept + rejected + quarantined, "kept": kept, "rejected": rejected,
                      "quarantined": quarantined}
-            if used:
-                entry["format_rows"] = used
+            if used and format is None:
+                entry["format_rows"] = used  # a file read row by row: rows per format
+            elif used:
+                entry["rows_like"] = used  # forced, yet these rows' fields say another format
             per_source.append(entry)
             if require_pairs and quarantined and not kept and not rejected:
                 failed.append(_nothing_kept(entry, quarantine[-1], sample, format))

@@ -38,6 +38,8 @@ def test_mixed_formats_are_read_row_by_row(tmp_path):
     assert all(not p["prompt"][0]["content"].startswith("Human:") for p in pairs)
     [q] = res.quarantine.to_pylist()
     assert q["source_row"] == 4 and q["field"] == "chosen"  # the broken HH row, quarantined as HH
+    forced = ingest_files([path], format="trl_standard")  # the user's choice holds, with the odd rows counted
+    assert forced.formats == {str(path.absolute()): "trl_standard"} and forced.per_source[0]["rows_like"] == {"hh": 2}
 
 
 def test_file_of_non_objects_is_quarantined_row_by_row(tmp_path):
