@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
+from dpo_train.progress import reporting
 from storage.workspace import Workspace
 
 console = Console(stderr=True)
@@ -56,7 +57,7 @@ def train_with_progress(cfg_dict: dict[str, Any], ws: Workspace, label: str) -> 
     from dpo_train.trainer import train
 
     cfg = TrainConfig.from_dict(cfg_dict)
-    columns = (TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
                TimeElapsedColumn())
     # Under torchrun every rank runs this; only rank 0 draws the bar.
     with Progress(*columns, console=console, disable=os.environ.get("RANK", "0") != "0") as progress:
@@ -65,7 +66,15 @@ def train_with_progress(cfg_dict: dict[str, Any], ws: Workspace, label: str) -> 
         def on_step(step: int, metrics: dict[str, float]) -> None:
             progress.update(task, completed=step, loss=f"{metrics['loss']:.4f}")
 
-        result = train(cfg, ws, on_step=on_step)
+        steps_of: dict[str, TaskID] = {}
+
+        def on_progress(what: str, done: int, total: int) -> None:  # long steps before training (reference pass)
+            if what not in steps_of:
+                steps_of[what] = progress.add_task(what, total=total, loss="")
+            progress.update(steps_of[what], completed=done, total=total, description=what)
+
+        with reporting(on_progress):
+            result = train(cfg, ws, on_step=on_step)
         progress.update(task, completed=result.steps)  # a resumed, already finished run reports no steps
         return result
 
