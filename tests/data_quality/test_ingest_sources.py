@@ -122,6 +122,8 @@ def test_cli_hub_id_offline_and_forced_format_errors(tmp_path):
     safer = _dpo("-w", ws, "ingest", str(pku), "-d", "pku", "-o", "pku_label=safer")
     assert safer.returncode == 0, safer.stderr
     assert json.loads(_dpo("-w", ws, "show", "pku", "--json").stdout)["params"]["options"]["pku_label"] == "safer"
+    folder = _dpo("-w", ws, "ingest", str(fixture.parent), "-d", "folder")  # a folder of files
+    assert folder.returncode == 0 and "Traceback" not in folder.stderr, folder.stderr
     dir_fail = _dpo("-w", ws, "ingest", str(tmp_path / "nothing-here"), "-d", "x")
     assert dir_fail.returncode == 2 and "Traceback" not in dir_fail.stderr
 
@@ -191,3 +193,17 @@ def test_hub_id_through_datasets_when_reachable(tmp_path, monkeypatch):
     assert (info.kept, info.params["format"]) == (3, "trl_standard")
     assert info.params["inputs"] == [{"path": "hf://datasets/org/prefs", "bytes": None, "xxh3": "0123abc"}]
     assert set(info.params["formats"]) == {"hf://datasets/org/prefs/train", "hf://datasets/org/prefs/test"}
+
+
+def test_real_hh_rows_inside_a_trl_file_read_as_hh(tmp_path, shared_data):
+    import gzip
+
+    with gzip.open(shared_data / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt", encoding="utf-8") as fh:
+        hh_rows = [json.loads(next(fh)) for _ in range(40)]
+    alone = ingest_files([jsonl(tmp_path / "hh.jsonl", hh_rows)], require_pairs=False)
+    mixed = ingest_files([jsonl(tmp_path / "mixed.jsonl", STANDARD * 10 + hh_rows)], require_pairs=False)
+    assert mixed.per_source[0]["format_rows"] == {"trl_standard": 30, "hh": 40}
+    hh_pairs = mixed.pairs.filter(mixed.pairs.column("source_row").to_numpy() >= 30)
+    cols = ["prompt", "chosen", "rejected"]
+    assert hh_pairs.select(cols).to_pylist() == alone.pairs.select(cols).to_pylist()  # same pairs as HH alone
+    assert mixed.quarantine.num_rows == alone.quarantine.num_rows
