@@ -226,6 +226,22 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipelines.report_ui import make_server
+
+    ws = _ws(args)
+    server = make_server(ws.root, args.host, args.port)
+    output.message(f"serving the reports of {ws.root} at http://{args.host}:{server.server_address[1]}/ "
+                   "(Ctrl-C stops); the Prefect UI's report artifacts link here")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
@@ -391,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rounds", type=int, default=None)
     _add_format(verb("rounds", cmd_rounds, "lineage of iterative rounds"))
     _add_format(verb("runs", cmd_runs, "training runs and their status"))
+    sp = verb("report", cmd_report, "serve the HTML reports of the workspace over http (for the Prefect UI)")
+    sp.add_argument("action", choices=["serve"])
+    sp.add_argument("--host", default="127.0.0.1")
+    sp.add_argument("--port", type=int, default=8765, help="port (8765; the artifacts link here unless "
+                    "$DPO_REPORT_URL says otherwise)")
     sp = verb("demo", cmd_demo, "the whole product end to end on the embedded defaults")
     sp.add_argument("--quick", action="store_true", help="smaller settings (used by the tests)")
     return p

@@ -12,11 +12,12 @@ from typing import Any
 
 import pyarrow as pa
 from prefect import Task, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipelines import sharding, steps
 from pipelines.config import RetryConfig
+from pipelines.report_ui import report_markdown
 from storage.workspace import SnapshotInfo, Workspace
 
 _TASK = {"cache_policy": NO_CACHE, "persist_result": False}
@@ -83,20 +84,18 @@ def _key(prefix: str, dataset: str) -> str:
 
 
 def emit_artifacts(ws: Workspace, info: SnapshotInfo, *, cached: bool, stats: dict[str, Any] | None = None) -> None:
-    """Counts table, length-bias summary (clean snapshots) and a link to the report, for the Prefect UI."""
+    """What the Prefect UI shows of a snapshot: the counts table, the length-bias summary (clean snapshots) and
+    the report (tables and plots inline, linking the full HTML report over http: `dpo report serve`)."""
     note = " (cached: inputs and config unchanged, no new snapshot)" if cached else ""
-    create_table_artifact(
-        table=steps.counts_rows(info, steps.rejects_by_reason(ws, info)),
-        key=_key("counts", info.dataset),
-        description=f"Row accounting of {info.snapshot_id} ({info.kind}){note}",
-    )
+    counts = steps.counts_rows(info, steps.rejects_by_reason(ws, info))
+    create_table_artifact(table=counts, key=_key("counts", info.dataset),
+                          description=f"Row accounting of {info.snapshot_id} ({info.kind}){note}")
+    length_bias = None
     if info.kind == "clean":
         if stats is None:
             stats = steps.recorded_gate_stats(info)
-        create_markdown_artifact(markdown=steps.length_bias_markdown(info, stats),
-                                 key=_key("length-bias", info.dataset),
+        length_bias = steps.length_bias_markdown(info, stats)
+        create_markdown_artifact(markdown=length_bias, key=_key("length-bias", info.dataset),
                                  description=f"Length-bias summary of {info.snapshot_id}")
-    report = info.path / "report.html"
-    if report.exists():
-        create_link_artifact(link=report.as_uri(), link_text=f"report of {info.snapshot_id}",
-                             key=_key("report", info.dataset), description=f"HTML report of {info.snapshot_id}")
+    create_markdown_artifact(markdown=report_markdown(ws, info, counts, length_bias), key=_key("report", info.dataset),
+                             description=f"Report of {info.snapshot_id}{note}")

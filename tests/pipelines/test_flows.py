@@ -35,6 +35,7 @@ def test_ingest_then_clean_records_runs_params_and_artifacts(tmp_path: Path, hh_
     assert any("{not json" in (r or "") for r in ws.read_quarantine(raw.snapshot_id).column("raw").to_pylist())
     arts = _artifacts(raw.flow_run)
     assert arts["counts-hh-raw"].type == "table" and "quarantined" in str(arts["counts-hh-raw"].data)
+    assert arts["report-hh-raw"].type == "markdown" and "| quarantined |" in arts["report-hh-raw"].data
 
     clean = run_clean(raw.snapshot_id, workspace=ws.root)
     assert clean.flow_run and clean.flow_run != raw.flow_run
@@ -45,7 +46,14 @@ def test_ingest_then_clean_records_runs_params_and_artifacts(tmp_path: Path, hh_
     assert set(arts) == {"counts-hh", "length-bias-hh", "report-hh"}
     assert "rejected" in str(arts["counts-hh"].data)
     assert "frac_chosen_longer" in str(arts["length-bias-hh"].data)
-    assert (clean.path / "report.html").as_uri() in str(arts["report-hh"].data)
+    # The report renders in the UI itself: Markdown tables and the report's plots inlined as PNG data URIs,
+    # linking the full HTML over http (a browser refuses file:// from the UI page).
+    report = arts["report-hh"]
+    assert report.type == "markdown" and "file://" not in report.data
+    assert "| kept |" in report.data and "frac_chosen_longer" in report.data
+    assert report.data.count("](data:image/png;base64,") >= 2
+    rel = (clean.path / "report.html").relative_to(ws.root.resolve()).as_posix()
+    assert f"http://127.0.0.1:8765/{rel}" in report.data
 
     # A second run on the same input is a cache hit: same snapshot, nothing new written, still an artifact.
     again = run_ingest([str(hh_with_broken)], "hh_raw", workspace=ws.root)
