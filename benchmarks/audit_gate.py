@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/audit_gate.py                 # all of ../shared/data (or $DPO_SHARED_DATA)
     .venv/bin/python benchmarks/audit_gate.py --examples 3    # also print failing drops, side by side
+    .venv/bin/python benchmarks/audit_gate.py --planted 20000 # also planted-defect recall and clean false drops
 
 Runs the gate with its defaults on every AlpacaEval annotation file and HH-RLHF together, then a
 decontamination pass of HH against AlpacaEval's instructions (the eval set a user would protect). For each
@@ -256,11 +257,47 @@ def print_audit(title: str, a: dict[str, Any]) -> int:
     return bad
 
 
+def planted(n: int) -> int:
+    """Planted-defect recall (a planted row dropped by any rule) and false drops of clean rows, on synthetic data.
+
+    Clean rows that are the original of a planted copy or sit in a planted near-duplicate group are left out
+    of the false-drop count: keep-first may legitimately drop either row of such a group.
+    """
+    import numpy as np
+
+    from data_quality.synthetic import make_synthetic
+
+    data = make_synthetic(n, seed=0)
+    res = run_gate(data.table, GateConfig(), data.eval_prompts)
+    src = np.asarray(data.table.column("source_row"))
+    dropped = set(res.rejects.column("source_row").to_pylist())
+    print(f"\n## planted defects, {n} synthetic rows")
+    worst = 1.0
+    for defect in sorted(set(data.defect.tolist()) - {"clean", "near_dup"}):
+        rows = src[data.defect == defect]
+        if defect == "exact_dup":  # found if the copy or its original goes
+            base = src[data.base_row[data.defect == defect]]
+            rec = float(np.mean([a in dropped or b in dropped for a, b in zip(rows, base, strict=True)]))
+        else:
+            rec = float(np.mean([r in dropped for r in rows]))
+        worst = min(worst, rec)
+        print(f"{defect:20s} {rows.size:7d} planted  recall {rec:.4f}")
+    groups = set(data.near_dup_pairs[:, :2].astype(int).ravel().tolist())
+    bases = set(data.base_row[data.defect == "exact_dup"].tolist())
+    clean = [int(src[i]) for i in np.flatnonzero(data.defect == "clean") if i not in groups and i not in bases]
+    false = sum(r in dropped for r in clean)
+    print(f"clean rows {len(clean)}, dropped {false} ({false / max(len(clean), 1):.4%}); worst recall {worst:.4f}")
+    return false
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DATA), help="the shared data folder (alpaca_eval/, hh-rlhf/)")
     ap.add_argument("--examples", type=int, default=3, help="failing drops printed per rule")
+    ap.add_argument("--planted", type=int, default=0, help="also run N synthetic rows with planted defects")
     args = ap.parse_args()
+    if args.planted:
+        planted(args.planted)
     data = Path(args.data)
     annotations = sorted(glob.glob(str(data / "alpaca_eval" / "annotations" / "*.json.gz")))
     hh = str(data / "hh-rlhf" / "harmless-base-test.jsonl.gz")
