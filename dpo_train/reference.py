@@ -1,48 +1,45 @@
-"""Reference log-probs as data: computed once, published with their provenance, checked on every use.
+"""Reference log-probs as data: computed once, stored as their own artefact, found by what they depend on.
 
-Cached log-probs are only valid for the exact reference weights, tokenizer, chat template, length limits and
-truncation mode they were computed with, so all of these go into the snapshot's meta and the cache key; a run
-whose settings differ is refused with the list of what differs instead of silently training on stale numbers.
+Cached log-probs are only valid for the exact snapshot rows, reference weights, tokenizer, chat template, length
+limits, truncation mode and code they were computed with, so all of these make up the artefact's key: a run with
+other settings finds (or makes) another artefact; it never reuses stale numbers. They are never a version of the
+user's dataset (`storage.artefacts`): `hh` stays the user's data after training, and `dpo export hh` has no
+`ref_*` columns unless asked.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
+import xxhash
 
 from dpo_train.batching import TokenizedPairs, collate, concatenated_forward
 from dpo_train.config import TrainConfig
+from dpo_train.judges.base import fingerprint_model_dir
 from dpo_train.prefix import collate_shared, shared_forward, shared_lengths
+from storage import artefacts
 
 log = logging.getLogger(__name__)
 
-META_KEY = "reference"
+KIND = "reference"
 
 
 class ReferenceMismatchError(ValueError):
-    """Cached reference log-probs were computed under different settings than this run uses."""
+    """Cached reference log-probs do not fit the rows or settings of this run."""
 
 
 def model_fingerprint(path: str | Path) -> str:
-    """sha256 over config.json and every safetensors file of an HF model directory."""
-    root = Path(path)
-    files = [root / "config.json", *sorted(root.glob("*.safetensors"))]
-    if not any(f.suffix == ".safetensors" for f in files):
-        raise FileNotFoundError(f"no safetensors weights in {root}")
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023
-                h.update(chunk)
-    return h.hexdigest()
+    """Content hash of an HF model directory (config.json and every safetensors file), not of its path."""
+    return fingerprint_model_dir(path)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -52,10 +49,11 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return hashlib.sha256((text + specials).encode()).hexdigest()
 
 
-def reference_meta(cfg: TrainConfig, ref_path: str | Path, tokenizer: Any) -> dict[str, Any]:
-    """Everything cached reference log-probs depend on."""
+def reference_meta(cfg: TrainConfig, ref_path: str | Path, tokenizer: Any,
+                   fingerprint: str | None = None) -> dict[str, Any]:
+    """Everything cached reference log-probs depend on besides the rows (`fingerprint`: of `ref_path`, if known)."""
     return {
-        "model_fingerprint": model_fingerprint(ref_path),
+        "model_fingerprint": fingerprint or model_fingerprint(ref_path),
         "model_path": str(ref_path),
         "tokenizer_hash": tokenizer_fingerprint(tokenizer),
         "chat_template": getattr(tokenizer, "chat_template", None) or "",
@@ -66,21 +64,24 @@ def reference_meta(cfg: TrainConfig, ref_path: str | Path, tokenizer: Any) -> di
     }
 
 
-def cache_key(parent_snapshot: str, content_hash: str, meta: dict[str, Any]) -> str:
-    stable = {k: v for k, v in meta.items() if k != "model_path"}  # moving a model dir keeps its cache
-    blob = json.dumps({"parent": parent_snapshot, "content": content_hash, "meta": stable}, sort_keys=True)
+def tokens_hash(data: TokenizedPairs) -> str:
+    """Hash of the exact token ids the reference model reads, and which rows they came from."""
+    h = xxhash.xxh3_128()
+    h.update(np.asarray(data.rows, dtype=np.int64).tobytes())
+    for seqs in (data.prompt, data.chosen, data.rejected):
+        h.update(np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs)).tobytes())
+        h.update(np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def cache_key(content_hash: str, inputs: str, meta: dict[str, Any], code_version: str) -> str:
+    """The artefact key: snapshot content, token ids, reference model content and settings, code version.
+
+    The model path is left out (moving a model directory keeps its cache); its content fingerprint is in."""
+    stable = {k: v for k, v in meta.items() if k != "model_path"}
+    blob = json.dumps({"content": content_hash, "tokens": inputs, "meta": stable, "code": code_version},
+                      sort_keys=True)
     return "reference:" + hashlib.sha256(blob.encode()).hexdigest()
-
-
-def check_meta(found: dict[str, Any], expected: dict[str, Any], snapshot_id: str) -> None:
-    """Raise ReferenceMismatchError naming each setting that differs."""
-    diffs = [k for k in expected if k != "model_path" and found.get(k) != expected[k]]
-    if diffs:
-        detail = "; ".join(f"{k}: snapshot has {str(found.get(k))[:80]!r}, run uses {str(expected[k])[:80]!r}"
-                           for k in diffs)
-        raise ReferenceMismatchError(
-            f"reference log-probs in {snapshot_id} do not match this run ({detail}). Train on its parent "
-            f"snapshot to recompute them, or use the reference model and settings they were made with.")
 
 
 @torch.inference_mode()
@@ -104,61 +105,51 @@ def compute_reference_logps(model: torch.nn.Module, data: TokenizedPairs, *, bat
     return chosen, rejected
 
 
-def has_reference(info: Any) -> bool:
-    return META_KEY in (info.meta or {})
-
-
-def logps_from_table(table: pa.Table, data: TokenizedPairs, snapshot_id: str) -> tuple[np.ndarray, np.ndarray]:
+def logps_from_table(table: pa.Table, data: TokenizedPairs, where: str) -> tuple[np.ndarray, np.ndarray]:
     """Cached log-probs aligned with the tokenised (kept) rows; a missing value means they disagree."""
     c = table.column("ref_chosen_logp").to_numpy(zero_copy_only=False).astype(np.float64)[data.rows]
     r = table.column("ref_rejected_logp").to_numpy(zero_copy_only=False).astype(np.float64)[data.rows]
     if np.isnan(c).any() or np.isnan(r).any():
         raise ReferenceMismatchError(
-            f"{snapshot_id} has no reference log-probs for {int(np.isnan(c).sum())} pair(s) this run keeps: "
+            f"{where} has no reference log-probs for {int(np.isnan(c).sum())} pair(s) this run keeps: "
             "its tokenisation settings differ from the ones the cache was made with")
     return c, r
 
 
-def table_with_logps(table: pa.Table, data: TokenizedPairs, chosen: np.ndarray,
-                     rejected: np.ndarray) -> pa.Table:
-    """The pair table with ref_*_logp filled for kept rows (null for rows tokenisation dropped)."""
-    full_c = np.full(table.num_rows, np.nan)
-    full_r = np.full(table.num_rows, np.nan)
+def logps_table(pairs: pa.Table, data: TokenizedPairs, chosen: np.ndarray, rejected: np.ndarray) -> pa.Table:
+    """The artefact's rows: every pair_id of the snapshot in order, ref_*_logp null where tokenisation dropped it."""
+    full_c = np.full(pairs.num_rows, np.nan)
+    full_r = np.full(pairs.num_rows, np.nan)
     full_c[data.rows], full_r[data.rows] = chosen, rejected
-    for name, arr in (("ref_chosen_logp", full_c), ("ref_rejected_logp", full_r)):
-        col = pa.array(arr, pa.float64(), mask=np.isnan(arr))
-        table = table.set_column(table.schema.get_field_index(name), name, col)
-    return table
+    return pa.table({"pair_id": pairs.column("pair_id"),
+                     "ref_chosen_logp": pa.array(full_c, pa.float64(), mask=np.isnan(full_c)),
+                     "ref_rejected_logp": pa.array(full_r, pa.float64(), mask=np.isnan(full_r))})
 
 
-def ensure_reference(ws: Any, info: Any, table: pa.Table, data: TokenizedPairs, expected: dict[str, Any],
-                     compute: Any, *, publish: bool = True) -> tuple[str, np.ndarray, np.ndarray, bool]:
-    """(snapshot id trained on, ref chosen, ref rejected, whether a reference pass ran).
+def ensure_reference(root: Path, info: Any, pairs: pa.Table, data: TokenizedPairs, expected: dict[str, Any],
+                     compute: Callable[[], tuple[np.ndarray, np.ndarray]], *,
+                     code_version: str) -> tuple[str, np.ndarray, np.ndarray, bool]:
+    """(reference artefact id, ref chosen, ref rejected, whether a reference pass ran).
 
-    A kind="reference" snapshot is used as is after checking its meta; otherwise a cached reference
-    snapshot for (this snapshot, these settings) is reused, else `compute()` runs and its result is
-    published as a new version (parents=[this snapshot]) so the next run skips the pass.
+    The artefact of (this snapshot's content and token ids, these settings, this code) is reused when it exists;
+    otherwise `compute()` runs and its result is published as a new artefact (parents=[this snapshot]). The key's
+    lock makes a second process with the same key wait and reuse the first one's result.
     """
-    if has_reference(info):
-        check_meta(info.meta[META_KEY], expected, info.snapshot_id)
-        chosen, rejected = logps_from_table(table, data, info.snapshot_id)
-        return info.snapshot_id, chosen, rejected, False
-    key = cache_key(info.snapshot_id, info.content_hash, expected)
-    cached = ws.find_cached(key)
-    if cached is not None:
-        cached_table = ws.read(cached.snapshot_id)
-        if cached_table.column("pair_id").to_pylist() != table.column("pair_id").to_pylist():
-            raise ReferenceMismatchError(f"{cached.snapshot_id} rows do not line up with {info.snapshot_id}")
-        check_meta(cached.meta[META_KEY], expected, cached.snapshot_id)
-        chosen, rejected = logps_from_table(cached_table, data, cached.snapshot_id)
-        log.info("reusing reference log-probs from %s", cached.snapshot_id)
-        return cached.snapshot_id, chosen, rejected, False
-    chosen, rejected = compute()
-    if not publish:
-        return info.snapshot_id, chosen, rejected, True
-    new = ws.publish(info.dataset, table_with_logps(table, data, chosen, rejected), parents=[info.snapshot_id],
-                     kind="reference", meta={META_KEY: expected}, cache_key=key,
-                     params={"reference_of": info.snapshot_id, "kept": len(data),
-                             "tokenize": data.stats.as_dict()})
-    log.info("published reference log-probs as %s", new.snapshot_id)
-    return new.snapshot_id, chosen, rejected, True
+    key = cache_key(info.content_hash, tokens_hash(data), expected, code_version)
+    with artefacts.publishing(root, KIND, key) as pub:
+        if pub.hit is not None:
+            cached = artefacts.read(root, pub.hit.artefact_id)
+            if cached.column("pair_id").to_pylist() != pairs.column("pair_id").to_pylist():
+                raise ReferenceMismatchError(
+                    f"reference artefact {pub.hit.artefact_id} rows do not line up with {info.snapshot_id}")
+            chosen, rejected = logps_from_table(cached, data, pub.hit.artefact_id)
+            if info.snapshot_id not in pub.hit.parents:  # same content under another name: lineage to it too
+                artefacts.link(root, pub.hit.artefact_id, info.snapshot_id)
+            log.info("reusing reference log-probs %s", pub.hit.artefact_id)
+            return pub.hit.artefact_id, chosen, rejected, False
+        chosen, rejected = compute()
+        new = pub.publish(logps_table(pairs, data, chosen, rejected), parents=[info.snapshot_id],
+                          meta=expected, params={"snapshot": info.snapshot_id, "kept": len(data),
+                                                 "tokenize": data.stats.as_dict(), "code_version": code_version})
+        log.info("published reference log-probs as artefact %s", new.artefact_id)
+        return new.artefact_id, chosen, rejected, True

@@ -1,21 +1,19 @@
 """The training loop: DPO (any registry loss) or SFT over a snapshot, top to bottom in one function.
 
-    snapshot -> tokenise -> reference log-probs (cached as a snapshot) -> model/optimizer (or resume)
+    snapshot -> tokenise -> run identity (resume, start or refuse; dpo_train/run_identity.py)
+    -> reference log-probs (a cached artefact, never a version of the dataset) -> model/optimizer (or resume)
     -> for each step: micro-batches -> concatenated forward -> loss -> backward -> clip -> step
     -> metrics to the catalog, checkpoints, HTML report
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,9 +28,11 @@ from dpo_train.config import TrainConfig
 from dpo_train.losses import Batch, LossParams, compute_loss, get_loss
 from dpo_train.metrics import DPO_SUMS, SFT_SUMS, KLProbe, MetricBuffer, StepSums, dpo_metrics, sft_metrics
 from dpo_train.prefix import check_supported, collate_shared, shared_forward, shared_lengths
-from dpo_train.reference import compute_reference_logps, ensure_reference, reference_meta
+from dpo_train.reference import compute_reference_logps, ensure_reference, model_fingerprint, reference_meta
 from dpo_train.report import write_report
+from dpo_train.run_identity import open_run, run_identity
 from dpo_train.sampled_pairs import tokenize_table
+from storage import runs as run_log
 
 log = logging.getLogger(__name__)
 __all__ = ["TrainConfig", "RunResult", "train"]
@@ -43,23 +43,13 @@ class RunResult:
     run_id: str
     output_dir: Path
     checkpoint: Path | None
-    snapshot_id: str  # what the run trained on (the reference snapshot when log-probs were cached)
+    snapshot_id: str  # the user's snapshot the run trained on
     steps: int
     reference_computed: bool
     losses: dict[int, float] = field(default_factory=dict)  # step -> loss, for the steps run in this call
     tokenize_stats: dict[str, Any] = field(default_factory=dict)
     report: Path | None = None
-
-
-def _run_id(cfg: TrainConfig, snapshot_id: str) -> str:
-    if cfg.run_id:
-        if not re.fullmatch(r"[A-Za-z0-9_.@-]+", cfg.run_id):
-            raise ValueError(f"run_id {cfg.run_id!r} may only hold letters, digits and _ . @ -")
-        return cfg.run_id
-    # Same snapshot + same config -> same run id, so re-running a killed command resumes it.
-    blob = json.dumps({k: v for k, v in cfg.to_dict().items() if k not in ("run_id", "output_dir", "resume")},
-                      sort_keys=True)
-    return f"{snapshot_id.replace('@', '-v')}-{cfg.mode}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
+    reference: str | None = None  # id of the cached reference log-probs artefact used, if any
 
 
 def _load_model(path: str | Path, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
@@ -104,6 +94,12 @@ def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
 def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]], None] | None = None,
           kl_probe: KLProbe | None = None) -> RunResult:
     """Train `cfg.model` on `cfg.snapshot` in workspace `ws`; resumes from the newest checkpoint of the run."""
+    with ExitStack() as held:  # the run's lock, released however the run ends
+        return _train(cfg, ws, on_step, held, kl_probe)
+
+
+def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]], None] | None,
+           held: ExitStack, kl_probe: KLProbe | None = None) -> RunResult:
     dist = D.init(cfg.distributed, cfg.device)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -120,11 +116,15 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
         raise ValueError(f"no trainable pairs in {info.snapshot_id}: {data.stats.as_dict()}")
     if not cfg.use_weights:
         data.weights[:] = 1.0
-    run_id = _run_id(cfg, info.snapshot_id)
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else ws.path("runs", run_id)
-    resume_from = ckpt.latest_checkpoint(out_dir) if cfg.resume else None
+    # -- which run this is (snapshot, model content, config, code): resume it, start it or refuse ------------
+    policy_fp = model_fingerprint(cfg.model)
+    policy_is_ref = cfg.ref_model is None or Path(cfg.ref_model).resolve() == Path(cfg.model).resolve()
+    ref_fp = None if policy_is_ref else model_fingerprint(cfg.ref_model)
+    identity = run_identity(cfg, info, policy_fp, ref_fp, ckpt.code_version())
+    slot = held.enter_context(open_run(cfg, ws.root, info, identity, is_main=dist.is_main))
+    run_id, out_dir, resume_from = slot.run_id, slot.output_dir, slot.resume_from
 
-    # -- reference log-probs: cached in a snapshot, computed by rank 0 when missing -------------------------
+    # -- reference log-probs: a cached artefact, computed by rank 0 when missing ---------------------------
     dpo = cfg.mode == "dpo"
     # One row [prompt, chosen, rejected] per pair (prompt encoded once, see prefix.py) or two rows per pair.
     shared = dpo and cfg.share_prompt
@@ -139,11 +139,10 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
     spec = get_loss(cfg.loss)
     needs_ref = dpo and spec.needs_reference
     ref_chosen = ref_rejected = None
-    ref_computed, trained_on = False, info.snapshot_id
-    policy_is_ref = cfg.ref_model is None or Path(cfg.ref_model).resolve() == Path(cfg.model).resolve()
+    ref_computed, ref_artefact = False, None
     if needs_ref and cfg.precompute_reference:
         ref_path = cfg.ref_model or cfg.model
-        expected = reference_meta(cfg, ref_path, tokenizer)
+        expected = reference_meta(cfg, ref_path, tokenizer, ref_fp or policy_fp)
 
         def compute() -> tuple[np.ndarray, np.ndarray]:
             ref = _load_model(ref_path, cfg, dist.device)
@@ -153,11 +152,12 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
             return out
 
         if dist.is_main:
-            trained_on, ref_chosen, ref_rejected, ref_computed = ensure_reference(ws, info, table, data, expected,
-                                                                                  compute)
+            ref_artefact, ref_chosen, ref_rejected, ref_computed = ensure_reference(
+                ws.root, info, table, data, expected, compute, code_version=ckpt.code_version())
         D.barrier(dist)
         if not dist.is_main:  # rank 0 published them; the others read the cache
-            trained_on, ref_chosen, ref_rejected, _ = ensure_reference(ws, info, table, data, expected, compute)
+            ref_artefact, ref_chosen, ref_rejected, _ = ensure_reference(
+                ws.root, info, table, data, expected, compute, code_version=ckpt.code_version())
 
     # -- model, optimizer, schedule (or their saved state) --------------------------------------------------
     base_path = resume_from if (resume_from is not None and not cfg.lora) else cfg.model
@@ -193,15 +193,17 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
     model = D.wrap(model, dist)
     loss_params = LossParams(beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma,
                              rpo_alpha=cfg.rpo_alpha)
-    run_info = {"run_id": run_id, "snapshot_id": trained_on, "source_snapshot": info.snapshot_id,
+    run_info = {"run_id": run_id, "snapshot_id": info.snapshot_id, "reference_artefact": ref_artefact,
+                "identity": slot.identity,
                 "model": cfg.model, "world_size": dist.world, "tokenize": data.stats.as_dict(),
                 "total_steps": total, "reference_computed": ref_computed}
     if dist.is_main:
-        ws.record_run(run_id, kind=cfg.mode, snapshot_id=trained_on, model=cfg.model, config=cfg.to_dict(),
-                      code_version=ckpt.code_version(), status="running", output_dir=str(out_dir))
+        run_log.record_run(ws.root, run_id, kind=cfg.mode, snapshot_id=info.snapshot_id, model=cfg.model,
+                           config=cfg.to_dict(), code_version=ckpt.code_version(), status="running",
+                           output_dir=str(out_dir), identity=slot.identity_hash)
     buffer = MetricBuffer(ws, run_id, dist.is_main)
-    result = RunResult(run_id, out_dir, resume_from, trained_on, step, ref_computed,
-                       tokenize_stats=data.stats.as_dict())
+    result = RunResult(run_id, out_dir, resume_from, info.snapshot_id, step, ref_computed,
+                       tokenize_stats=data.stats.as_dict(), reference=ref_artefact)
 
     def reference_logps(batch: dict[str, torch.Tensor], idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         if ref_chosen is not None:
@@ -286,7 +288,8 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
                 save(step)
             elif step % max(cfg.flush_steps, 1) == 0:
                 buffer.flush()
-        result.checkpoint = save(step)
+        # A finished run run again trains nothing: its last checkpoint stays exactly as it was written.
+        result.checkpoint = resume_from if resume_from is not None and not result.losses else save(step)
         result.steps = step
         if dist.is_main:
             buffer.flush()
@@ -320,11 +323,12 @@ def _step0_check(out: dict[str, torch.Tensor], rc: torch.Tensor, rr: torch.Tenso
         raise ValueError(
             f"step-0 check failed: policy and reference log-probs differ by {diff:.3g} (> {atol}) although the "
             "policy starts from the reference; the cached reference was computed with different weights, "
-            "tokenisation or dtype. Recompute it (train on the parent snapshot) or raise step0_atol for bf16.")
+            "tokenisation or dtype (the artefact was altered?). Train with precompute_reference = false, or raise "
+            "step0_atol for bf16.")
 
 
 def _history(ws: Any, run_id: str) -> list[tuple[int, str, float]]:
-    # run_id is validated to [A-Za-z0-9_.@-] by _run_id, so quoting it is safe here.
+    # run_id is validated to [A-Za-z0-9_.@-] by derive_run_id (or comes from run.json), so quoting it is safe.
     t = ws.sql(f"SELECT step, name, value FROM metrics WHERE run_id = '{run_id}' ORDER BY step")  # noqa: S608
     return list(zip(t.column("step").to_pylist(), t.column("name").to_pylist(), t.column("value").to_pylist(),
                     strict=True))

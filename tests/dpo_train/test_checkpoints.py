@@ -56,7 +56,7 @@ def test_checkpoint_layout_and_safe_loading(workspace, tiny_model_dir):
     ck = res.checkpoint
     assert (ck / "model.safetensors").exists() and not list(ck.glob("*.bin"))
     info = json.loads((ck / "run_info.json").read_text())
-    assert info["snapshot_id"] == "toy@2" and info["code_version"] and info["step"] == 1
+    assert info["snapshot_id"] == "toy@1" and info["reference_artefact"] and info["code_version"] and info["step"] == 1
     assert json.loads((ck / "train_config.json").read_text())["lr"] == 3e-3
     state = torch.load(ck / STATE_FILE, weights_only=True)  # only tensors and primitives inside
     assert state["step"] == 1 and load_state(ck)["step"] == 1 and "optimizer" in state
