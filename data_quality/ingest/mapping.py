@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from data_quality.ingest._common import Collector, RowError, label
+from data_quality.ingest._common import Collector, RowError, label, text_field
 from data_quality.ingest.trl import handle_conversational, handle_standard
 
 REQUIRED = ("chosen", "rejected")
@@ -76,7 +76,12 @@ def mapped_handler(columns: Mapping[str, str]):
                 except (TypeError, ValueError):
                     raise RowError(columns[k], f"cannot parse {mapped[k]!r} as a number") from None
         evidence.update({k: label(mapped[k]) for k in _LABELS if mapped.get(k) is not None})
-        sink = _EvidenceSink(out, evidence, mapped.get("system"))
+        system = mapped.get("system")
+        if isinstance(system, str) and not system.strip():
+            system = None  # an empty system field means no system turn
+        if system is not None:
+            system = text_field(system, columns["system"], out.opts)
+        sink = _EvidenceSink(out, evidence, system)
         conversational = isinstance(mapped.get("chosen"), list) or isinstance(mapped.get("prompt"), list)
         try:
             (handle_conversational if conversational else handle_standard)(sink, row, mapped)
@@ -96,6 +101,6 @@ class _EvidenceSink:
         self.out, self.opts, self.evidence, self.system = out, out.opts, evidence, system
 
     def keep(self, row: int, prompt: list[dict], chosen: str, rejected: str, **_: object) -> None:
-        if isinstance(self.system, str) and self.system.strip() and prompt[0]["role"] != "system":
+        if self.system is not None and prompt[0]["role"] != "system":
             prompt = [{"role": "system", "content": self.system}, *prompt]
         self.out.keep(row, prompt, chosen, rejected, **self.evidence)

@@ -23,7 +23,8 @@ class IngestOptions:
     pairing: str = "best_vs_worst"
     min_margin: float = 0.0
     seed: int = 0
-    # Which completion field holds the score; None tries "score", "overall_score", "rating" in that order.
+    # Which completion field holds the score; None tries "score", "overall_score", "rating" in that order
+    # (UltraFeedback: None is fine-grained_score; "overall_score" or an aspect such as "helpfulness" also work).
     score_key: str | None = None
     # How many parsed rows format auto-detection looks at.
     detect_rows: int = 64

@@ -175,6 +175,12 @@ def test_column_map_with_nested_paths(tmp_path):
         user("Best colour?"), "Blue", "Meh", "x", 0.9)
     [q] = rows(res.quarantine)
     assert q["source_row"] == 1 and q["field"] == "answers.1.text"  # the source path, not the target
+    with_system = tmp_path / "system.jsonl"
+    with_system.write_text(json.dumps({"q": "hi", "a": "yes", "b": "no", "sys": "Be kind."}) + "\n"
+                           + json.dumps({"q": "hi", "a": "yes", "b": "no", "sys": ""}) + "\n")
+    res = ingest_files([with_system], options=IngestOptions(columns="prompt=q,chosen=a,rejected=b,system=sys"))
+    assert res.pairs.column("prompt").to_pylist() == [[{"role": "system", "content": "Be kind."}, *user("hi")],
+                                                      user("hi")]
     with pytest.raises(ValueError, match="unknown target"):
         IngestOptions(columns="answer=x,chosen=a,rejected=b")
     with pytest.raises(ValueError, match="must be mapped"):
