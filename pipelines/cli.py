@@ -13,7 +13,14 @@ from pipelines import output
 from pipelines.errors import quiet_tracebacks, report_error
 
 # Spinners only: every printed value goes through pipelines.output, which never reads data as markup.
-console = Console(stderr=True)
+console = Console(stderr=True, markup=False, emoji=False, highlight=False)
+
+
+def _status(text: str) -> Any:
+    """A spinner whose text is shown as written (rich's spinner would parse `[...]` in a snapshot name as markup)."""
+    from rich.text import Text
+
+    return console.status(Text(text))
 
 
 def _ws(args: argparse.Namespace):
@@ -31,7 +38,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from pipelines import steps
 
     ws = _ws(args)
-    with console.status(f"reading {len(args.sources)} source(s)"):
+    with _status(f"reading {len(args.sources)} source(s)"):
         info = steps.ingest(ws, [str(s) for s in args.sources], args.dataset, format=args.format,
                             options=_ingest_options(args))
     output.message(f"format: {info.params.get('format')}")
@@ -75,7 +82,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
     gate = _load_toml(args.config).get("gate", {}) if args.config else {}
     eval_prompts = steps.read_eval_prompts(args.eval_prompts)
-    with console.status(f"cleaning {args.snapshot}"):
+    with _status(f"cleaning {args.snapshot}"):
         info = steps.clean(_ws(args), args.snapshot, gate, dataset=args.dataset, eval_prompts=eval_prompts)
     _print_table([_counts(info)], title=f"cleaned {info.parents[0] if info.parents else ''} -> {info.snapshot_id}")
     report = info.path / "report.html"
@@ -87,7 +94,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def cmd_refresh(args: argparse.Namespace) -> int:
     from pipelines.flows import run_refresh
 
-    with console.status(f"refreshing the sources of {args.config} (flow run logs below)"):
+    with _status(f"refreshing the sources of {args.config} (flow run logs below)"):
         infos = run_refresh(args.config, workspace=args.workspace)
     _print_table([_counts(i) for i in infos], title="refresh")
     return 0

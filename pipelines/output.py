@@ -91,7 +91,15 @@ def cell_text(value: Any) -> str:
 
 # -- tables --------------------------------------------------------------------------------------------------
 def as_table(rows: pa.Table | Sequence[Mapping[str, Any]]) -> pa.Table:
-    return rows if isinstance(rows, pa.Table) else pa.Table.from_pylist([dict(r) for r in rows])
+    if isinstance(rows, pa.Table):
+        return rows
+    dicts = [dict(r) for r in rows]
+    try:
+        return pa.Table.from_pylist(dicts)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a column of mixed types: show each value as its text
+        names = list(dict.fromkeys(k for d in dicts for k in d))
+        return pa.table({n: pa.array([None if d.get(n) is None else cell_text(d[n]) for d in dicts], pa.string())
+                         for n in names})
 
 
 def iter_json_lines(table: pa.Table) -> Iterable[bytes]:
@@ -158,8 +166,11 @@ def emit(rows: pa.Table | Sequence[Mapping[str, Any]], fmt: str = "table", *, ti
     if fmt == "table":
         print_table(rows, title=title, limit=limit)
         return
-    table = as_table(rows)
     out.file.flush()
     buf = sys.stdout.buffer
-    (write_json if fmt == "json" else write_csv)(table, buf)
+    if fmt == "json" and not isinstance(rows, pa.Table):  # records as they are, whatever their types
+        for r in rows:
+            buf.write(json_bytes(dict(r)) + b"\n")
+    else:
+        (write_json if fmt == "json" else write_csv)(as_table(rows), buf)
     buf.flush()

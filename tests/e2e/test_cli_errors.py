@@ -57,6 +57,8 @@ BAD_INPUTS = [
     ["show", "d@x"],
     ["show", "d@99"],
     ["clean", "nope"],
+    ["clean", "x[/]"],  # rich markup in an argument: printed, not parsed
+    ["show", "[bold]d:thumbs_up:"],
     ["clean", "d@1", "--config", "bad/not_toml.toml"],
     ["clean", "d@1", "--config", "bad/missing.toml"],
     ["sql", "SELEC 1"],
