@@ -26,6 +26,7 @@ from dpo_train.batching import TokenizedPairs, collate, concatenated_forward
 from dpo_train.config import TrainConfig
 from dpo_train.judges.base import fingerprint_model_dir
 from dpo_train.prefix import collate_shared, shared_forward, shared_lengths
+from dpo_train.progress import report as report_progress
 from storage import artefacts
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ def compute_reference_logps(model: torch.nn.Module, data: TokenizedPairs, *, bat
             out = concatenated_forward(model, {k: v.to(device) for k, v in collate(data, idx, pad_id).items()})
         chosen[idx] = out["chosen_logps"].double().cpu().numpy()
         rejected[idx] = out["rejected_logps"].double().cpu().numpy()
+        report_progress("reference log-probs", start + len(idx), len(order))  # the CLI draws a bar
     model.train(was_training)
     return chosen, rejected
 
