@@ -133,7 +133,8 @@ def test_export_formats(workspace, small_pairs, tmp_path, fmt, suffix):
         rows = datasets.load_from_disk(str(out)).to_list()
     assert len(rows) == 10
     if fmt == "trl-standard":
-        assert rows[0]["prompt"] == "question 0" and rows[0]["chosen"] == "good answer 0"
+        # the prompt rendered with the trainer's plain template (storage/templates.py), answers as stored
+        assert rows[0]["prompt"] == "User: question 0\n\nAssistant:" and rows[0]["chosen"] == "good answer 0"
     else:
         assert rows[0]["prompt"] == [{"role": "user", "content": "question 0"}]
         assert rows[0]["chosen"] == [{"role": "assistant", "content": "good answer 0"}]
