@@ -28,7 +28,7 @@ from storage.errors import CatalogBusyError, DiskFullError, StorageError
 from storage.names import CATALOG_OBJECTS
 
 CATALOG_FILE = "catalog.duckdb"
-CATALOG_VERSION = 2
+CATALOG_VERSION = 3
 # The oldest storage format of DuckDB 1.x: every 1.x client (and later) reads it.
 STORAGE_VERSION = "v1.0.0"
 _CONFIG = {"storage_compatibility_version": STORAGE_VERSION}
@@ -182,7 +182,9 @@ def _guard(root: Path) -> str:
         f"this catalog's views read the snapshots under {root}, but the catalog file is not in that folder "
         "(the workspace was moved or copied): run `dpo -w <the folder it is in now> doctor --fix` to repoint them"
     )
-    return f"(SELECT bool_or(starts_with(path, {prefix})) FROM duckdb_databases()) OR error({msg})"  # noqa: S608
+    # CASE, not OR: DuckDB may evaluate both sides of an OR, and error() must run only when the check fails.
+    return (f"CASE WHEN (SELECT bool_or(starts_with(path, {prefix})) FROM duckdb_databases()) "  # noqa: S608
+            f"THEN true ELSE error({msg}) END")
 
 
 def read_parquet_sql(paths: Sequence[Path], root: Path, prefix: str = "") -> str:
