@@ -30,7 +30,7 @@ def pairs(rows: list[tuple[str, str, str]], sources: list[str] | None = None) ->
 def test_near_identical_threshold() -> None:
     long = "The capital of France is Paris, a city on the Seine with many museums and cafes."
     t = pairs([("q", long, long.replace("many", "lots of")), ("q", long, "I do not know."),
-               ("q", "You're welcome!", "you're welcome."), ("q", long, long.replace("Seine ", "Seine  \n"))])
+               ("q", "You're welcome!", "you're welcome."), ("q", long, long.replace("Seine ", "Seine  ") + " \r\n")])
     res = near_identical.run(t, near_identical.NearIdenticalConfig(max_similarity=0.9))
     # case and punctuation are what a reader sees: "!" vs "." and "Y" vs "y" is 0.87 < 0.9
     assert res.kept.column("source_row").to_pylist() == [1, 2]
@@ -155,9 +155,9 @@ def test_intersections_match_python_sets() -> None:
     texts = pl.Series(["a b c d e f g", "a b c d e f h", "x y z", "b a c d e f g", "😌😊", "😅👍"])
     t = pairs([("q", x, "r") for x in texts])
     src = near_dup.TableTexts(t)
-    f = near_dup._Field(src, "chosen")
+    f = near_dup.Field(src, "chosen", near_dup.NearDupConfig())
     cand = np.array([[0, 1], [0, 2], [0, 3], [4, 5], [1, 3]])
-    inter, union = near_dup.field_overlap(src, f, cand, near_dup.NearDupConfig())
+    inter, union = near_dup.field_overlap(f, cand)
     sets = tagged_sets(t, ("chosen",), 3)
     want = [len(sets[a] & sets[b]) / len(sets[a] | sets[b]) if sets[a] | sets[b] else 0.0 for a, b in cand]
     assert np.allclose(np.divide(inter, union, out=np.zeros(len(cand)), where=union > 0), want)
