@@ -20,7 +20,7 @@ first kept row it was verified against, never through a chain (A~B and B~C never
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +34,6 @@ RULE = "near_dup"
 ANSWER_FIELDS = ("chosen", "rejected")
 _EMPTY32 = np.uint32(0xFFFFFFFF)
 _M = np.uint64(0x9E3779B97F4A7C15)
-_HBITS = 42  # shingle hash bits kept for exact intersections (ids take the other 22)
 
 
 @dataclass(frozen=True)
@@ -115,30 +114,59 @@ def distinct(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first[rank], relabel[inv]
 
 
-# -- signatures ---------------------------------------------------------------------------------------------
-def _field_tag(field: str) -> np.uint64:
-    return np.uint64(hash_field(field))
+# -- shingles and signatures, once per distinct text -------------------------------------------------------
+_TAGS = {"prompt_text": 0x51ED27D3A8F3C1B5, "chosen": 0x2545F4914F6CDD1D, "rejected": 0x9E6C63D0676A9A99}
+_LOW32 = np.uint64(0xFFFFFFFF)
 
 
-def hash_field(field: str) -> int:
-    return {"prompt_text": 0x51ED27D3A8F3C1B5, "chosen": 0x2545F4914F6CDD1D, "rejected": 0x9E6C63D0676A9A99}[field]
+def mix32(x: np.ndarray) -> np.ndarray:
+    """lowbias32 finaliser on uint32 (wrapping on purpose): a seeded permutation of shingle hashes."""
+    x = x.astype(np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
 
 
-def text_shingles_tagged(texts: pl.Series, field: str, ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """(shingle hashes tagged by field, text index) of each text."""
-    h, row = shingles(*tokens(texts), ngram)
-    return mix64(h ^ _field_tag(field)), row
+class Field:
+    """One field's distinct texts (first row of each, each row's distinct id) and their shingle sets: sorted
+    unique 32-bit hashes (tagged by field), back to back. Each distinct text is tokenised exactly once."""
+
+    def __init__(self, src: TableTexts, name: str, cfg: NearDupConfig) -> None:
+        self.name = name
+        self.first, self.inv = distinct(src.hashes(name))
+        values, sizes = [], np.zeros(self.first.size, np.int64)
+        tag = np.uint64(_TAGS[name])
+        for lo in range(0, self.first.size, cfg.chunk_rows):
+            sel = self.first[lo:lo + cfg.chunk_rows]
+            h, row = shingles(*tokens(src.texts(name, sel)), cfg.ngram)
+            key = sorted_unique((row.astype(np.uint64) << np.uint64(32)) | (mix64(h ^ tag) >> np.uint64(32)))
+            sizes[lo:lo + sel.size] = np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=sel.size)
+            values.append((key & _LOW32).astype(np.uint32))
+        self.values = np.concatenate(values) if values else np.zeros(0, np.uint32)
+        self.sizes = sizes
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+
+    def gather(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(values of the texts `ids` back to back, text position per value)."""
+        ln = self.sizes[ids]
+        pos = np.repeat(np.arange(ids.size), ln)
+        return self.values[np.repeat(self.offsets[ids] - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))], pos
 
 
-def raw_signatures(texts: pl.Series, field: str, cfg: NearDupConfig) -> np.ndarray:
-    """(len(texts), num_perm) uint32 one-permutation MinHash bins, _EMPTY32 where a bin got no shingle."""
-    k = cfg.num_perm
-    h, row = text_shingles_tagged(texts, field, cfg.ngram)
-    h = h ^ np.uint64(cfg.seed * 0x9E3779B97F4A7C15 % 2**64)
-    bins = (((h >> np.uint64(32)) * np.uint64(k)) >> np.uint64(32)).astype(np.int64)
-    sig = np.full(texts.len() * k, _EMPTY32, dtype=np.uint32)
-    np.minimum.at(sig, row * k + bins, np.minimum(h & np.uint64(0xFFFFFFFF), np.uint64(0xFFFFFFFE)).astype(np.uint32))
-    return sig.reshape(-1, k)
+def raw_signatures(fields: Sequence[Field], ids: Sequence[np.ndarray], cfg: NearDupConfig) -> np.ndarray:
+    """(m, num_perm) uint32 one-permutation MinHash bins of the union of the given texts of each field
+    (row j: text ids[f][j] of every field f), _EMPTY32 where a bin got no shingle."""
+    k, m = cfg.num_perm, ids[0].size
+    sig = np.full(m * k, _EMPTY32, dtype=np.uint32)
+    seed = np.uint32(cfg.seed * 0x9E3779B9 % 2**32)
+    for f, sel in zip(fields, ids, strict=True):
+        vals, pos = f.gather(sel)
+        x = mix32(vals ^ seed)
+        bins = ((x.astype(np.uint64) * np.uint64(k)) >> np.uint64(32)).astype(np.int64)
+        np.minimum.at(sig, pos * k + bins, np.minimum(x, np.uint32(0xFFFFFFFE)))
+    return sig.reshape(m, k)
 
 
 def densify(raw: np.ndarray) -> np.ndarray:
@@ -173,39 +201,27 @@ def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
         return mix64(acc)
 
 
-class _Field:
-    """One field's distinct texts: first row of each, and each row's distinct index."""
-
-    def __init__(self, src: TableTexts, name: str) -> None:
-        self.name = name
-        self.first, self.inv = distinct(src.hashes(name))
-
-
-def _group_keys(src: TableTexts, fields: dict[str, _Field], group: tuple[str, ...], cfg: NearDupConfig,
+def _group_keys(fields: dict[str, Field], group: tuple[str, ...], n: int, cfg: NearDupConfig,
                 bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, index): band keys (uint32, distinct x bands) and the key row of every pair row for one signature.
+    """(keys, index): band keys (uint32, one row per signed unit) and the key row of every pair row.
 
     A one-field group is signed per distinct text; a union of fields per distinct combination of its texts.
     """
     if len(group) == 1:
-        f = fields[group[0]]
-        ids, index = np.arange(f.first.size), f.inv
-        rows_of = f.first
+        index = fields[group[0]].inv
+        units = np.arange(fields[group[0]].first.size)
+        text_ids = [units]
     else:
-        combo = np.zeros(src.n, np.uint64)
+        combo = np.zeros(n, np.uint64)
         for name in group:
             combo = mix64(combo ^ fields[name].inv.astype(np.uint64) * _M)
-        rows_of, index = distinct(combo)
-        ids = np.arange(rows_of.size)
-    keys = np.empty((ids.size, bands), np.uint32)
-    for lo in range(0, ids.size, cfg.chunk_rows):
-        sel = rows_of[lo:lo + cfg.chunk_rows]
-        raw = None
-        for name in group:
-            f = fields[name]
-            part = raw_signatures(src.texts(name, f.first[f.inv[sel]]), name, cfg)
-            raw = part if raw is None else np.minimum(raw, part)
-        keys[lo:lo + sel.size] = band_keys(densify(raw), bands, rows).astype(np.uint32)
+        rep_rows, index = distinct(combo)
+        text_ids = [fields[name].inv[rep_rows] for name in group]
+    m = text_ids[0].size
+    keys = np.empty((m, bands), np.uint32)
+    for lo in range(0, m, cfg.chunk_rows):
+        raw = raw_signatures([fields[g] for g in group], [t[lo:lo + cfg.chunk_rows] for t in text_ids], cfg)
+        keys[lo:lo + raw.shape[0]] = band_keys(densify(raw), bands, rows).astype(np.uint32)
     return keys, index
 
 
@@ -224,11 +240,10 @@ def bucket_pairs(key: np.ndarray, links: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
 
-def candidates(src: TableTexts, fields: dict[str, _Field], cfg: NearDupConfig) -> tuple[np.ndarray, dict]:
+def candidates(fields: dict[str, Field], n: int, cfg: NearDupConfig) -> tuple[np.ndarray, dict]:
     groups = band_groups(cfg)
     bands, rows = choose_bands(cfg.threshold, cfg.num_perm, cfg.target_recall, len(groups))
-    parts = [_group_keys(src, fields, g, cfg, bands, rows) for g in groups]
-    n = src.n
+    parts = [_group_keys(fields, g, n, cfg, bands, rows) for g in groups]
     codes = []
     for b in range(bands):
         key = np.zeros(n, np.uint64)
@@ -242,62 +257,40 @@ def candidates(src: TableTexts, fields: dict[str, _Field], cfg: NearDupConfig) -
 
 
 # -- exact verification -------------------------------------------------------------------------------------
-def _shingle_table(src: TableTexts, f: _Field, ids: np.ndarray, cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(sorted keys local_id << 42 | hash, set size per id) of the distinct texts `ids` (sorted)."""
-    keys, sizes = [], np.zeros(ids.size, np.int64)
-    for lo in range(0, ids.size, cfg.chunk_rows):
-        sel = ids[lo:lo + cfg.chunk_rows]
-        h, row = text_shingles_tagged(src.texts(f.name, f.first[sel]), f.name, cfg.ngram)
-        k = sorted_unique(((row + lo).astype(np.uint64) << np.uint64(_HBITS)) | (h >> np.uint64(64 - _HBITS)))
-        sizes[lo:lo + sel.size] = np.bincount((k >> np.uint64(_HBITS)).astype(np.int64) - lo, minlength=sel.size)
-        keys.append(k)
-    return (np.concatenate(keys) if keys else np.zeros(0, np.uint64)), sizes
+def intersections(f: Field, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|S_a & S_b| for text ids a, b: each value of the smaller set is looked up in the larger one (only the
+    larger sets of the batch are laid out as one sorted key array; no per-pair merge sort)."""
+    if a.size == 0:
+        return np.zeros(0, np.int64)
+    small = np.where(f.sizes[a] <= f.sizes[b], a, b)
+    large = np.where(f.sizes[a] <= f.sizes[b], b, a)
+    lg = sorted_unique(large)
+    lv, lpos = f.gather(lg)
+    keys = (lpos.astype(np.uint64) << np.uint64(32)) | lv  # sorted: by text, values sorted within a text
+    sv, spos = f.gather(small)
+    query = (np.searchsorted(lg, large)[spos].astype(np.uint64) << np.uint64(32)) | sv
+    at = np.minimum(np.searchsorted(keys, query), max(keys.size - 1, 0))
+    hit = keys[at] == query if keys.size else np.zeros(query.size, bool)
+    return np.bincount(spos[hit], minlength=a.size)
 
 
-def intersections(keys: np.ndarray, sizes: np.ndarray, a: np.ndarray, b: np.ndarray,
-                  batch_elems: int = 4_000_000) -> np.ndarray:
-    """|S_a & S_b| for local text ids a, b: each element of the smaller set is looked up in the larger one."""
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    small = np.where(sizes[a] <= sizes[b], a, b)
-    large = np.where(sizes[a] <= sizes[b], b, a)
-    out = np.zeros(a.size, np.int64)
-    mask = np.uint64((1 << _HBITS) - 1)
-    lo = 0
-    while lo < a.size:  # batches bound the gathered elements
-        cum = np.cumsum(sizes[small[lo:]])
-        hi = lo + max(1, int(np.searchsorted(cum, batch_elems)))
-        s, g = small[lo:hi], large[lo:hi]
-        ln = sizes[s]
-        pair = np.repeat(np.arange(hi - lo), ln)
-        elem = np.repeat(starts[s] - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))
-        query = (g[pair].astype(np.uint64) << np.uint64(_HBITS)) | (keys[elem] & mask)
-        at = np.minimum(np.searchsorted(keys, query), max(keys.size - 1, 0))
-        hit = keys[at] == query if keys.size else np.zeros(0, bool)
-        out[lo:hi] = np.bincount(pair[hit], minlength=hi - lo)
-        lo = hi
-    return out
-
-
-def field_overlap(src: TableTexts, f: _Field, cand: np.ndarray, cfg: NearDupConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(intersection, union) of the field's shingle sets for every candidate pair, computed once per text pair.
+def field_overlap(f: Field, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(intersection, union) of the field's shingle sets for pairs of rows, computed once per text pair.
 
     Identical texts need no lookup. Two different texts without shingles (emoji-only answers) have union 0
     and intersection 0: they are not called similar.
     """
-    ta, tb = f.inv[cand[:, 0]], f.inv[cand[:, 1]]
-    ids = sorted_unique(np.concatenate([ta, tb]))
-    keys, sizes = _shingle_table(src, f, ids, cfg)
-    la, lb = np.searchsorted(ids, ta), np.searchsorted(ids, tb)
-    inter = sizes[la].copy()
+    ta, tb = f.inv[pairs[:, 0]], f.inv[pairs[:, 1]]
+    inter = f.sizes[ta].copy()
     diff = np.flatnonzero(ta != tb)
     if diff.size:
-        code = la[diff].astype(np.uint64) << np.uint64(32) | lb[diff].astype(np.uint64)
+        code = ta[diff].astype(np.uint64) << np.uint64(32) | tb[diff].astype(np.uint64)
         uniq, back = np.unique(code, return_inverse=True)
-        ua, ub = (uniq >> np.uint64(32)).astype(np.int64), (uniq & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        inter[diff] = intersections(keys, sizes, ua, ub)[back]
-    union = sizes[la] + sizes[lb] - inter
+        ua, ub = (uniq >> np.uint64(32)).astype(np.int64), (uniq & _LOW32).astype(np.int64)
+        inter[diff] = intersections(f, ua, ub)[back]
+    union = f.sizes[ta] + f.sizes[tb] - inter
     same = ta == tb
-    inter[same], union[same] = np.maximum(sizes[la][same], 1), np.maximum(sizes[la][same], 1)
+    inter[same] = union[same] = np.maximum(f.sizes[ta][same], 1)
     return inter, union
 
 
@@ -305,9 +298,9 @@ def _ratio(i: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.divide(i, u, out=np.zeros(i.size), where=u > 0)
 
 
-def verify(src: TableTexts, fields: dict[str, _Field], cand: np.ndarray, cfg: NearDupConfig) -> dict[str, np.ndarray]:
-    """Exact Jaccard per candidate: whole pair (tagged union of `fields`) and each answer field."""
-    over = {name: field_overlap(src, f, cand, cfg) for name, f in fields.items()}
+def verify(fields: dict[str, Field], pairs: np.ndarray, cfg: NearDupConfig) -> dict[str, np.ndarray]:
+    """Exact Jaccard per pair of rows: whole pair (tagged union of `fields`) and each answer field."""
+    over = {name: field_overlap(f, pairs) for name, f in fields.items()}
     out = {"whole": _ratio(sum(over[f][0] for f in cfg.fields), sum(over[f][1] for f in cfg.fields))}
     for name in ANSWER_FIELDS:
         if name in over:
@@ -316,38 +309,72 @@ def verify(src: TableTexts, fields: dict[str, _Field], cand: np.ndarray, cfg: Ne
 
 
 # -- greedy decisions ---------------------------------------------------------------------------------------
-def greedy(edges: np.ndarray, n: int) -> np.ndarray:
-    """Representative per row (-1 = kept): in input order, a row is dropped against the first *kept* earlier row
-    it is verified similar to; rows dropped never represent anyone, so there are no chains."""
+_UNKNOWN, _KEPT, _DROPPED = 0, 1, 2
+
+
+def check_pairs(fields: dict[str, Field], pairs: np.ndarray, cfg: NearDupConfig, batch: int = 50_000) -> tuple[np.ndarray, np.ndarray]:
+    """(duplicate, whole-similar) per pair: the rule checked exactly, in batches of pairs (bounded memory)."""
+    dup, similar = np.zeros(len(pairs), bool), np.zeros(len(pairs), bool)
+    for lo in range(0, len(pairs), batch):
+        sim = verify(fields, pairs[lo:lo + batch], cfg)
+        ok = sim["whole"] >= cfg.threshold
+        similar[lo:lo + batch] = ok
+        if cfg.min_answer_jaccard > 0:
+            for name in ANSWER_FIELDS:
+                ok = ok & (sim[name] >= cfg.min_answer_jaccard)
+        dup[lo:lo + batch] = ok
+    return dup, similar
+
+
+def greedy(cand: np.ndarray, n: int, check: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+           ) -> tuple[np.ndarray, dict]:
+    """Representative per row (-1 = kept) from candidate pairs (a < b), checking as few pairs as possible.
+
+    A row with no earlier candidate is kept. In rounds, every undecided row is checked against its first
+    candidate that is already *kept*: a match drops it against that row; a row whose candidates are all dropped
+    or failed is kept. Dropped rows never represent anyone, so a drop always names a kept row it was verified
+    against (no chains). The smallest undecided row can always move, so the rounds end.
+    """
     rep = np.full(n, -1, np.int64)
-    if edges.size == 0:
-        return rep
-    order = np.lexsort((edges[:, 0], edges[:, 1]))
-    a, b = edges[order, 0].tolist(), edges[order, 1].tolist()
-    dropped = bytearray(n)
-    for x, y in zip(a, b, strict=True):  # a < b, sorted by b: every edge into a is settled before a is read
-        if not dropped[y] and not dropped[x]:
-            dropped[y] = 1
-            rep[y] = x
-    return rep
+    state = np.full(n, _KEPT, np.int8)
+    order = np.lexsort((cand[:, 0], cand[:, 1])) if len(cand) else np.zeros(0, np.int64)
+    a, b = cand[order, 0], cand[order, 1]
+    state[b] = _UNKNOWN
+    alive = np.ones(a.size, bool)
+    stats = {"checked_pairs": 0, "verified_pairs": 0, "different_answers": 0, "rounds": 0}
+    while alive.any():
+        idx = np.flatnonzero(alive)
+        sa = state[a[idx]]
+        dead = (sa == _DROPPED) | (state[b[idx]] != _UNKNOWN)
+        alive[idx[dead]] = False
+        idx, sa = idx[~dead], sa[~dead]
+        ready = idx[sa == _KEPT]
+        first = ready[np.concatenate([[True], b[ready][1:] != b[ready][:-1]])] if ready.size else ready
+        if first.size:
+            dup, similar = check(np.stack([a[first], b[first]], axis=1))
+            alive[first] = False
+            state[b[first[dup]]] = _DROPPED
+            rep[b[first[dup]]] = a[first[dup]]
+            stats["checked_pairs"] += int(first.size)
+            stats["verified_pairs"] += int(dup.sum())
+            stats["different_answers"] += int((similar & ~dup).sum())
+        waiting = np.zeros(n, bool)
+        waiting[b[alive]] = True
+        state[(state == _UNKNOWN) & ~waiting] = _KEPT
+        stats["rounds"] += 1
+    return rep, stats
 
 
 def find_duplicates(src: TableTexts, cfg: NearDupConfig) -> tuple[np.ndarray, dict]:
     """(representative row per row, -1 where kept; stats) for the rows of `src`."""
     names = list(dict.fromkeys(cfg.fields + (ANSWER_FIELDS if cfg.min_answer_jaccard > 0 else ())))
-    fields = {name: _Field(src, name) for name in names}
-    cand, stats = candidates(src, fields, cfg)
-    sim = verify(src, fields, cand, cfg) if len(cand) else {"whole": np.zeros(0)}
-    similar = sim["whole"] >= cfg.threshold
-    ok = similar.copy()
-    if cfg.min_answer_jaccard > 0:
-        for name in ANSWER_FIELDS:
-            ok &= sim[name] >= cfg.min_answer_jaccard
-    rep = greedy(cand[ok], src.n)
+    fields = {name: Field(src, name, cfg) for name in names}
+    cand, stats = candidates(fields, src.n, cfg)
+    rep, gstats = greedy(cand, src.n, lambda pairs: check_pairs(fields, pairs, cfg))
     stats.update(distinct_texts={name: int(f.first.size) for name, f in fields.items()},
-                 candidates=int(len(cand)), verified_pairs=int(ok.sum()),
-                 different_answers=int((similar & ~ok).sum()),
-                 candidate_precision=float(ok.mean()) if len(cand) else None)
+                 candidates=int(len(cand)), **gstats,
+                 candidate_precision=gstats["verified_pairs"] / gstats["checked_pairs"]
+                 if gstats["checked_pairs"] else None)
     return rep, stats
 
 
