@@ -159,6 +159,16 @@ def bin_index(edges: np.ndarray, diff: np.ndarray) -> np.ndarray:
     return np.clip(np.searchsorted(edges, np.abs(diff).astype(np.float64), side="right") - 1, 0, edges.size - 2)
 
 
+def apply_factors(diff: np.ndarray, base: np.ndarray, edges: np.ndarray, fp: np.ndarray, fn: np.ndarray,
+                  no_bonus: np.ndarray | None = None) -> np.ndarray:
+    """base x the fitted factor of each row's bin and side; rows in `no_bonus` never above their base."""
+    idx = bin_index(edges, diff)
+    f = np.where(diff > 0, fp[idx], np.where(diff < 0, fn[idx], 1.0))
+    if no_bonus is not None:
+        f = np.where(no_bonus, np.minimum(f, 1.0), f)
+    return base * f
+
+
 def reweight(diff: np.ndarray, base: np.ndarray, edges: np.ndarray, fp: np.ndarray, fn: np.ndarray,
              max_weight: float, no_bonus: np.ndarray | None = None) -> np.ndarray:
     """Weights from fitted factors, rebalanced globally, mean 1, and never above `max_weight` (a true cap).
@@ -168,11 +178,7 @@ def reweight(diff: np.ndarray, base: np.ndarray, edges: np.ndarray, fp: np.ndarr
     Rows in `no_bonus` (degenerate answers: loops, echoes) keep at most their base weight.
     """
     pos, neg = diff > 0, diff < 0
-    idx = bin_index(edges, diff)
-    f = np.where(pos, fp[idx], np.where(neg, fn[idx], 1.0))
-    if no_bonus is not None:
-        f = np.where(no_bonus, np.minimum(f, 1.0), f)
-    w = base * f
+    w = apply_factors(diff, base, edges, fp, fn, no_bonus)
     fixed = no_bonus if no_bonus is not None else np.zeros(diff.size, dtype=bool)
     for _ in range(100):
         tp, tn = w[pos].sum(), w[neg].sum()
@@ -226,8 +232,10 @@ def heldout_balance(diff: np.ndarray, base: np.ndarray, half: np.ndarray, cfg: L
     if not ((diff[a] > 0).any() and (diff[a] < 0).any() and (diff[b] != 0).any()):
         return {}
     edges, fp, fn = fit(diff[a], base[a], cfg.n_bins)
-    nb_a = no_bonus[b] if no_bonus is not None else None
-    w = reweight(diff[b], base[b], edges, fp, fn, cfg.max_weight, nb_a) if cfg.mode == "reweight" else base[b]
+    nb_b = no_bonus[b] if no_bonus is not None else None
+    # Only the fitted per-bin factors (and the cap) carry over: no rebalancing on the measured rows themselves.
+    w = np.minimum(apply_factors(diff[b], base[b], edges, fp, fn, nb_b), cfg.max_weight * base[b].mean()) \
+        if cfg.mode == "reweight" else base[b]
     d = diff[b]
     frac = weighted_frac_longer(d, w)
     rng = np.random.default_rng(seed)

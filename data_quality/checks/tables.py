@@ -40,6 +40,10 @@ def stats_tables(stats: dict[str, Any]) -> dict[str, pa.Table]:
         "weighted_frac_chosen_longer": lb.get("weighted_frac_chosen_longer"),
         "corr_margin_length_diff": lb.get("corr_margin_length_diff"),
         "length_coef": lc.get("length_coef"), "length_coef_weighted": lc.get("length_coef_weighted"),
+        "weight_max": lb.get("weight_max"), "effective_sample_size": lb.get("effective_sample_size"),
+        "ess_fraction": lb.get("ess_fraction"),
+        "heldout_weighted_frac_chosen_longer": (lb.get("heldout") or {}).get("heldout_weighted_frac_chosen_longer"),
+        "heldout_se": (lb.get("heldout") or {}).get("heldout_se"),
     }.items() if v is not None]
     schemas = {
         "gate_drops": pa.schema([("rule", pa.string()), ("reason", pa.string()), ("rows", pa.int64())]),
