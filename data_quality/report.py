@@ -127,8 +127,10 @@ def _side(r: dict | None) -> str:
             f"chosen<pre>{html.escape(r['chosen'])}</pre>rejected<pre>{html.escape(r['rejected'])}</pre>")
 
 
-def _examples(examples: dict[str, list[dict]]) -> str:
+def _examples(examples: dict[str, list[dict]] | None) -> str:
     """Per rule:reason, dropped rows beside the row each was judged against."""
+    if examples is None:
+        return "<p><i>not recorded in these statistics</i></p>"
     if not examples:
         return "<p><i>no drops</i></p>"
     parts = []
@@ -188,7 +190,7 @@ def render_report(result: Any, *, parent: Any = None, dataset: str | None = None
         "<h2>Checks, in order</h2>", _table(steps),
         "<h2>Drops by reason</h2>", _table(drops),
         "<h2>Plots</h2>", '<div class="grid">', *_plots(stats), "</div>",
-        "<h2>Dropped rows, beside what they were judged against</h2>", _examples(stats.get("examples", {})),
+        "<h2>Dropped rows, beside what they were judged against</h2>", _examples(stats.get("examples")),
         "<h2>Length bias</h2>", warnings, _table(length_rows),
         "<h3>Length-controlled win rates per model</h3>", _table(lc.get("models", [])),
         "<h3>Reweighting bins (|length difference|)</h3>", _table(lb.get("bins", [])),
