@@ -27,12 +27,17 @@ BAD_ARGS = [
 ]
 
 
-@pytest.fixture
-def env(tmp_path, small_pairs, monkeypatch):
-    """A workspace with one snapshot and a folder of bad inputs; cwd is the tmp folder."""
+@pytest.fixture(scope="module")
+def env_root(tmp_path_factory):
+    """A workspace with one snapshot and a folder of bad inputs, shared: no case may change them."""
+    from storage.schema import build_pair_table
     from storage.workspace import Workspace
 
-    Workspace(tmp_path / "ws").publish("d", small_pairs)
+    tmp_path = tmp_path_factory.mktemp("cli_errors")
+    Workspace(tmp_path / "ws").publish("d", build_pair_table({
+        "prompt": [[{"role": "user", "content": f"question {i}"}] for i in range(10)],
+        "chosen": [f"good answer {i}" for i in range(10)], "rejected": [f"bad answer {i}" for i in range(10)],
+        "source": ["unit"] * 10, "source_row": list(range(10))}))
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
@@ -41,6 +46,13 @@ def env(tmp_path, small_pairs, monkeypatch):
     (bad / "empty_dir").mkdir()
     (bad / "existing.txt").write_text("mine\n")
     (bad / "a_file").write_text("not a workspace\n")
+    return tmp_path
+
+
+@pytest.fixture
+def env(env_root, monkeypatch):
+    """cwd is the shared folder; no Prefect server configured; the Hugging Face hub offline."""
+    tmp_path = env_root
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
