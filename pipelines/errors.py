@@ -39,8 +39,9 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
         pass
     try:
         from storage.errors import StorageError
+        from storage.locks import LockHeldError
 
-        extra.append(StorageError)  # catalog busy, disk full, query limits
+        extra += [StorageError, LockHeldError]  # catalog busy, disk full, query limits, a run lock held
     except ImportError:  # pragma: no cover - older checkout
         pass
     from dpo_train.generation.vllm_backend import BackendUnavailable

@@ -154,3 +154,21 @@ def test_serve_with_an_unreachable_server_is_one_line(env):
                                "PREFECT_API_URL": "http://127.0.0.1:9/api"})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr + proc.stdout and "cannot reach the Prefect server" in proc.stderr
+
+
+def test_a_catalog_held_by_another_client_is_one_line(tmp_path, small_pairs, capfd, monkeypatch):
+    from storage.workspace import Workspace
+
+    ws = tmp_path / "ws"
+    Workspace(ws).publish("d", small_pairs)
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('ready', flush=True); time.sleep(120)", str(ws / "catalog.duckdb")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        monkeypatch.setenv("DPO_CATALOG_WAIT_S", "1")
+        rc, text = _run(capfd, ["-w", str(ws), "snapshots"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert rc == 2 and "held by" in text and "Traceback" not in text, text
