@@ -63,13 +63,16 @@ def _to_tuples(x: Any) -> Any:
 
 
 def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, tokenizer: Any, *,
-                    config: dict[str, Any], info: dict[str, Any], state: dict[str, Any]) -> Path:
-    """Write checkpoint-<step> atomically (temp dir, then rename) and return its path."""
+                    config: dict[str, Any], info: dict[str, Any], state: dict[str, Any],
+                    weights: dict[str, Any] | None = None) -> Path:
+    """Write checkpoint-<step> atomically (temp dir, then rename) and return its path.
+
+    `weights`: the full state dict when the model's own is sharded (FSDP; see distributed.full_state)."""
     final = output_dir / f"checkpoint-{step:06d}"
     tmp = output_dir / f".tmp-checkpoint-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=weights)
     tokenizer.save_pretrained(tmp)
     (tmp / "train_config.json").write_text(json.dumps(config, indent=1, sort_keys=True))
     (tmp / "run_info.json").write_text(json.dumps({**info, "step": step, "code_version": code_version()},

@@ -11,7 +11,8 @@ targets; each answer gets its own (`chosen_labels`, `rejected_labels`), shifted 
 t is the token that position t predicts. Both are scored from one log-softmax.
 
 Needs an attention implementation that honours a custom 4D float mask and explicit position_ids (eager and
-sdpa in transformers do; flash-attention kernels do not, so `share_prompt=False` is the way out there).
+sdpa in transformers do; flash-attention kernels do not), and positions that follow position_ids (learned or
+rotary; not ALiBi, which follows the 2D mask): `dpo_train.preflight` falls back to two rows per pair otherwise.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ from torch import Tensor
 
 from dpo_train.batching import IGNORE, TokenizedPairs
 from dpo_train.logps import target_logps
-
-_UNSUPPORTED_ATTN = ("flash_attention_2", "flash_attention_3", "flex_attention")
 
 
 def shared_lengths(data: TokenizedPairs) -> np.ndarray:
@@ -51,28 +50,33 @@ def collate_shared(data: TokenizedPairs, indices: np.ndarray, pad_id: int) -> di
         input_ids[row, :end] = torch.tensor(p + c + r, dtype=torch.long)
         position_ids[row, : lp + lc] = torch.arange(lp + lc)
         position_ids[row, lp + lc: end] = torch.arange(lp, lp + lr)
-        position_ids[row, end:] = torch.arange(lp + lr, lp + lr + width - end)  # pads: any distinct positions
+        # pads keep position 0: their outputs are never read, and a position past the model's table (learned
+        # embeddings such as GPT-2's wpe) would fail; real positions stay below max(lp + lc, lp + lr) <= max_length
         segment[row, :lp], segment[row, lp:lp + lc], segment[row, lp + lc:end] = 0, 1, 2
         # position lp-1 (last prompt token) predicts c[0] and r[0]; later answer positions predict their next token
         chosen_labels[row, lp - 1: lp + lc - 1] = torch.tensor(c, dtype=torch.long)
         rejected_labels[row, lp - 1] = r[0]
         rejected_labels[row, lp + lc: end - 1] = torch.tensor(r[1:], dtype=torch.long)
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    q, k = segment[:, :, None], segment[:, None, :]
-    # a query sees causal keys that are prompt or its own answer; pads (only after all real tokens, so never seen
-    # by them) see every earlier key, which keeps their softmax rows finite
-    allowed = causal & ((k == 0) | (k == q) | (q == 3))
-    return {"input_ids": input_ids, "allowed": allowed[:, None], "position_ids": position_ids,
+    # the B x T x T mask is built from `segment` where the model runs (shared_forward), not here on the host
+    return {"input_ids": input_ids, "segment": segment, "position_ids": position_ids,
             "chosen_labels": chosen_labels, "rejected_labels": rejected_labels,
             "weights": torch.as_tensor(data.weights[indices], dtype=torch.float32),
             "min_prompt": torch.tensor(int(plen.min())), "tokens": torch.tensor(int((plen + clen + rlen).sum()))}
 
 
-def check_supported(model: torch.nn.Module) -> None:
-    impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    if impl in _UNSUPPORTED_ATTN:
-        raise ValueError(f"share_prompt needs an attention implementation that takes a 4D mask (eager, sdpa); "
-                         f"the model uses {impl!r}. Set share_prompt=False.")
+def attention_mask(segment: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive B x 1 x T x T mask from segment ids, on segment's device.
+
+    A query sees causal keys that are prompt or its own answer; pads (only after all real tokens, so never seen
+    by them) see every earlier key, which keeps their softmax rows finite. Additive, not bool: eager attention
+    adds the mask to the scores, sdpa takes either.
+    """
+    width = segment.shape[1]
+    causal = torch.ones(width, width, dtype=torch.bool, device=segment.device).tril()
+    q, k = segment[:, :, None], segment[:, None, :]
+    allowed = causal & ((k == 0) | (k == q) | (q == 3))
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segment.device)
+    return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
 
 def shared_forward(model: torch.nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -83,10 +87,7 @@ def shared_forward(model: torch.nn.Module, batch: dict[str, Tensor]) -> dict[str
     """
     input_ids = batch["input_ids"]
     width = input_ids.shape[1]
-    dtype = next(model.parameters()).dtype
-    # additive, not bool: eager attention adds the mask to the scores, sdpa takes either
-    mask = torch.zeros(batch["allowed"].shape, dtype=dtype, device=input_ids.device)
-    mask.masked_fill_(~batch["allowed"], torch.finfo(dtype).min)
+    mask = attention_mask(batch["segment"], next(model.parameters()).dtype)
     keep = width - int(batch["min_prompt"]) + 1
     out = model(input_ids=input_ids, attention_mask=mask, position_ids=batch["position_ids"], use_cache=False,
                 logits_to_keep=keep)

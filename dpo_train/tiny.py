@@ -104,30 +104,43 @@ def train_tokenizer(docs: Iterable[str], vocab_size: int):
     return hf
 
 
-def build_tiny(tokenizer, *, seed: int, n_layers: int, hidden: int, heads: int, max_positions: int,
-               intermediate: int | None = None):
-    """A randomly initialised Llama sized by the arguments (deterministic for a seed)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _rotary_config(cls_name: str):
+    def make(hidden: int, layers: int, heads: int, inter: int, positions: int) -> dict:
+        return {"cls": cls_name, "hidden_size": hidden, "intermediate_size": inter, "num_hidden_layers": layers,
+                "num_attention_heads": heads, "num_key_value_heads": heads, "max_position_embeddings": positions,
+                "attention_dropout": 0.0}
+    return make
 
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=intermediate or 4 * hidden,
-        num_hidden_layers=n_layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        max_position_embeddings=max_positions,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-        attention_dropout=0.0,
-    )
+
+# Model families the tests cover, one per position-embedding type: rotary (Llama, Qwen2), learned absolute
+# (GPT-2: a wpe table of n_positions rows), ALiBi (Bloom: no position table, biases from the 2D mask).
+FAMILIES = {
+    "llama": _rotary_config("LlamaConfig"),
+    "qwen2": _rotary_config("Qwen2Config"),
+    "gpt2": lambda hidden, layers, heads, inter, positions: {
+        "cls": "GPT2Config", "n_embd": hidden, "n_layer": layers, "n_head": heads, "n_inner": inter,
+        "n_positions": positions, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+    "bloom": lambda hidden, layers, heads, inter, positions: {
+        "cls": "BloomConfig", "hidden_size": hidden, "n_layer": layers, "n_head": heads,
+        "hidden_dropout": 0.0, "attention_dropout": 0.0},
+}
+
+
+def build_tiny(tokenizer, *, seed: int, n_layers: int, hidden: int, heads: int, max_positions: int,
+               intermediate: int | None = None, family: str = "llama"):
+    """A randomly initialised causal LM of `family` (see FAMILIES) sized by the arguments (deterministic)."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    kw = FAMILIES[family](hidden, n_layers, heads, intermediate or 4 * hidden, max_positions)
+    cfg = getattr(transformers, kw.pop("cls"))(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True, **kw)
     gen = torch.random.fork_rng(devices=[])
     with gen:
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(cfg)
+        model = AutoModelForCausalLM.from_config(cfg)
     return model.float().eval()
 
 
@@ -141,6 +154,7 @@ def make_tiny_model(
     hidden: int = 64,
     heads: int = 4,
     max_positions: int = 512,
+    family: str = "llama",
 ) -> Path:
     """Build (or reuse) a tiny HF-format causal LM + tokenizer in `out_dir` and return its path.
 
@@ -150,6 +164,8 @@ def make_tiny_model(
     docs = [str(d) for d in corpus] if corpus is not None else default_corpus()
     params = {"seed": seed, "vocab_size": vocab_size, "n_layers": n_layers, "hidden": hidden, "heads": heads,
               "max_positions": max_positions, "template": CHAT_TEMPLATE, "version": 1}
+    if family != "llama":  # llama directories made before families existed stay valid
+        params["family"] = family
     fp = _fingerprint(docs, params)
     fp_file = out / _FINGERPRINT_FILE
     if fp_file.exists() and json.loads(fp_file.read_text()).get("fingerprint") == fp:
@@ -157,7 +173,7 @@ def make_tiny_model(
 
     tokenizer = train_tokenizer(docs, vocab_size)
     model = build_tiny(tokenizer, seed=seed, n_layers=n_layers, hidden=hidden, heads=heads,
-                       max_positions=max_positions)
+                       max_positions=max_positions, family=family)
     # Written beside the target then renamed, so a crash never leaves a half model that looks cached.
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -23,11 +23,12 @@ import torch
 
 from dpo_train import checkpoints as ckpt
 from dpo_train import distributed as D
-from dpo_train.batching import collate, concatenated_forward, epoch_order, split_global_batch
-from dpo_train.config import TrainConfig
+from dpo_train.batching import TokenizedPairs, collate, concatenated_forward, epoch_order, split_global_batch
+from dpo_train.config import TrainConfig, warmup_for
 from dpo_train.losses import Batch, LossParams, compute_loss, get_loss
 from dpo_train.metrics import DPO_SUMS, SFT_SUMS, KLProbe, MetricBuffer, StepSums, dpo_metrics, sft_metrics
-from dpo_train.prefix import check_supported, collate_shared, shared_forward, shared_lengths
+from dpo_train.prefix import collate_shared, shared_forward, shared_lengths
+from dpo_train.preflight import Plan, preflight
 from dpo_train.reference import compute_reference_logps, ensure_reference, model_fingerprint, reference_meta
 from dpo_train.report import write_report
 from dpo_train.run_identity import open_run, run_identity
@@ -55,11 +56,10 @@ class RunResult:
 def _load_model(path: str | Path, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    if cfg.dtype == "bfloat16" and device.type != "cuda":
-        raise RuntimeError("dtype='bfloat16' is a GPU switch; use float32 on CPU")
-    dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+    # float32 weights always: with dtype=bfloat16 they are the master copy that AdamW updates (an lr-1e-6
+    # step is below bf16 resolution), and bf16 is the compute precision (D.autocast / FSDP's policy).
     # safetensors only, as everywhere else: no pickle-based weight files.
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=cfg.trust_remote_code,
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code,
                                                  use_safetensors=True)
     # Dropout makes policy and reference disagree at step 0 and breaks exact resume; DPO trains without it.
     for m in model.modules():
@@ -70,23 +70,25 @@ def _load_model(path: str | Path, cfg: TrainConfig, device: torch.device) -> tor
     return model.to(device)
 
 
-def _add_lora(model: torch.nn.Module, cfg: TrainConfig, resume_from: Path | None) -> torch.nn.Module:
+def _add_lora(model: torch.nn.Module, cfg: TrainConfig, plan: Plan, resume_from: Path | None) -> torch.nn.Module:
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if resume_from is not None:
         return PeftModel.from_pretrained(model, resume_from, is_trainable=True)
     lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM")
+                      target_modules=plan.lora_targets, task_type="CAUSAL_LM")
     return get_peft_model(model, lcfg)
 
 
 def _lr_lambda(cfg: TrainConfig, total: int) -> Callable[[int], float]:
+    warmup = warmup_for(cfg, total)
+
     def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / (cfg.warmup_steps + 1)
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
         if cfg.scheduler == "constant":
             return 1.0
-        frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        frac = (step - warmup) / max(1, total - warmup)
         return max(0.0, 1.0 - frac) if cfg.scheduler == "linear" else 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
     return f
 
@@ -101,13 +103,14 @@ def train(cfg: TrainConfig, ws: Any, *, on_step: Callable[[int, dict[str, float]
 def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]], None] | None,
            held: ExitStack, kl_probe: KLProbe | None = None) -> RunResult:
     dist = D.init(cfg.distributed, cfg.device)
+    plan = preflight(cfg)  # model paths, max_length, layout, LoRA targets: checked before any work
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     info = ws.resolve(cfg.snapshot)
     table = ws.read(info.snapshot_id)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(plan.model, trust_remote_code=cfg.trust_remote_code)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # Generated pairs train on their sampled token ids, offline pairs on their text (dpo_train.sampled_pairs).
     data = tokenize_table(table, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
@@ -127,7 +130,7 @@ def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]],
     # -- reference log-probs: a cached artefact, computed by rank 0 when missing ---------------------------
     dpo = cfg.mode == "dpo"
     # One row [prompt, chosen, rejected] per pair (prompt encoded once, see prefix.py) or two rows per pair.
-    shared = dpo and cfg.share_prompt
+    shared = plan.shared
 
     def make_batch(idx: np.ndarray) -> dict[str, torch.Tensor]:
         b = collate_shared(data, idx, pad_id) if shared else collate(data, idx, pad_id, pairs=dpo)
@@ -140,38 +143,54 @@ def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]],
     needs_ref = dpo and spec.needs_reference
     ref_chosen = ref_rejected = None
     ref_computed, ref_artefact = False, None
+    # The reference is `ref_model` when given, else the starting policy (the base with adapters off under LoRA),
+    # the same whether its log-probs are cached or computed per batch.
+    ref_path = plan.ref_model or plan.model
     if needs_ref and cfg.precompute_reference:
-        ref_path = cfg.ref_model or cfg.model
         expected = reference_meta(cfg, ref_path, tokenizer, ref_fp or policy_fp)
 
-        def compute() -> tuple[np.ndarray, np.ndarray]:
-            ref = _load_model(ref_path, cfg, dist.device)
-            out = compute_reference_logps(ref, data, batch_size=cfg.reference_batch_size, pad_id=pad_id,
-                                          device=dist.device, share_prompt=cfg.share_prompt)
+        def compute_share() -> tuple[np.ndarray, np.ndarray]:
+            # every rank scores its slice of the pairs (same count on every rank, so a sharded reference runs
+            # the same number of forwards everywhere); the slices are gathered into the full arrays
+            mine = _rank_slice(len(data), dist)
+            ref = D.wrap(_load_model(ref_path, cfg, dist.device).requires_grad_(False), dist, dtype=cfg.dtype,
+                         frozen=True)
+            with D.autocast(cfg.dtype, dist):
+                c, r = compute_reference_logps(ref, _subset(data, mine), batch_size=cfg.reference_batch_size,
+                                               pad_id=pad_id, device=dist.device, share_prompt=shared)
             del ref
-            return out
+            return D.gather_rows(c, mine, len(data), dist), D.gather_rows(r, mine, len(data), dist)
 
+        def compute() -> tuple[np.ndarray, np.ndarray]:
+            D.broadcast(True, dist)  # tells the other ranks to join the pass
+            return compute_share()
+
+        # rank 0 looks the artefact up (and publishes it); the others join the pass only when it runs
+        found = None
         if dist.is_main:
-            ref_artefact, ref_chosen, ref_rejected, ref_computed = ensure_reference(
-                ws.root, info, table, data, expected, compute, code_version=ckpt.code_version())
-        D.barrier(dist)
-        if not dist.is_main:  # rank 0 published them; the others read the cache
-            ref_artefact, ref_chosen, ref_rejected, _ = ensure_reference(
-                ws.root, info, table, data, expected, compute, code_version=ckpt.code_version())
+            found = ensure_reference(ws.root, info, table, data, expected, compute, code_version=ckpt.code_version())
+            if not found[3]:
+                D.broadcast(False, dist)
+        elif D.broadcast(None, dist):
+            compute_share()
+        ref_artefact, ref_chosen, ref_rejected, ref_computed = D.broadcast(found, dist)
 
     # -- model, optimizer, schedule (or their saved state) --------------------------------------------------
-    base_path = resume_from if (resume_from is not None and not cfg.lora) else cfg.model
+    base_path = resume_from if (resume_from is not None and not cfg.lora) else plan.model
     model = _load_model(base_path, cfg, dist.device)
     if cfg.lora:
-        model = _add_lora(model, cfg, resume_from)
-    if shared:
-        check_supported(model)
+        model = _add_lora(model, cfg, plan, resume_from)
     ref_model = None
-    if needs_ref and not cfg.precompute_reference and not cfg.lora:
-        ref_model = _load_model(cfg.ref_model or cfg.model, cfg, dist.device).eval().requires_grad_(False)
+    adapters_off_ref = cfg.lora and plan.ref_model is None  # the reference is this model with adapters off
+    if needs_ref and not cfg.precompute_reference and not adapters_off_ref:
+        ref_model = D.wrap(_load_model(ref_path, cfg, dist.device).eval().requires_grad_(False), dist,
+                           dtype=cfg.dtype, frozen=True)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
+    # Shard (FSDP) or wrap (DDP) first: fully_shard replaces the parameters, so the optimizer and the clipping
+    # list are built from the wrapped model's parameters, never from the ones it had before.
+    model = D.wrap(model, dist, dtype=cfg.dtype)
     params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.RMSprop
     optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -185,12 +204,11 @@ def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]],
     step = 0
     if resume_from is not None:
         state = ckpt.load_state(resume_from)
-        optimizer.load_state_dict(state["optimizer"])
+        D.load_optimizer(model, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         step = int(state["step"])
         log.info("resuming run %s from %s (step %d)", run_id, resume_from, step)
-    model = D.wrap(model, dist)
     loss_params = LossParams(beta=cfg.beta, label_smoothing=cfg.label_smoothing, simpo_gamma=cfg.simpo_gamma,
                              rpo_alpha=cfg.rpo_alpha)
     run_info = {"run_id": run_id, "snapshot_id": info.snapshot_id, "reference_artefact": ref_artefact,
@@ -209,8 +227,8 @@ def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]],
         if ref_chosen is not None:
             return (torch.as_tensor(ref_chosen[idx], device=dist.device, dtype=torch.float32),
                     torch.as_tensor(ref_rejected[idx], device=dist.device, dtype=torch.float32))
-        with torch.no_grad():
-            if cfg.lora:  # the reference is the base model: the same weights with the adapters switched off
+        with torch.no_grad(), D.autocast(cfg.dtype, dist):
+            if adapters_off_ref:  # the reference is the base model: the same weights with the adapters switched off
                 with D.unwrap(model).disable_adapter():
                     out = forward(D.unwrap(model), batch)
             else:
@@ -218,20 +236,23 @@ def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]],
         return out["chosen_logps"], out["rejected_logps"]
 
     def save(at: int) -> Path | None:
+        weights, optim = D.full_state(model, optimizer)  # collective: FSDP gathers the shards to rank 0's CPU
         if dist.is_main:
-            state = {"step": at, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": ckpt.rng_state()}
+            state = {"step": at, "optimizer": optim, "scheduler": scheduler.state_dict(), "rng": ckpt.rng_state()}
             ckpt.save_checkpoint(out_dir, at, D.unwrap(model), tokenizer, config=cfg.to_dict(),
-                                 info=run_info, state=state)
+                                 info=run_info, state=state, weights=weights)
             ckpt.prune(out_dir, cfg.save_total_limit)
             buffer.flush()
         D.barrier(dist)
         return out_dir / f"checkpoint-{at:06d}"
 
+    order_epoch, order = -1, []
     try:
         while step < total:
             epoch, pos = divmod(step, per_epoch)
-            gbatch = epoch_order(lengths, epoch=epoch, **order_kw)[pos]
+            if epoch != order_epoch:  # once per epoch, not per step: it sorts the whole data set
+                order_epoch, order = epoch, epoch_order(lengths, epoch=epoch, **order_kw)
+            gbatch = order[pos]
             micro = split_global_batch(gbatch, dist.world, dist.rank, cfg.per_device_batch_size)
             # Losses are sums scaled by the global count, times world (DDP averages gradients over ranks),
             # so the gradient is the same however the global batch is split over ranks and micro-batches.
@@ -243,7 +264,8 @@ def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]],
                 sync = m == len(micro) - 1 or not hasattr(model, "no_sync")
                 ctx = model.no_sync() if not sync else nullcontext()
                 with ctx:
-                    out = forward(model, batch)
+                    with D.autocast(cfg.dtype, dist):
+                        out = forward(model, batch)
                     w = batch["weights"]
                     if dpo:
                         rc, rr = reference_logps(batch, idx) if needs_ref else (None, None)
@@ -266,7 +288,7 @@ def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]],
                              ref_chosen=rc if rc is not None else out["chosen_logps"],
                              ref_rejected=rr if rr is not None else out["rejected_logps"])
             clip = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            grad_norm = D.grad_norm_value(torch.nn.utils.clip_grad_norm_(params, clip))
             _guard(grad_norm, step, "gradient norm", data, gbatch, table)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
@@ -305,6 +327,18 @@ def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]],
         raise
     finally:
         D.shutdown(dist)
+
+
+def _rank_slice(n: int, dist: D.DistInfo) -> np.ndarray:
+    """This rank's rows of n, padded (with its last row) to ceil(n / world) so every rank has as many."""
+    mine = np.arange(dist.rank, n, dist.world)
+    size = -(-n // dist.world)
+    return np.concatenate([mine, np.full(size - len(mine), mine[-1] if len(mine) else 0)]).astype(np.int64)
+
+
+def _subset(data: TokenizedPairs, idx: np.ndarray) -> TokenizedPairs:
+    return TokenizedPairs([data.prompt[i] for i in idx], [data.chosen[i] for i in idx],
+                          [data.rejected[i] for i in idx], data.weights[idx], data.rows[idx], data.stats)
 
 
 def _guard(value: torch.Tensor, step: int, what: str, data: Any, idx: np.ndarray, table: Any) -> None:

@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from dpo_train.batching import IGNORE, collate, concatenated_forward, tokenize_pairs
 from dpo_train.logps import target_logps
-from dpo_train.prefix import collate_shared, shared_forward
+from dpo_train.prefix import attention_mask, collate_shared, shared_forward
 from dpo_train.trainer import TrainConfig, train
 
 
@@ -45,7 +45,7 @@ def test_shared_layout_masks_and_positions(tok):
     data = tokenize_pairs(pair_table(2), tok, max_length=128, max_prompt_length=64)
     b = collate_shared(data, np.arange(2), tok.pad_token_id)
     p, c, r = (len(x[0]) for x in (data.prompt, data.chosen, data.rejected))
-    allowed = b["allowed"][0, 0]
+    allowed = attention_mask(b["segment"], torch.float32)[0, 0] == 0
     assert not allowed[p + c:p + c + r, p:p + c].any()  # rejected never sees chosen
     assert allowed[p + c:p + c + r, :p].all()  # but sees the whole prompt
     assert b["position_ids"][0, p + c].item() == p  # rejected positions restart after the prompt

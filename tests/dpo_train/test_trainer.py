@@ -18,7 +18,7 @@ def _cfg(model, **kw):
 
 def test_config_is_strict():
     with pytest.raises(ValueError, match="unknown TrainConfig key"):
-        TrainConfig.from_dict({"snapshot": "x", "learning_rate": 1.0})
+        TrainConfig.from_dict({"snapshot": "x", "learning_rat": 1.0})
     with pytest.raises(ValueError, match="loss must be one of"):
         TrainConfig(loss="nope")
     assert TrainConfig.from_dict({"beta": 0.3}).beta == 0.3
