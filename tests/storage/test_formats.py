@@ -1,4 +1,4 @@
-"""storage.formats: every export format round-trips; the standard format renders the trainer's plain template."""
+"""storage.formats: export markers, source turn labels, refusing what is not ours."""
 
 from __future__ import annotations
 
@@ -9,26 +9,14 @@ import pytest
 from storage.formats import EXPORT_MARKER, ExportRefused, export, marker_path
 
 
-@pytest.mark.parametrize("fmt,suffix", [("trl-standard", "jsonl"), ("trl-conversational", "parquet"),
-                                        ("trl-conversational", "jsonl"), ("hf-dataset", "hf")])
-def test_export_formats(small_pairs, tmp_path, fmt, suffix):
-    import datasets
-    import pyarrow.parquet as pq
-
-    out = export(small_pairs, tmp_path / f"out.{suffix}", fmt)
-    if suffix == "jsonl":
-        rows = [json.loads(line) for line in out.read_text().splitlines()]
-    elif suffix == "parquet":
-        rows = pq.read_table(out).to_pylist()
-    else:
-        rows = datasets.load_from_disk(str(out)).to_list()
-        assert (out / EXPORT_MARKER).is_file()
-    assert len(rows) == 10 and marker_path(out).is_file()
-    if fmt == "trl-standard":
-        assert rows[0]["prompt"] == "User: question 0\n\nAssistant:" and rows[0]["chosen"] == "good answer 0"
-    else:
-        assert rows[0]["prompt"] == [{"role": "user", "content": "question 0"}]
-        assert rows[0]["chosen"] == [{"role": "assistant", "content": "good answer 0"}]
+@pytest.mark.parametrize("fmt,name", [("trl-standard", "o.jsonl"), ("trl-conversational", "o.parquet"),
+                                      ("hf-dataset", "o_hf")])
+def test_every_export_carries_its_marker(small_pairs, tmp_path, fmt, name):
+    """The format round-trips are tests/storage/test_workspace.py::test_export_formats; here, the marker."""
+    out = export(small_pairs, tmp_path / name, fmt)
+    marker = marker_path(out)
+    assert json.loads(marker.read_text())["rows"] == 10
+    assert marker == (out / EXPORT_MARKER if fmt == "hf-dataset" else tmp_path / f".{name}{EXPORT_MARKER}")
 
 
 def test_source_turn_labels_are_kept(small_pairs, tmp_path):
