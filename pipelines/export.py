@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from data_quality.ingest import hh
 from storage.formats import export, weight_warning
@@ -60,5 +59,5 @@ def export_snapshot(ws: Workspace, ref: str, to: str | os.PathLike[str], fmt: st
     pairs = ws.read(info.snapshot_id)
     path = export(pairs, to, fmt, overwrite=overwrite, protect=[ws.root], with_reference=with_reference,
                   labels_by_source=turn_labels(ws, info))
-    warning: Any = weight_warning(pairs)
+    warning = weight_warning(pairs)
     return ExportResult(path, pairs.num_rows, [warning] if warning else [])
