@@ -33,7 +33,8 @@ def clean_snapshot(ws: Workspace, ref: str, cfg: GateConfig | dict[str, Any] | N
             return hit
     cfg = cfg if isinstance(cfg, GateConfig) else GateConfig.from_dict(cfg)
     parent = ws.resolve(ref)
-    res = run_gate(ws.read(parent.snapshot_id), cfg, eval_prompts=list(eval_prompts) if eval_prompts else None)
+    # The snapshot's Parquet file, not a loaded table: the engine streams it when it is over the memory budget.
+    res = run_gate(parent.path / "pairs.parquet", cfg, eval_prompts=list(eval_prompts) if eval_prompts else None)
     return publish_clean(ws, parent, dataset or clean_dataset_name(parent.dataset), res, cfg,
                          eval_prompts=eval_prompts, flow_run=flow_run, cache_key=cache_key)
 

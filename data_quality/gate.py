@@ -9,11 +9,11 @@ dedup collapses them; run the expensive near-dup pass on what is left; reweight 
 from __future__ import annotations
 
 import dataclasses
-import time
 import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -33,9 +33,10 @@ from data_quality.checks import (
     script,
 )
 from data_quality.checks.base import CheckResult, apply
-from data_quality.checks.tables import stats_tables
+from data_quality.engine import EngineConfig, GateResult, Step, execute
 from data_quality.examples import drop_examples
-from storage.schema import REJECTS_SCHEMA, conform
+
+__all__ = ["GateConfig", "GateResult", "Step", "run_gate", "steps"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class GateConfig:
         default_factory=repeated_answer.RepeatedAnswerConfig)
     near_dup: near_dup.NearDupConfig = field(default_factory=near_dup.NearDupConfig)
     length_bias: length_bias.LengthBiasConfig = field(default_factory=length_bias.LengthBiasConfig)
+    # Where the rows live while the checks run (memory / out of core, memory budget); never what is kept.
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> GateConfig:
@@ -100,19 +103,8 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-@dataclass
-class GateResult:
-    kept: pa.Table  # PAIR_SCHEMA, with `weight`
-    rejects: pa.Table  # REJECTS_SCHEMA
-    stats: dict[str, Any]  # JSON-able
-    tables: dict[str, pa.Table]  # per-check statistics for the catalog
-    input_rows: int = 0
-
-
-Step = tuple[str, Callable[[pa.Table], CheckResult]]
-
 # How far each check looks, declared beside the pipeline so a changed check changes it here too. Used to run
-# the gate in shards (pipelines.sharding): row-local checks decide each row alone; prompt-local ones compare
+# the gate in partitions (data_quality.engine): row-local checks decide each row alone; prompt-local ones compare
 # rows of one prompt only (dedup too: pair_id hashes the prompt); a check in neither set is treated as global.
 ROW_LOCAL = frozenset({"normalise", "degenerate", "repetition", "script", "near_identical", "decontam"})
 PROMPT_LOCAL = frozenset({"contradictions", "dedup", "margins"})
@@ -138,35 +130,20 @@ def steps(cfg: GateConfig, eval_prompts: Sequence[str] | None = None) -> list[St
         ("near_dup", cfg.near_dup.enabled, lambda t: near_dup.run(t, cfg.near_dup)),
         ("length_bias", cfg.length_bias.enabled, lambda t: length_bias.run(t, cfg.length_bias)),
     ]
-    return [(name, fn) for name, on, fn in pipeline if on]
+    return [Step(name, fn, scope(name), name in REWRITES_PROMPT_ID) for name, on, fn in pipeline if on]
 
 
-def run_gate(pairs: pa.Table, cfg: GateConfig | None = None, eval_prompts: Sequence[str] | None = None) -> GateResult:
+def scope(name: str) -> str:
+    return "row" if name in ROW_LOCAL else "prompt" if name in PROMPT_LOCAL else "global"
+
+
+def run_gate(pairs: pa.Table | str | Path, cfg: GateConfig | None = None,
+             eval_prompts: Sequence[str] | None = None) -> GateResult:
+    """The gate over a pair table (or a Parquet file of pairs), on the executor `cfg.engine` picks.
+
+    Schema validation happens first: a malformed table fails naming the column.
+    """
     cfg = cfg or GateConfig()
-    table = conform(pairs)  # schema validation: a malformed table fails here, naming the column
-    n_in = table.num_rows
-    rejects: list[pa.Table] = []
-    per_check: dict[str, Any] = {}
-    pool = pa.default_memory_pool()
-    for name, fn in steps(cfg, eval_prompts):
-        # Arrow's allocator keeps freed pages; Polars allocates separately, so without this the two
-        # caches add up and the peak is set by memory neither is using.
-        pool.release_unused()
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = fn(table)
-        table = res.kept
-        rejects.append(res.rejects)
-        per_check[name] = {**res.stats, "seconds": round(time.perf_counter() - t0, 4),
-                           "cpu_seconds": round(time.process_time() - c0, 4)}
-    all_rejects = pa.concat_tables(rejects) if rejects else REJECTS_SCHEMA.empty_table()
-    kept = conform(table)
-    if kept.num_rows + all_rejects.num_rows != n_in:  # the accounting invariant; a bug if it ever fires
-        raise AssertionError(f"gate lost rows: {n_in} in, {kept.num_rows} kept + {all_rejects.num_rows} rejected")
-    drops: dict[str, int] = {}
-    for name, st in per_check.items():
-        for reason, count in st.get("dropped", {}).items():
-            drops[f"{name}:{reason}"] = count
-    stats = {"input_rows": n_in, "kept": kept.num_rows, "rejected": all_rejects.num_rows,
-             "drops_by_reason": drops, "checks": per_check, "config": cfg.to_dict(),
-             "examples": drop_examples(all_rejects, kept, eval_prompts=eval_prompts)}
-    return GateResult(kept, all_rejects, stats, stats_tables(stats), n_in)
+    res = execute(pairs, steps(cfg, eval_prompts), cfg.to_dict(), cfg.engine)
+    res.stats["examples"] = drop_examples(res.rejects, res.kept, eval_prompts=eval_prompts)
+    return res

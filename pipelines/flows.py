@@ -14,7 +14,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from pipelines import sharding, steps, tasks
+from data_quality.engine import PhaseOutput
+from pipelines import steps, tasks
 from pipelines.config import CleanParams, IngestParams, RunnerConfig, load_refresh_config
 from storage.workspace import SnapshotInfo, Workspace
 
@@ -62,10 +63,11 @@ def clean_flow(params: CleanParams) -> SnapshotInfo:
         get_run_logger().info("clean %s: input and gate config unchanged, reusing %s", parent.snapshot_id, hit.snapshot_id)
         tasks.emit_artifacts(ws, hit, cached=True)
         return hit
-    pairs = tasks.with_retries(tasks.load_pairs, params.retry)(str(ws.root), parent.snapshot_id)
     if params.runner.shards <= 1:
-        out = tasks.gate(pairs, params.gate, eval_prompts)
+        # The snapshot's Parquet file: the gate engine streams it when it is over the memory budget.
+        out = tasks.gate(str(parent.path / "pairs.parquet"), params.gate, eval_prompts)
     else:
+        pairs = tasks.with_retries(tasks.load_pairs, params.retry)(str(ws.root), parent.snapshot_id)
         out = _sharded_gate(pairs, params.gate, eval_prompts, params.runner.shards)
     info = tasks.with_retries(tasks.publish_clean, params.retry)(
         str(ws.root), parent.snapshot_id, dataset, out, params.gate, key, _run_id(),
@@ -79,14 +81,14 @@ def clean_flow(params: CleanParams) -> SnapshotInfo:
 def _sharded_gate(pairs: Any, gate: dict[str, Any], eval_prompts: list[str] | None, n_shards: int) -> Any:
     """Local phases fan out over shards on the flow's task runner; global phases run once on the merge."""
 
-    def map_shards(shards: list[Any], names: list[str]) -> list[sharding.PhaseOutput]:
+    def map_shards(shards: list[Any], names: list[str]) -> list[PhaseOutput]:
         futures = [tasks.gate_shard.submit(s, names, gate, eval_prompts) for s in shards]
         return [f.result() for f in futures]
 
-    def run_global(table: Any, names: list[str]) -> sharding.PhaseOutput:
+    def run_global(table: Any, names: list[str]) -> PhaseOutput:
         return tasks.gate_merged(table, names, gate, eval_prompts)
 
-    return sharding.run_sharded(pairs, gate, eval_prompts, n_shards, map_shards=map_shards, run_global=run_global)
+    return steps.run_gate_sharded(pairs, gate, eval_prompts, n_shards, map_shards=map_shards, run_global=run_global)
 
 
 def task_runner(cfg: RunnerConfig) -> TaskRunner[Any]:

@@ -31,7 +31,7 @@ _CHUNK = 1 << 20
 _REPO = Path(__file__).resolve().parents[1]
 # Source trees whose code decides what a snapshot contains; the CLI and Prefect wiring do not.
 _CODE_TREES = ("storage", "data_quality")
-_CODE_FILES = ("pipelines/steps.py", "pipelines/sharding.py")
+_CODE_FILES = ("pipelines/steps.py",)
 
 
 # -- fingerprints ------------------------------------------------------------------------------------------
@@ -110,8 +110,11 @@ def resolved_ingest_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolved_gate(gate: dict[str, Any]) -> dict[str, Any]:
-    """The gate config with every default filled in, so `{}` and the spelled-out defaults share a key."""
-    return gate_config(gate).to_dict()
+    """The gate config with every default filled in, so `{}` and the spelled-out defaults share a key.
+
+    The engine section is left out: where the rows live while the gate runs never changes what it keeps.
+    """
+    return {k: v for k, v in gate_config(gate).to_dict().items() if k != "engine"}
 
 
 def gate_config(gate: dict[str, Any]) -> Any:
@@ -195,10 +198,30 @@ class GateOutput:
     tables: dict[str, pa.Table] = field(default_factory=dict)
 
 
-def run_gate(pairs: pa.Table, gate: dict[str, Any], eval_prompts: Sequence[str] | None) -> GateOutput:
+def run_gate(pairs: pa.Table | Path, gate: dict[str, Any], eval_prompts: Sequence[str] | None) -> GateOutput:
     from data_quality.gate import run_gate as _run_gate
 
     res = _run_gate(pairs, gate_config(gate), eval_prompts=list(eval_prompts) if eval_prompts else None)
+    return GateOutput(res.kept, res.rejects, res.stats, dict(res.tables))
+
+
+def gate_steps(gate: dict[str, Any], eval_prompts: Sequence[str] | None, names: Sequence[str] | None = None
+               ) -> list[Any]:
+    """The gate's steps (all, or those named), built from a plain config dict (as a task on a worker does)."""
+    from data_quality.gate import steps as _steps
+
+    all_steps = _steps(gate_config(gate), list(eval_prompts) if eval_prompts else None)
+    return all_steps if names is None else [s for s in all_steps if s.name in set(names)]
+
+
+def run_gate_sharded(pairs: pa.Table, gate: dict[str, Any], eval_prompts: Sequence[str] | None, shards: int, *,
+                     map_shards: Any = None, run_global: Any = None) -> GateOutput:
+    """The gate's engine over in-memory shards; `map_shards`/`run_global` put them on a flow's task runner."""
+    from data_quality.engine import run_sharded
+
+    steps = gate_steps(gate, eval_prompts)
+    res = run_sharded(pairs, steps, gate_config(gate).to_dict(), shards, map_shards=map_shards,
+                      run_global=run_global)
     return GateOutput(res.kept, res.rejects, res.stats, dict(res.tables))
 
 
@@ -229,8 +252,6 @@ def clean(ws: Workspace, ref: str, gate: dict[str, Any] | None = None, *, datase
           eval_prompts: Sequence[str] | None = None, shards: int = 1, flow_run: str | None = None,
           flow_parameters: dict[str, Any] | None = None) -> SnapshotInfo:
     """Snapshot -> gate -> clean snapshot, or the existing one when input, gate config and code are unchanged."""
-    from pipelines.sharding import run_sharded
-
     gate = dict(gate or {})
     parent = ws.resolve(ref)
     name = clean_dataset_name(ws, parent.snapshot_id, dataset)
@@ -239,8 +260,9 @@ def clean(ws: Workspace, ref: str, gate: dict[str, Any] | None = None, *, datase
     if hit is not None:
         log.info("clean %s: unchanged, reusing %s", parent.snapshot_id, hit.snapshot_id)
         return hit
-    pairs = ws.read(parent.snapshot_id)
-    out = run_gate(pairs, gate, eval_prompts) if shards <= 1 else run_sharded(pairs, gate, eval_prompts, shards)
+    # One process: the snapshot's Parquet file goes to the engine, which streams it when it is over budget.
+    out = (run_gate(parent.path / "pairs.parquet", gate, eval_prompts) if shards <= 1
+           else run_gate_sharded(ws.read(parent.snapshot_id), gate, eval_prompts, shards))
     return publish_clean(ws, parent, name, out, gate=gate, cache_key=key, flow_run=flow_run,
                          flow_parameters=flow_parameters, eval_prompts=eval_prompts)
 

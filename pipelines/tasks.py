@@ -15,7 +15,8 @@ from prefect import Task, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipelines import sharding, steps
+from data_quality.engine import PhaseOutput, run_steps
+from pipelines import steps
 from pipelines.config import RetryConfig
 from pipelines.report_ui import report_markdown
 from storage.workspace import SnapshotInfo, Workspace
@@ -63,14 +64,14 @@ def publish_clean(ws_root: str, parent_ref: str, dataset: str, out: steps.GateOu
 
 # -- compute tasks -----------------------------------------------------------------------------------------
 @task(name="quality-gate", **_TASK)
-def gate(pairs: pa.Table, gate: dict[str, Any], eval_prompts: list[str] | None) -> steps.GateOutput:
+def gate(pairs: pa.Table | str, gate: dict[str, Any], eval_prompts: list[str] | None) -> steps.GateOutput:
     return steps.run_gate(pairs, gate, eval_prompts)
 
 
 @task(name="gate-shard", **_TASK)
 def gate_shard(shard: pa.Table, names: list[str], gate: dict[str, Any],
-               eval_prompts: list[str] | None) -> sharding.PhaseOutput:
-    return sharding.run_steps(shard, names, gate, eval_prompts)
+               eval_prompts: list[str] | None) -> PhaseOutput:
+    return run_steps(shard, steps.gate_steps(gate, eval_prompts, names))
 
 
 # The cross-row phases on the merged table: the same work, named apart in the UI.

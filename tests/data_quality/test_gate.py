@@ -69,25 +69,3 @@ def test_disabled_checks_and_empty_input() -> None:
     assert empty.kept.num_rows == 0 and empty.rejects.num_rows == 0
 
 
-@pytest.mark.parametrize("policy", ["drop_both", "keep_majority"])
-def test_streaming_gate_equals_in_memory_gate(tmp_path, policy: str) -> None:
-    import pyarrow.parquet as pq
-
-    from data_quality.checks.streaming import run_gate_streaming
-
-    data = make_synthetic(3000, seed=4)
-    pq.write_table(data.table, tmp_path / "in.parquet")
-    cfg = GateConfig.from_dict({"contradictions": {"policy": policy}, "margins": {"max_pairs_per_prompt": 1}})
-    mem = run_gate(data.table, cfg, eval_prompts=data.eval_prompts)
-    st = run_gate_streaming(tmp_path / "in.parquet", tmp_path / "out.parquet", cfg, eval_prompts=data.eval_prompts,
-                            rejects_path=tmp_path / "rej.parquet", batch_rows=700)
-    out, rej = pq.read_table(tmp_path / "out.parquet"), pq.read_table(tmp_path / "rej.parquet")
-    assert st["input_rows"] == st["kept"] + st["rejected"] == 3000
-    assert out.column("source_row").to_pylist() == mem.kept.column("source_row").to_pylist()
-    assert np.allclose(np.asarray(out.column("weight")), np.asarray(mem.kept.column("weight")))
-
-    def by_row(t):
-        return {r["source_row"]: (r["rule"], r["reason"], r["duplicate_of"])
-                for r in t.select(["source_row", "rule", "reason", "duplicate_of"]).to_pylist()}
-    assert by_row(rej) == by_row(mem.rejects)
-    assert st["drops_by_reason"] == mem.stats["drops_by_reason"]
