@@ -7,8 +7,11 @@ transformers traceback half an hour in.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,3 +123,25 @@ def preflight(cfg: TrainConfig) -> Plan:
         shared = False
     targets = lora_targets(cfg, config, skeleton) if cfg.lora else None
     return Plan(model_path, ref_path, shared, targets, limit)
+
+
+def cached_fingerprint(path: Path, cache_dir: Path) -> str:
+    """`reference.model_fingerprint` of a model directory, remembered by file identity.
+
+    Hashing multi-GB weights costs minutes; a file with the same resolved path, size and mtime_ns is taken
+    to be the same file (what rsync and make assume), so an unchanged model is hashed once per workspace.
+    """
+    from dpo_train.reference import model_fingerprint
+
+    files = sorted(f for f in path.iterdir() if f.suffix == ".safetensors" or f.name == "config.json")
+    ident = json.dumps([(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files])
+    key = hashlib.sha256(ident.encode()).hexdigest()
+    store = cache_dir / "model_fingerprints.json"
+    known = json.loads(store.read_text()) if store.is_file() else {}
+    if key not in known:
+        known[key] = model_fingerprint(path)
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_name(f".{store.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(known))
+        os.replace(tmp, store)  # atomic: a reader sees the old or the new file, never half of one
+    return known[key]

@@ -28,8 +28,8 @@ from dpo_train.config import TrainConfig, warmup_for
 from dpo_train.losses import Batch, LossParams, compute_loss, get_loss
 from dpo_train.metrics import DPO_SUMS, SFT_SUMS, KLProbe, MetricBuffer, StepSums, dpo_metrics, sft_metrics
 from dpo_train.prefix import collate_shared, shared_forward, shared_lengths
-from dpo_train.preflight import Plan, preflight
-from dpo_train.reference import compute_reference_logps, ensure_reference, model_fingerprint, reference_meta
+from dpo_train.preflight import Plan, cached_fingerprint, preflight
+from dpo_train.reference import compute_reference_logps, ensure_reference, reference_meta
 from dpo_train.report import write_report
 from dpo_train.run_identity import open_run, run_identity
 from dpo_train.sampled_pairs import tokenize_table
@@ -120,9 +120,11 @@ def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]],
     if not cfg.use_weights:
         data.weights[:] = 1.0
     # -- which run this is (snapshot, model content, config, code): resume it, start it or refuse ------------
-    policy_fp = model_fingerprint(cfg.model)
-    policy_is_ref = cfg.ref_model is None or Path(cfg.ref_model).resolve() == Path(cfg.model).resolve()
-    ref_fp = None if policy_is_ref else model_fingerprint(cfg.ref_model)
+    # content hashes: by rank 0 only, and remembered by file identity so an unchanged model is hashed once
+    policy_is_ref = plan.ref_model is None or plan.ref_model.resolve() == plan.model.resolve()
+    fp_cache = ws.root / "cache"
+    policy_fp, ref_fp = D.broadcast((cached_fingerprint(plan.model, fp_cache), None if policy_is_ref else
+                                     cached_fingerprint(plan.ref_model, fp_cache)) if dist.is_main else None, dist)
     identity = run_identity(cfg, info, policy_fp, ref_fp, ckpt.code_version())
     slot = held.enter_context(open_run(cfg, ws.root, info, identity, is_main=dist.is_main))
     run_id, out_dir, resume_from = slot.run_id, slot.output_dir, slot.resume_from
