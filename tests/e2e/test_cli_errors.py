@@ -172,3 +172,14 @@ def test_a_catalog_held_by_another_client_is_one_line(tmp_path, small_pairs, cap
         holder.kill()
         holder.wait()
     assert rc == 2 and "held by" in text and "Traceback" not in text, text
+
+
+def test_a_model_with_fewer_positions_than_max_length_is_one_line(env, capfd):
+    """Was torch's `IndexError: index out of range in self` from the position embedding, deep in a forward."""
+    from dpo_train.tiny import make_tiny_model
+
+    model = make_tiny_model(env / "tiny64", corpus=["question good answer bad answer"] * 8, vocab_size=128,
+                            n_layers=1, hidden=16, heads=2, max_positions=64)
+    rc, text = _run(capfd, ["-w", "ws", "train", "--snapshot", "d@1", "--model", str(model), "--max-steps", "1",
+                            "--output-dir", str(env / "run64")])
+    assert rc == 2 and "Traceback" not in text and "positions" in text, text
