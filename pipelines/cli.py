@@ -249,6 +249,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from pipelines.experiment import TABLE_HEADER, format_table, run_experiment
+
+    _quiet_transformers()
+    res = run_experiment(workspace=args.workspace, quick=args.quick)
+    output.emit([dict(zip(TABLE_HEADER, row, strict=True)) for row in format_table(res["rows"])], args.format,
+                title=f"controlled experiment: true reward vs KL to the reference ({res['seconds']:.0f}s)")
+    output.line(f"plot: {res['plot']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
@@ -419,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8765, help="port (8765; the artifacts link here unless "
                     "$DPO_REPORT_URL says otherwise)")
+    sp = verb("experiment", cmd_experiment, "controlled experiment: DPO, Preferred-FT, best-of-n and rounds "
+              "against a known reward, as a reward-vs-KL table")
+    sp.add_argument("--quick", action="store_true", help="smaller settings (used by the tests)")
+    _add_format(sp)
     sp = verb("demo", cmd_demo, "the whole product end to end on the embedded defaults")
     sp.add_argument("--quick", action="store_true", help="smaller settings (used by the tests)")
     return p

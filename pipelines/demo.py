@@ -1,7 +1,8 @@
 """`dpo demo`: the whole product end to end on one machine, CPU, a tiny local model and the real data.
 
-ingest (HH-RLHF, AlpacaEval) -> clean -> tiny model -> SFT reference -> DPO -> two iterative rounds with a
-local Bradley-Terry judge -> where to look. Every stage is an ordinary call of the same functions the CLI
+ingest (HH-RLHF, AlpacaEval) -> clean -> tiny model -> SFT reference -> DPO -> two iterative rounds judged by a
+known reward (a sentiment lexicon) -> a table of reward, win rate and KL per round, each with its standard error
+-> where to look. Every stage is an ordinary call of the same functions the CLI
 verbs use, so re-running the demo reuses the cached snapshots and finished rounds instead of redoing them.
 """
 
@@ -36,11 +37,14 @@ class DemoSettings:
     per_round: int = 16
     eval_prompts: int = 8
     n: int = 4
-    max_new_tokens: int = 48
+    max_new_tokens: int = 32
+    round_steps: int = 12
+    eval_samples: int = 4
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        return cls(sft_steps=6, dpo_steps=4, per_round=6, eval_prompts=3, n=3, max_new_tokens=24)
+        return cls(sft_steps=6, dpo_steps=4, per_round=6, eval_prompts=3, n=3, max_new_tokens=24, round_steps=2,
+                   eval_samples=2)
 
 
 def shared_data_dir() -> Path:
@@ -120,13 +124,18 @@ def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = F
     cfg = parse_iterate_config({
         "experiment": f"demo{tag}", "workspace": str(ws.root), "rounds": s.rounds, "policy": str(dpo.checkpoint),
         "reference": "initial",
-        "prompts": {"snapshot": alpaca_clean.snapshot_id, "per_round": s.per_round, "eval_prompts": s.eval_prompts},
-        "generation": {"n": s.n, "max_new_tokens": s.max_new_tokens, "temperature": 1.0, "top_p": 0.95},
-        "judge": {"type": "bradley_terry"}, "judge_train_on": hh_clean.snapshot_id,
+        "prompts": {"snapshot": alpaca_clean.snapshot_id, "per_round": s.per_round, "eval_prompts": s.eval_prompts,
+                    "max_prompt_chars": 600},
+        # Pure sampling (T=1, top-p 1): the pairs and the KL are the policy's own distribution.
+        "generation": {"n": s.n, "max_new_tokens": s.max_new_tokens, "temperature": 1.0, "top_p": 1.0},
+        # A known reward the policy never sees, so the rounds visibly optimise something (the report shows it
+        # moving with its s.e.); `{"type": "bradley_terry"}` + judge_train_on trains a reward model instead.
+        "judge": {"type": "python", "function": "dpo_train.judges.functions:sentiment"},
         "pairs": {"rule": "best_vs_worst", "min_margin": 0.0},
-        "train": {"max_steps": max(s.dpo_steps // 2, 2), "lr": 1e-4, "per_device_batch_size": 4, "max_length": 256,
-                  "max_prompt_length": 128,
-                  "save_steps": 0},
+        # A round trains its max_steps (several epochs of its few pairs if need be).
+        "train": {"max_steps": s.round_steps, "lr": 1e-3, "beta": 0.1, "per_device_batch_size": 4,
+                  "max_length": 256, "max_prompt_length": 128, "save_steps": 0},
+        "eval": {"samples": s.eval_samples},
     })
     console.print("[bold]iterative DPO[/]: 2 rounds of generate -> judge -> pairs -> gate -> train -> evaluate")
     from pipelines.round_flow import iterate_flow
@@ -157,24 +166,23 @@ _WHERE_TO_LOOK = """[bold green]demo finished[/] in {seconds:.0f}s. Where to loo
 def _where_to_look(ws: Workspace, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
-    t = Table(title="evaluation per round (held-out prompts)")
-    for col in ("round", "judge score mean", "KL to reference", "mean answer tokens", "win rate vs previous"):
-        t.add_column(col)
+    from dpo_train.round_report import fmt, get
+
+    t = Table(title="evaluation per round (held-out prompts; mean ± standard error)")
+    cols = [("reward", ("score", "current", "mean"), ("score", "current", "stderr")),
+            ("KL to reference", ("kl", "kl"), ("kl", "stderr")),
+            ("win rate vs reference", ("win_rate_vs_reference", "win_rate"), ("win_rate_vs_reference", "stderr")),
+            ("win rate vs previous", ("win_rate", "win_rate"), ("win_rate", "stderr")),
+            ("mean tokens", ("length", "current", "mean_tokens"), None),
+            ("truncated", ("length", "current", "truncated_fraction"), None)]
+    t.add_column("round")
+    for name, _, _ in cols:
+        t.add_column(name)
     for rec in history:
-        t.add_row(str(rec.get("round")), _fmt(rec, "score", "current", "mean"), _fmt(rec, "kl", "kl"),
-                  _fmt(rec, "length", "current", "mean_tokens"), _fmt(rec, "win_rate", "win_rate"))
+        t.add_row(str(rec.get("round")), *(fmt(get(rec, p), get(rec, se)) for _, p, se in cols))
     console.print(t)
     w = f"-w {ws.root} " if Path.cwd() / "dpo-workspace" != ws.root else ""
     console.print(_WHERE_TO_LOOK.format(seconds=summary["seconds"], w=w, hh_clean=summary["hh_clean"], root=ws.root,
                                         lc_report=ws.resolve(summary["length_bias"]).path / "report.html",
                                         experiment=summary["experiment"]),
                   soft_wrap=True)
-
-
-def _fmt(rec: dict[str, Any], *path: str) -> str:
-    cur: Any = rec
-    for p in path:
-        if not isinstance(cur, dict) or p not in cur:
-            return "-"
-        cur = cur[p]
-    return f"{cur:.4f}" if isinstance(cur, float) else str(cur)

@@ -180,3 +180,25 @@ def test_round_trains_what_was_sampled_for_the_configured_steps(tiny_policy, pro
     rec = history[1]
     assert history[0]["kl"]["kl"] == 0.0 and rec["kl"]["stderr"] is not None and rec["kl"]["kl"] >= 0
     assert rec["score"]["current"]["stderr"] is not None and rec["win_rate_vs_reference"]["stderr"] is not None
+
+
+def test_example_config_judge_separates_real_answers(shared_data):
+    """The config users copy must judge with a reward that varies between answers (not a flat line)."""
+    import gzip
+    import json
+
+    import numpy as np
+
+    from dpo_train.judges import make_judge
+    from pipelines.iterate_config import load_iterate_config
+
+    cfg = load_iterate_config(Path(__file__).parents[2] / "examples" / "iterate.toml")
+    assert cfg.round_gate()["length_bias"]["mode"] == "stats" and cfg.pairs.get("truncated") == "keep"
+    rows = json.loads(gzip.open(shared_data / ALPACA, "rt", encoding="utf-8").read())[:200]
+    import pyarrow as pa
+
+    t = pa.table({"prompt_id": [str(i) for i in range(len(rows))],
+                  "prompt": [[{"role": "user", "content": r["instruction"]}] for r in rows],
+                  "sample_index": [0] * len(rows), "response": [r["output_1"] for r in rows]})
+    scores = make_judge(cfg.judge).score(t)
+    assert np.std(scores) > 0.5 and len(set(scores.tolist())) > 5
