@@ -205,7 +205,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_with_progress(cfg_dict, _ws(args), f"{cfg_dict.get('mode', 'dpo')} on {cfg_dict.get('snapshot')}")
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return 0
-    output.line(f"run {result.run_id}: {result.steps} steps, trained on {result.snapshot_id}")
+    done = f"{result.steps} steps" if result.losses else f"already finished at step {result.steps}, nothing rewritten"
+    output.line(f"run {result.run_id}: {done}, trained on {result.snapshot_id}")
+    if result.reference:  # cached reference log-probs: their own artefact, never a version of the dataset
+        output.line(f"reference log-probs: {result.reference} ({'computed' if result.reference_computed else 'reused'})")
     output.line(f"checkpoint: {result.checkpoint}")
     if result.report:
         output.line(f"report: {result.report}")

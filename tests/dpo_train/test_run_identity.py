@@ -170,3 +170,18 @@ def test_kill_9_then_rerun_marks_interrupted_and_resumes(workspace, tiny_model_d
     resumed = train(TrainConfig(**kw), workspace)
     assert resumed.run_id == run_id and min(resumed.losses) == 2  # from checkpoint-000002
     assert _status(workspace, run_id) == ["finished"]
+
+
+def test_cli_refuses_another_config_on_a_used_output_dir(workspace, tiny_model_dir, tmp_path, capsys):
+    from pipelines.cli import main
+
+    workspace.publish("toy", pair_table(8))
+    toml = tmp_path / "train.toml"
+    toml.write_text("[train]\nmax_length = 96\nmax_prompt_length = 48\nreport = false\n")
+    args = ["-w", str(workspace.root), "train", "--snapshot", "toy", "--model", str(tiny_model_dir),
+            "--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--config", str(toml)]
+    assert main(args) == 0
+    assert main(args) == 0 and "already finished at step 1" in capsys.readouterr().out
+    assert main([*args, "--loss", "ipo"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "config.loss" in err and "Traceback" not in err
