@@ -15,9 +15,9 @@ macros survive publishes.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -35,8 +35,6 @@ _CONFIG = {"storage_compatibility_version": STORAGE_VERSION}
 # How long a writer waits for another process's lock before giving up (override: $DPO_CATALOG_WAIT_S).
 DEFAULT_WAIT_S = 120.0
 RESERVED_VIEWS = frozenset({"snapshots", "rounds"})
-
-log = logging.getLogger("dpo.storage")
 
 DDL = [
     """CREATE TABLE IF NOT EXISTS catalog_meta (key VARCHAR PRIMARY KEY, value VARCHAR)""",
@@ -114,8 +112,8 @@ def connect(root: Path, *, read_only: bool = False,
                     "(close that DuckDB client or wait for it to finish, then retry; $DPO_CATALOG_WAIT_S sets "
                     "the wait)"
                 ) from exc
-            if not warned:
-                log.warning("waiting for the catalog %s: held by %s", path, holder)
+            if not warned:  # straight to stderr: a logging handler must not be able to swallow or break it
+                print(f"waiting for the catalog {path}: held by {holder}", file=sys.stderr, flush=True)
                 warned = True
             time.sleep(delay)
             delay = min(delay * 2, 0.5)

@@ -7,9 +7,10 @@ Two independent layers:
    functions that change state (nextval) are refused.
 2. The query cannot write even if the check missed something: it never touches the real catalog (a private
    copy of `catalog.duckdb` is taken under a brief shared lock, milliseconds, so readers never block writers, and
-   ATTACHed READ_ONLY in an in-memory database), DuckDB's local file system is disabled, and the snapshot files
-   are reachable only through `ReadOnlySnapshots`, a file system that opens files for reading, under the
-   workspace's `snapshots/` and `_empty/` folders, and nothing else (no write, mkdir, delete or rename).
+   ATTACHed READ_ONLY in an in-memory database), local files are reachable only in the query's private spill
+   folder (`enable_external_access=false` + `allowed_directories`), and the snapshot files only through
+   `ReadOnlySnapshots`, a file system that opens files for reading, under the workspace's `snapshots/` and
+   `_empty/` folders, and nothing else (no write, delete or rename).
    Extensions cannot be installed and the configuration is locked before the user's SQL runs. Memory, threads
    and temp space are capped and a timer interrupts the query at `timeout_s`.
 """
@@ -33,7 +34,7 @@ from fsspec import AbstractFileSystem
 from storage import catalog
 from storage.errors import QueryLimitError, UnsafeQueryError
 
-# Table functions that only read: file readers (confined to the workspace by allowed_directories), generators
+# Table functions that only read: file readers (which reach only what layer 2 lets them read), generators
 # and the catalog's own metadata. Anything else in a FROM clause is refused.
 READ_TABLE_FUNCTIONS = frozenset({
     "read_parquet", "parquet_scan", "parquet_metadata", "parquet_schema", "parquet_file_metadata",
@@ -144,7 +145,7 @@ def _explained(text: str) -> str:
     i = 1  # token 0 is EXPLAIN
     while i < len(tokens) and tokens[i][1] == duckdb.token_type.comment:
         i += 1
-    if i < len(tokens) and text[tokens[i][0]:].upper().startswith("ANALYZE"):
+    if i < len(tokens) and text[tokens[i][0]:].upper().startswith(("ANALYZE", "ANALYSE")):
         i += 1
     elif i < len(tokens) and text[tokens[i][0]] == "(":
         depth = 0
@@ -183,7 +184,10 @@ def _check(parser: duckdb.DuckDBPyConnection, query: str) -> list[str]:
         inner, inner_kind = text, kind
         if kind == "EXPLAIN":
             inner = _explained(text)
-            inner_stmts = parser.extract_statements(inner) if inner.strip() else []
+            try:
+                inner_stmts = parser.extract_statements(inner) if inner.strip() else []
+            except duckdb.Error as exc:
+                raise _refuse("EXPLAIN", text, f"wraps a statement that could not be checked ({exc})") from exc
             if len(inner_stmts) != 1:
                 raise _refuse("EXPLAIN", text, "does not wrap exactly one statement")
             inner_kind = inner_stmts[0].type.name

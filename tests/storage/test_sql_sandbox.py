@@ -54,6 +54,12 @@ CORPUS = [
     "SELECT * FROM '{ws}/snapshots/hh/v1/pairs.parquet'", "FROM read_json('/etc/hostname')",
     "EXPLAIN SELECT * FROM checkpoint()", "EXPLAIN (FORMAT json) COPY (SELECT 1) TO '{ws}/e.csv'",
     "EXPLAIN /* c */ ANALYZE DELETE FROM metrics", "DESCRIBE CREATE TABLE t AS SELECT 1",
+    "EXPLAIN ANALYSE COPY (SELECT 1) TO '{ws}/a.csv'", "EXPLAIN (ANALYZE) COPY (SELECT 1) TO '{ws}/b.csv'",
+    "SUMMARIZE SELECT * FROM force_checkpoint()", "DESCRIBE SELECT * FROM force_checkpoint()",
+    "SELECT (SELECT count(*) FROM force_checkpoint())", "SELECT * FROM range(3) WHERE EXISTS (FROM checkpoint())",
+    "WITH RECURSIVE t AS (SELECT * FROM force_checkpoint()) SELECT * FROM t",
+    "SELECT * FROM hh UNION ALL SELECT * FROM force_checkpoint()",
+    "SELECT list_transform([1], x -> (SELECT 1 FROM force_checkpoint()))",
     # reads that must run
     "SELECT count(*) FROM hh", "SUMMARIZE hh", "DESCRIBE hh", "SHOW TABLES", "EXPLAIN SELECT * FROM hh",
     "EXPLAIN ANALYZE SELECT count(*) FROM hh", "FROM snapshots", "SELECT * FROM rejects",
