@@ -65,7 +65,7 @@ def sampling_params_kwargs(cfg: GenerationConfig, seed: int) -> dict[str, Any]:
 
 def stop_reason(comp: Any) -> str:
     """eos | stop_string | length from a vLLM CompletionOutput (finish_reason + stop_reason)."""
-    if comp.finish_reason == "length" or comp.finish_reason is None:
+    if comp.finish_reason != "stop":  # "length", or "abort"/None: the answer was cut, no EOS was sampled
         return "length"
     # vLLM: stop_reason is None for EOS, the string for a stop string, an int for a stop token id.
     return "stop_string" if isinstance(getattr(comp, "stop_reason", None), str) else "eos"
