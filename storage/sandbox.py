@@ -7,7 +7,8 @@ Two independent layers:
    functions that change state (nextval) are refused.
 2. The query cannot write even if the check missed something: it never touches the real catalog (a private
    copy of `catalog.duckdb` is taken under a brief shared lock, milliseconds, so readers never block writers, and
-   ATTACHed READ_ONLY in an in-memory database), local files are reachable only in the query's private spill
+   ATTACHed READ_ONLY in an in-memory database; the data views the query reaches are shadowed by TEMP views of
+   the same SQL whose paths go through `ReadOnlySnapshots`), local files are reachable only in the query's private spill
    folder (`enable_external_access=false` + `allowed_directories`), and the snapshot files only through
    `ReadOnlySnapshots`, a file system that opens files for reading, under the workspace's `snapshots/` and
    `_empty/` folders, and nothing else (no write, delete or rename).
@@ -125,9 +126,19 @@ def _walk(node: Any) -> Iterator[dict[str, Any]]:
             yield from _walk(v)
 
 
-def _check_select(parser: duckdb.DuckDBPyConnection, text: str) -> None:
+def _tree(parser: duckdb.DuckDBPyConnection, text: str) -> dict[str, Any]:
     row = parser.execute("SELECT json_serialize_sql(?)", [text]).fetchone()
-    tree = json.loads(row[0]) if row else {"error": True}
+    return json.loads(row[0]) if row else {"error": True, "error_message": "no parse tree"}
+
+
+def _table_names(tree: dict[str, Any]) -> set[str]:
+    """Every table or view name the statement refers to (case-folded)."""
+    return {str(n["table_name"]).lower() for n in _walk(tree) if isinstance(n.get("table_name"), str)}
+
+
+def _check_select(parser: duckdb.DuckDBPyConnection, text: str) -> set[str]:
+    """Refuse table functions not known to only read, and functions that write; return the names referenced."""
+    tree = _tree(parser, text)
     if tree.get("error"):
         raise _refuse("statement", text, f"could not be checked ({tree.get('error_message', 'no parse tree')})")
     for node in _walk(tree):
@@ -137,6 +148,7 @@ def _check_select(parser: duckdb.DuckDBPyConnection, text: str) -> None:
                 raise _refuse("query", text, f"calls the table function {name}(), which is not known to only read")
         elif node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() in WRITE_FUNCTIONS:
             raise _refuse("query", text, f"calls {node['function_name']}(), which writes")
+    return _table_names(tree)
 
 
 def _explained(text: str) -> str:
@@ -163,22 +175,28 @@ _PARSER: list[duckdb.DuckDBPyConnection] = []
 _PARSER_LOCK = threading.Lock()
 
 
-def check_read_only(query: str) -> list[str]:
-    """The statements of `query`, each checked to only read; raises UnsafeQueryError otherwise."""
-    with _PARSER_LOCK:  # one in-memory connection that only parses, reused (opening one costs ~50 ms)
-        if not _PARSER:
-            _PARSER.append(duckdb.connect())
-        return _check(_PARSER[0], query)
+def check_read_only(query: str) -> tuple[list[str], set[str]]:
+    """The statements of `query`, each checked to only read (raises UnsafeQueryError otherwise), and the table
+    or view names they refer to."""
+    with _PARSER_LOCK:
+        return _check(_parser(), query)
 
 
-def _check(parser: duckdb.DuckDBPyConnection, query: str) -> list[str]:
+def _parser() -> duckdb.DuckDBPyConnection:
+    """One in-memory connection that only parses, reused (opening one costs ~50 ms); use under _PARSER_LOCK."""
+    if not _PARSER:
+        _PARSER.append(duckdb.connect())
+    return _PARSER[0]
+
+
+def _check(parser: duckdb.DuckDBPyConnection, query: str) -> tuple[list[str], set[str]]:
     try:
         statements = parser.extract_statements(query)
     except duckdb.ParserException as exc:
         raise UnsafeQueryError(f"SQL syntax error: {exc}") from exc
     if not statements:
         raise UnsafeQueryError("empty SQL")
-    out = []
+    out, names = [], set()
     for stmt in statements:
         text, kind = stmt.query, stmt.type.name
         inner, inner_kind = text, kind
@@ -193,9 +211,9 @@ def _check(parser: duckdb.DuckDBPyConnection, query: str) -> list[str]:
             inner_kind = inner_stmts[0].type.name
         if inner_kind != "SELECT":
             raise _refuse(f"{kind} statement", text, "is not a query")
-        _check_select(parser, inner)
+        names |= _check_select(parser, inner)
         out.append(text)
-    return out
+    return out, names
 
 
 def _fingerprint(root: Path) -> str:
@@ -210,11 +228,11 @@ def _fingerprint(root: Path) -> str:
     return "_".join(parts)
 
 
-def prepared_copy(root: Path) -> Path:
-    """A private copy of the catalog whose views read through ReadOnlySnapshots; cached per catalog state.
+def catalog_copy(root: Path) -> Path:
+    """A private copy of the catalog, cached per catalog state (the query attaches it READ_ONLY).
 
-    The copy is taken under a shared lock held only while the file is copied (readers never block writers for
-    longer); rewriting its views happens on the copy. Until the catalog changes, later queries reuse it.
+    It is taken under a shared lock held only while the file is copied, so readers never block writers for
+    longer; until the catalog changes, later queries reuse it without touching the catalog at all.
     """
     cache = root / ".tmp" / SQL_CACHE
     cache.mkdir(parents=True, exist_ok=True)
@@ -228,16 +246,9 @@ def prepared_copy(root: Path) -> Path:
             slot = cache / f"{_fingerprint(root)}.duckdb"  # the state actually copied
             shutil.copyfile(src, work)
             wal = src.with_name(src.name + ".wal")
-            if wal.exists():
+            if wal.exists():  # left by a killed writer: fold it in, so the copy is one self-contained file
                 shutil.copyfile(wal, work.with_name(work.name + ".wal"))
-        with duckdb.connect() as con:
-            con.register_filesystem(ReadOnlySnapshots([str(root / "snapshots"), str(root / "_empty")]))
-            con.execute(f"ATTACH {catalog.quote_literal(str(work))} AS {ALIAS}")
-            con.execute(f"USE {ALIAS}")
-            for name, sel in catalog.wanted_views(con, root, root / "_empty", prefix=PROTOCOL + "://").items():
-                con.execute(f"CREATE OR REPLACE VIEW {catalog.quote_ident(name)} AS {sel}")
-            con.execute("USE memory")
-            con.execute(f"DETACH {ALIAS}")  # checkpoints: the copy is one self-contained file
+                duckdb.connect(str(work)).close()
         os.replace(work, slot)
     finally:
         for leftover in (work, work.with_name(work.name + ".wal")):
@@ -246,6 +257,35 @@ def prepared_copy(root: Path) -> Path:
         if old != slot and not old.name.startswith("."):
             old.unlink(missing_ok=True)
     return slot
+
+
+def _needed_views(con: duckdb.DuckDBPyConnection, root: Path, names: set[str] | None) -> dict[str, str]:
+    """The catalog's data views the query reaches (directly or through a user's views), reading through
+    ReadOnlySnapshots. `names=None`: all of them."""
+    wanted = catalog.wanted_views(con, root, root / "_empty", prefix=PROTOCOL + "://")
+    if names is None:
+        return wanted
+    folded = {k.lower(): k for k in wanted}
+    user_views = {v.lower(): sql for v, sql in con.execute(
+        "SELECT view_name, sql FROM duckdb_views() WHERE NOT internal AND database_name = current_database()"
+    ).fetchall() if v.lower() not in folded}
+    seen, frontier = set(), set(names)
+    while frontier:
+        name = frontier.pop()
+        seen.add(name)
+        if name in user_views:
+            with _PARSER_LOCK:
+                frontier |= _table_names(_tree(_parser(), _view_body(user_views[name]))) - seen
+    return {folded[n]: wanted[folded[n]] for n in seen if n in folded}
+
+
+def _view_body(create_sql: str) -> str:
+    """'CREATE VIEW x AS SELECT ...;' -> 'SELECT ...' (duckdb_views().sql holds the whole statement)."""
+    tokens = duckdb.tokenize(create_sql)
+    for pos, _kind in tokens:
+        if create_sql[pos:pos + 2].upper() == "AS" and not create_sql[pos + 2:pos + 3].isalnum():
+            return create_sql[pos + 2:].strip().rstrip(";")
+    return create_sql
 
 
 def _limit_error(exc: duckdb.Error, limits: SqlLimits, timed_out: bool) -> QueryLimitError | None:
@@ -261,11 +301,14 @@ def _limit_error(exc: duckdb.Error, limits: SqlLimits, timed_out: bool) -> Query
     return None
 
 
-def _prepare(con: duckdb.DuckDBPyConnection, root: Path, copy: Path, spill: Path) -> None:
-    """Attach the prepared copy READ_ONLY; local files only in the private spill folder; lock the settings."""
+def _prepare(con: duckdb.DuckDBPyConnection, root: Path, copy: Path, spill: Path, names: set[str] | None) -> None:
+    """Attach the catalog copy READ_ONLY; shadow the data views the query needs with TEMP views that read through
+    ReadOnlySnapshots; local files only in the private spill folder; lock the settings."""
     con.register_filesystem(ReadOnlySnapshots([str(root / "snapshots"), str(root / "_empty")]))
     con.execute(f"ATTACH {catalog.quote_literal(str(copy))} AS {ALIAS} (READ_ONLY)")
     con.execute(f"USE {ALIAS}")
+    for name, sel in _needed_views(con, root, names).items():
+        con.execute(f"CREATE TEMP VIEW {catalog.quote_ident(name)} AS {sel}")
     # Local files: the private spill folder only. Snapshot files: through ReadOnlySnapshots only.
     allowed = [str(spill) + "/", *(f"{PROTOCOL}://{root / sub}/" for sub in ("snapshots", "_empty"))]
     con.execute("SET allowed_directories = [" + ", ".join(map(catalog.quote_literal, allowed)) + "]")
@@ -275,15 +318,17 @@ def _prepare(con: duckdb.DuckDBPyConnection, root: Path, copy: Path, spill: Path
 
 def sql_read_only(root: Path, query: str, limits: SqlLimits | None = None) -> pa.Table:
     """Run read-only SQL over a private copy of the catalog; the last statement's rows as an Arrow table."""
-    return run_statements(root, check_read_only(query), limits or SqlLimits())
+    statements, names = check_read_only(query)
+    return run_statements(root, statements, limits or SqlLimits(), names)
 
 
-def run_statements(root: Path, statements: list[str], limits: SqlLimits) -> pa.Table:
-    """The second layer alone: run statements (already checked) where they cannot write into the workspace."""
+def run_statements(root: Path, statements: list[str], limits: SqlLimits, names: set[str] | None = None) -> pa.Table:
+    """The second layer alone: run statements (already checked) where they cannot write into the workspace;
+    `names` are the views they refer to (None: make every data view readable)."""
     work = root / ".tmp" / f"sql-{uuid.uuid4().hex}"
     work.mkdir(parents=True)
     try:
-        copy = prepared_copy(root)
+        copy = catalog_copy(root)
         con = duckdb.connect(config={
             "memory_limit": limits.memory_limit, "threads": limits.threads,
             "temp_directory": str(work / "spill"), "max_temp_directory_size": limits.max_temp_size,
@@ -291,7 +336,7 @@ def run_statements(root: Path, statements: list[str], limits: SqlLimits) -> pa.T
         })
         timer = threading.Timer(limits.timeout_s, con.interrupt)
         try:
-            _prepare(con, root, copy, work / "spill")
+            _prepare(con, root, copy, work / "spill", names)
             timer.start()
             result = pa.table({})
             for text in statements:
