@@ -200,6 +200,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipelines.demo import train_with_progress
 
     if cfg_dict.get("model"):
+        from pipelines.models import check_model
+
         check_model(str(cfg_dict["model"]))
     _quiet_transformers()
     result = train_with_progress(cfg_dict, _ws(args), f"{cfg_dict.get('mode', 'dpo')} on {cfg_dict.get('snapshot')}")
@@ -236,6 +238,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from pipelines.experiment import TABLE_HEADER, format_table, run_experiment
+
+    _quiet_transformers()
+    res = run_experiment(workspace=args.workspace, quick=args.quick)
+    output.emit([dict(zip(TABLE_HEADER, row, strict=True)) for row in format_table(res["rows"])], args.format,
+                title=f"controlled experiment: true reward vs KL to the reference ({res['seconds']:.0f}s)")
+    output.line(f"plot: {res['plot']}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from pipelines.report_ui import make_server
 
@@ -252,58 +265,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_experiment(args: argparse.Namespace) -> int:
-    from pipelines.experiment import TABLE_HEADER, format_table, run_experiment
-
-    _quiet_transformers()
-    res = run_experiment(workspace=args.workspace, quick=args.quick)
-    output.emit([dict(zip(TABLE_HEADER, row, strict=True)) for row in format_table(res["rows"])], args.format,
-                title=f"controlled experiment: true reward vs KL to the reference ({res['seconds']:.0f}s)")
-    output.line(f"plot: {res['plot']}")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipelines.demo import run_demo
 
     _quiet_transformers()
     run_demo(workspace=args.workspace, quick=args.quick)
     return 0
-
-
-def check_model(ref: str) -> None:
-    """Fail in one line, before any loading, on a model that is neither a local folder nor reachable."""
-    from pathlib import Path
-
-    path = Path(ref).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise NotADirectoryError(f"model {ref}: not a folder (give the folder holding config.json)")
-        return
-    if path.is_absolute() or ref.startswith((".", "~")) or ref.count("/") > 1 or "\\" in ref:
-        raise FileNotFoundError(f"model path {ref} does not exist")
-    from huggingface_hub import try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(ref, "config.json"), str):
-        return  # a hub id already in the local cache
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or not _hub_reachable():
-        raise ConnectionError(f"model {ref!r} is not a local folder, not in the Hugging Face cache, and the hub "
-                              "cannot be reached: download it where the hub is reachable, or pass a local path")
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One TCP connect to the hub, so an offline machine fails in seconds, not after minutes of retries."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
 
 
 def _quiet_transformers() -> None:
@@ -428,15 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--rounds", type=int, default=None)
     _add_format(verb("rounds", cmd_rounds, "lineage of iterative rounds"))
     _add_format(verb("runs", cmd_runs, "training runs and their status"))
+    sp = verb("experiment", cmd_experiment, "controlled experiment: DPO, Preferred-FT, best-of-n and rounds "
+              "against a known reward, as a reward-vs-KL table")
+    sp.add_argument("--quick", action="store_true", help="smaller settings (used by the tests)")
+    _add_format(sp)
     sp = verb("report", cmd_report, "serve the HTML reports of the workspace over http (for the Prefect UI)")
     sp.add_argument("action", choices=["serve"])
     sp.add_argument("--host", default="127.0.0.1")
     sp.add_argument("--port", type=int, default=8765, help="port (8765; the artifacts link here unless "
                     "$DPO_REPORT_URL says otherwise)")
-    sp = verb("experiment", cmd_experiment, "controlled experiment: DPO, Preferred-FT, best-of-n and rounds "
-              "against a known reward, as a reward-vs-KL table")
-    sp.add_argument("--quick", action="store_true", help="smaller settings (used by the tests)")
-    _add_format(sp)
     sp = verb("demo", cmd_demo, "the whole product end to end on the embedded defaults")
     sp.add_argument("--quick", action="store_true", help="smaller settings (used by the tests)")
     return p
