@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from storage import catalog
 from storage.locks import FileLock
+from storage.publish import fsync_file, to_json
 
 TABLE = "artefact_log"
 DDL = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -112,9 +113,9 @@ class Publisher:
             manifest = {"artefact_id": aid, "kind": self.kind, "cache_key": self.key, "parents": parents,
                         "meta": meta, "params": params or {}, "rows": data.num_rows,
                         "created_at": created.isoformat()}
-            (tmp / "manifest.json").write_text(_json(manifest), encoding="utf-8")
+            (tmp / "manifest.json").write_text(to_json(manifest), encoding="utf-8")
             for name in (DATA_FILE, "manifest.json"):
-                _fsync(tmp / name)
+                fsync_file(tmp / name)
             final = root / rel
             final.parent.mkdir(parents=True, exist_ok=True)
             with catalog.connect(root) as con:
@@ -125,9 +126,9 @@ class Publisher:
                         (root / ".trash").mkdir(exist_ok=True)
                         os.rename(final, root / ".trash" / f"{aid}-{uuid.uuid4().hex}")
                     os.rename(tmp, final)
-                    _fsync(final.parent)
+                    fsync_file(final.parent)
                     con.execute(f"INSERT INTO {TABLE} ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
-                                [aid, self.kind, self.key, parents, created, _json(meta), _json(params or {}),
+                                [aid, self.kind, self.key, parents, created, to_json(meta), to_json(params or {}),
                                  data.num_rows, rel.as_posix()])
                     con.execute("COMMIT")
                 except BaseException:
@@ -206,19 +207,7 @@ def _select(root: Path, clause: str, params: list[Any]) -> list[tuple]:
             return []
 
 
-def _json(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)
-
-
 def _info(root: Path, row: tuple) -> ArtefactInfo:
     aid, kind, key, parents, created, meta, params, rows, path = row
     return ArtefactInfo(aid, kind, key, list(parents), created, json.loads(meta) if meta else {},
                         json.loads(params) if params else {}, rows, root / path)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
