@@ -24,7 +24,7 @@ import xxhash
 
 from dpo_train.batching import TokenizedPairs, collate, concatenated_forward
 from dpo_train.config import TrainConfig
-from dpo_train.judges.base import fingerprint_model_dir
+from dpo_train.judges.base import fingerprint_files, fingerprint_model_dir
 from dpo_train.prefix import collate_shared, shared_forward, shared_lengths
 from dpo_train.progress import report as report_progress
 from storage import artefacts
@@ -38,9 +38,16 @@ class ReferenceMismatchError(ValueError):
     """Cached reference log-probs do not fit the rows or settings of this run."""
 
 
+# Besides config.json and the weights, what turns text into the token ids the model reads.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model")
+
+
 def model_fingerprint(path: str | Path) -> str:
-    """Content hash of an HF model directory (config.json and every safetensors file), not of its path."""
-    return fingerprint_model_dir(path)
+    """Content hash of an HF model directory (config, safetensors weights, tokenizer files), not of its path."""
+    root = Path(path)
+    tok = [root / name for name in _TOKENIZER_FILES if (root / name).is_file()]
+    return fingerprint_model_dir(root, extra=fingerprint_files(tok) if tok else "")
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:

@@ -185,3 +185,13 @@ def test_cli_refuses_another_config_on_a_used_output_dir(workspace, tiny_model_d
     assert main([*args, "--loss", "ipo"]) == 2
     err = capsys.readouterr().err
     assert "other settings" in err and "config.loss" in err and "Traceback" not in err
+
+
+def test_model_fingerprint_is_content_not_path(tiny_model_dir, tmp_path):
+    from dpo_train.reference import model_fingerprint
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_model_dir, moved)
+    assert model_fingerprint(moved) == model_fingerprint(tiny_model_dir)  # a moved model keeps its runs
+    (moved / "chat_template.jinja").write_text("{{ messages[0]['content'] }}")
+    assert model_fingerprint(moved) != model_fingerprint(tiny_model_dir)  # another tokenizer/template: new run
