@@ -71,7 +71,7 @@ class TrainConfig:
     share_prompt: bool = True
 
     # reference log-probs
-    precompute_reference: bool = True  # compute once, publish as a kind="reference" snapshot, reuse after
+    precompute_reference: bool = True  # compute once into a reference artefact (storage.artefacts), reuse after
     reference_batch_size: int = 16
     step0_check: bool = True  # policy == reference at step 0 when starting from the reference
     step0_atol: float = 1e-3  # per-sequence summed log-prob tolerance (loosen for bf16)
