@@ -13,7 +13,7 @@ import io
 import json
 import re
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,28 +112,96 @@ def _bad_bytes_error(line: bytes) -> str | None:
     return None
 
 
+def _decompressed(path: Path, problem: list[str]) -> Iterator[bytes]:
+    """The file's bytes in pieces of at most 1 MiB, gunzipped on the fly (every member); a corrupt or truncated
+    gzip tail ends the stream and is described in `problem`. Memory stays at a few pieces, whatever the ratio."""
+    with path.open("rb") as f:
+        head = f.read(2)
+        f.seek(0)
+        if head != GZIP_MAGIC:
+            while piece := f.read(_CHUNK):
+                yield piece
+            return
+        dec = zlib.decompressobj(wbits=31)
+        data = b""
+        while True:
+            if not data:
+                data = f.read(_CHUNK)
+                if not data:
+                    break
+            try:
+                out = dec.decompress(data, _CHUNK)  # max_length bounds the output of a gzip bomb
+            except zlib.error as exc:
+                problem.append(f"gzip data is corrupt ({exc}); rows after this point are lost")
+                return
+            data = dec.unconsumed_tail
+            if out:
+                yield out
+            if dec.eof:  # another gzip member may follow; zero padding after the last one is ignored
+                data = (dec.unused_data + data) or f.read(_CHUNK)
+                if not data.strip(b"\x00"):
+                    return
+                dec = zlib.decompressobj(wbits=31)
+        if not dec.eof:
+            problem.append("gzip stream is truncated (no end-of-stream marker); rows after this point are lost")
+
+
+def iter_lines(path: Path, max_line_bytes: int, problem: list[str]) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, line bytes, line size) for every non-blank line, streamed. A line over `max_line_bytes` is
+    refused as soon as it passes the limit: it is yielded with None and its size, the rest of it skipped."""
+    pending = bytearray()
+    skipping = 0  # bytes of an oversized line seen so far (0 = not skipping)
+    lineno = 0
+    for piece in _decompressed(path, problem):
+        parts = piece.split(b"\n")
+        for k, part in enumerate(parts):
+            last = k == len(parts) - 1
+            if skipping:
+                skipping += len(part)
+            else:
+                pending += part
+                if len(pending) > max_line_bytes:
+                    skipping = len(pending)
+                    pending = bytearray()
+            if last:
+                break
+            if skipping:
+                yield lineno, None, skipping
+                skipping = 0
+            elif pending.strip():
+                yield lineno, bytes(pending), len(pending)
+            pending = bytearray()
+            lineno += 1
+    if skipping:
+        yield lineno, None, skipping
+    elif pending.strip():
+        yield lineno, bytes(pending), -1  # -1: the file ended inside this line
+
+
 def read_jsonl(path: Path, source: str, opts: IngestOptions) -> RawRows:
-    data, truncated = _load(path)
+    """JSON Lines, streamed: neither the file nor its decompressed text is ever held whole, blank lines cost
+    nothing, and a line over `opts.max_line_bytes` is quarantined (file, line, size) before it is read whole."""
     out = RawRows(source, "jsonl")
-    lines = data.split(b"\n")
-    partial = truncated is not None and not data.endswith(b"\n")
-    del data  # the lines are a copy; each line is released below once parsed, so the file is not held twice
-    last = len(lines) - 1
-    for i, line in enumerate(lines):
-        lines[i] = b""
-        if not line.strip():
+    problem: list[str] = []
+    last = -1
+    for i, line, size in iter_lines(path, opts.max_line_bytes, problem):
+        last = i
+        if line is None:
+            error = f"line is over the max_line_bytes limit of {opts.max_line_bytes} bytes ({size} bytes seen)"
+            out.quarantine.append(_q(source, i, None, error, None))
             continue
         try:
             value = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             error = _bad_bytes_error(line) or f"invalid JSON: {exc}"
-            if partial and i == last:
-                error = f"{truncated} (last line is incomplete: {error})"
+            if problem and size < 0:
+                error = f"{problem[0]} (last line is incomplete: {error})"
             out.quarantine.append(_q(source, i, None, error, raw_of(line, opts.max_raw_chars)))
             continue
         out.records.append((i, value))
-    if truncated is not None and not (partial and out.quarantine and out.quarantine[-1]["source_row"] == last):
-        out.quarantine.append(_q(source, len(lines), None, truncated, None))
+    if problem and not (out.quarantine and out.quarantine[-1]["source_row"] == last
+                        and out.quarantine[-1]["error"].startswith(problem[0])):
+        out.quarantine.append(_q(source, last + 1, None, problem[0], None))
     return out
 
 

@@ -17,6 +17,9 @@ class IngestOptions:
     # A text field above this many UTF-8 bytes is quarantined: 1 MiB is ~250k tokens, far past any context
     # window, so such a field is a broken export, not a preference.
     max_field_bytes: int = 1 << 20
+    # A JSON Lines row over this many bytes is quarantined as soon as it passes the limit, before it is read
+    # whole (a row is a few text fields plus metadata; a larger one is a broken export or a decompression bomb).
+    max_line_bytes: int = 16 << 20
     # The `raw` column of quarantine keeps at most this many characters of the offending row (marked as cut).
     max_raw_chars: int = 64 << 10
     # Multi-completion rows: how completions become pairs, and the score margin a pair needs.
@@ -36,8 +39,8 @@ class IngestOptions:
     def __post_init__(self) -> None:
         if self.pairing not in PAIRING_RULES:
             raise ValueError(f"unknown pairing rule {self.pairing!r}; choose one of {list(PAIRING_RULES)}")
-        if self.max_field_bytes <= 0 or self.max_raw_chars <= 0 or self.detect_rows <= 0:
-            raise ValueError("max_field_bytes, max_raw_chars and detect_rows must be positive")
+        if min(self.max_field_bytes, self.max_line_bytes, self.max_raw_chars, self.detect_rows) <= 0:
+            raise ValueError("max_field_bytes, max_line_bytes, max_raw_chars and detect_rows must be positive")
         if self.min_margin < 0:
             raise ValueError("min_margin must be >= 0")
         if self.pku_label not in PKU_LABELS:

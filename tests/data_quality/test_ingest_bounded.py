@@ -1,0 +1,90 @@
+"""Ingest holds bounded memory whatever the input's shape: streamed gzip, blank lines, one huge line.
+
+Each case runs in a fresh process that reports its own peak RSS growth (VmHWM minus the RSS before reading),
+so the assertion is about the reader, not about what the test process held before.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_CHILD = """
+import json, sys
+from pathlib import Path
+from data_quality.ingest import ingest_files
+from data_quality.ingest.options import IngestOptions
+
+def rss(key):
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+before = rss("VmRSS:")
+res = ingest_files([sys.argv[1]], format="trl_standard", options=IngestOptions(max_line_bytes=int(sys.argv[2])))
+q = res.quarantine
+print(json.dumps({"growth_mb": rss("VmHWM:") - before, "pairs": res.pairs.num_rows, "input_rows": res.input_rows,
+                  "errors": q.column("error").to_pylist(), "rows": q.column("source_row").to_pylist()}))
+"""
+
+
+def _ingest(path: Path, max_line_bytes: int = 1 << 20) -> dict:
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(max_line_bytes)], capture_output=True,
+                         text=True, cwd=ROOT, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _gzip_stream(path: Path, pieces) -> None:
+    """Write a gzip file from pieces without ever holding the whole decompressed text."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    with path.open("wb") as f:
+        for p in pieces:
+            f.write(comp.compress(p))
+        f.write(comp.flush())
+
+
+ROW = json.dumps({"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"}).encode()
+
+
+@pytest.mark.slow
+def test_gzip_of_newlines_stays_bounded(tmp_path: Path) -> None:
+    # ~60 MB of blank lines (a ~60 KB gzip) around two real rows: the old reader split it into a list of
+    # 60M line objects (the 1 MB gzip of newlines that passed 9 GB).
+    path = tmp_path / "blank.jsonl.gz"
+    _gzip_stream(path, [ROW + b"\n"] + [b"\n" * (1 << 20)] * 60 + [ROW + b"\n"])
+    assert path.stat().st_size < 2 << 20
+    got = _ingest(path)
+    assert got["pairs"] == 2 and got["input_rows"] == 2 and got["errors"] == []
+    assert got["growth_mb"] < 150, got["growth_mb"]
+
+
+@pytest.mark.slow
+def test_huge_line_is_refused_before_it_is_read_whole(tmp_path: Path) -> None:
+    # A 200 MB line (a gzip bomb of one row) between good rows: refused at the line limit, named by line number.
+    path = tmp_path / "bomb.jsonl.gz"
+    _gzip_stream(path, [ROW + b"\n", b'{"prompt": "' + b"a" * (1 << 20)] + [b"a" * (1 << 20)] * 200
+                 + [b'", "chosen": "x", "rejected": "y"}\n', ROW + b"\n"])
+    got = _ingest(path, max_line_bytes=4 << 20)
+    assert got["pairs"] == 2 and got["input_rows"] == 3
+    assert got["rows"] == [1] and "max_line_bytes" in got["errors"][0]
+    assert got["growth_mb"] < 150, got["growth_mb"]
+
+
+def test_multi_member_gzip_and_truncated_tail_still_read(tmp_path: Path) -> None:
+    from data_quality.ingest.containers import read_jsonl
+    from data_quality.ingest.options import IngestOptions
+
+    path = tmp_path / "two.jsonl.gz"
+    path.write_bytes(gzip.compress(ROW + b"\n") + gzip.compress(ROW + b"\n\n" + ROW + b"\n") + b"\x00" * 16)
+    rows = read_jsonl(path, "s", IngestOptions())
+    assert [i for i, _ in rows.records] == [0, 1, 3] and rows.quarantine == []
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(gzip.compress(ROW + b"\n" + ROW + b"\n")[:-12])
+    rows = read_jsonl(cut, "s", IngestOptions())
+    assert len(rows.records) >= 1 and "truncated" in rows.quarantine[-1]["error"]
