@@ -139,3 +139,14 @@ def test_lora_reference_is_the_same_cached_or_per_batch(workspace, tiny_model_di
     cached = trainer_mod.train(_cfg(tiny_model_dir, run_id="lr-cached", **kw), workspace)
     assert live.losses[0] != pytest.approx(LOG2, abs=1e-4)  # a separate reference: not the policy's base
     assert list(live.losses.values()) == pytest.approx(list(cached.losses.values()), abs=1e-5)
+
+
+def test_cli_names_the_bad_key_and_exits_2(workspace, tiny_model_dir, tmp_path, capfd):
+    from pipelines.cli import main
+
+    workspace.publish("toy", pair_table(4))
+    toml = tmp_path / "train.toml"
+    toml.write_text(f'[train]\nsnapshot = "toy@1"\nmodel = "{tiny_model_dir}"\nlr = "1e-4"\n')
+    rc = main(["--workspace", str(workspace.root), "train", "-c", str(toml)])
+    err = capfd.readouterr().err
+    assert rc == 2 and "lr: expected float, got str '1e-4'" in err and "Traceback" not in err
