@@ -35,7 +35,7 @@ from storage.schema import PAIR_SCHEMA, REJECTS_SCHEMA, conform
 POS = "__gate_pos"
 EXECUTORS = ("auto", "memory", "out_of_core")
 _BATCH = 50_000
-_WORK_FACTOR = 4  # peak of an in-memory run / in-memory size of the input (measured on AlpacaEval: ~3.5)
+_WORK_FACTOR = 7  # peak RSS of an in-memory run / Arrow size of its input (bench_scale, AlpacaEval copies: ~6.8)
 
 
 @dataclass(frozen=True)
@@ -354,12 +354,19 @@ def _local_phase(cur: pa.Table, steps: Sequence[Step], parts: int, spill: _Spill
 def choose_executor(source: pa.Table | str | Path, cfg: EngineConfig) -> str:
     if cfg.executor != "auto":
         return cfg.executor
+    return "memory" if _WORK_FACTOR * arrow_size(source) <= cfg.memory_budget_mb * 2**20 else "out_of_core"
+
+
+def arrow_size(source: pa.Table | str | Path) -> int:
+    """Bytes the input takes as Arrow in memory; for Parquet, estimated from its first row group (Parquet's own
+    sizes count dictionary-encoded text, far smaller than the decoded strings when answers repeat)."""
     if isinstance(source, pa.Table):
-        size = source.nbytes
-    else:
-        md = pq.ParquetFile(str(source)).metadata
-        size = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
-    return "memory" if _WORK_FACTOR * size <= cfg.memory_budget_mb * 2**20 else "out_of_core"
+        return source.nbytes
+    f = pq.ParquetFile(str(source))
+    if f.metadata.num_rows == 0:
+        return 0
+    first = f.read_row_group(0)
+    return int(first.nbytes / max(first.num_rows, 1) * f.metadata.num_rows)
 
 
 def execute(source: pa.Table | str | Path, steps: Sequence[Step], config: dict[str, Any],
