@@ -35,11 +35,11 @@ class DemoSettings:
     dpo_steps: int = 30
     rounds: int = 2
     per_round: int = 16
-    eval_prompts: int = 8
-    n: int = 4
+    eval_prompts: int = 12
+    n: int = 6
     max_new_tokens: int = 32
-    round_steps: int = 12
-    eval_samples: int = 4
+    round_steps: int = 16
+    eval_samples: int = 8  # 96 held-out answers per round: a reward change shows above its standard error
 
     @classmethod
     def quick(cls) -> DemoSettings:
@@ -131,7 +131,8 @@ def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = F
         # A known reward the policy never sees, so the rounds visibly optimise something (the report shows it
         # moving with its s.e.); `{"type": "bradley_terry"}` + judge_train_on trains a reward model instead.
         "judge": {"type": "python", "function": "dpo_train.judges.functions:sentiment"},
-        "pairs": {"rule": "best_vs_worst", "min_margin": 0.0},
+        # Every ordered pair of different rewards: the lexicon reward is sparse, best-vs-worst would waste samples.
+        "pairs": {"rule": "all_above_margin", "min_margin": 0.0},
         # A round trains its max_steps (several epochs of its few pairs if need be).
         "train": {"max_steps": s.round_steps, "lr": 1e-3, "beta": 0.1, "per_device_batch_size": 4,
                   "max_length": 256, "max_prompt_length": 128, "save_steps": 0},
