@@ -309,10 +309,14 @@ def main() -> int:
     src = ing.pairs.column("source").to_pylist()
     is_hh = pa.array([s.endswith("harmless-base-test.jsonl.gz") for s in src])
     evals = sorted(set(ing.pairs.filter(pa.compute.invert(is_hh)).column("prompt_text").to_pylist()))
-    only = GateConfig.from_dict({k: {"enabled": False} for k in GateConfig.from_dict({}).to_dict()
-                                 if k not in ("normalise", "decontam")})
+    only = GateConfig.from_dict({k: {"enabled": False} for k, v in GateConfig().to_dict().items()
+                                 if "enabled" in v and k not in ("normalise", "decontam")})
     bad += print_audit(f"decontam: HH vs {len(evals)} AlpacaEval instructions",
                        audit(ing.pairs.filter(is_hh), only, evals, args.examples))
+    # The control: rows whose prompt is an eval instruction must all go, and their reasons must hold.
+    first = ing.pairs.filter(pa.compute.equal(ing.pairs.column("source"), annotations[0]))
+    bad += print_audit("decontam control: one AlpacaEval file vs its own instructions",
+                       audit(first, only, evals, args.examples))
     print(json.dumps({"false_drops": bad}))
     return 0
 
