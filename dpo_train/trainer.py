@@ -104,6 +104,9 @@ def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]],
            held: ExitStack, kl_probe: KLProbe | None = None) -> RunResult:
     dist = D.init(cfg.distributed, cfg.device)
     plan = preflight(cfg)  # model paths, max_length, layout, LoRA targets: checked before any work
+    # under FSDP weights load on the host and fully_shard moves each layer's shard to the device, so a device
+    # never holds the whole model
+    load_on = torch.device("cpu") if dist.mode == "fsdp" else dist.device
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     info = ws.resolve(cfg.snapshot)
@@ -155,7 +158,7 @@ def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]],
             # every rank scores its slice of the pairs (same count on every rank, so a sharded reference runs
             # the same number of forwards everywhere); the slices are gathered into the full arrays
             mine = _rank_slice(len(data), dist)
-            ref = D.wrap(_load_model(ref_path, cfg, dist.device).requires_grad_(False), dist, dtype=cfg.dtype,
+            ref = D.wrap(_load_model(ref_path, cfg, load_on).requires_grad_(False), dist, dtype=cfg.dtype,
                          frozen=True)
             with D.autocast(cfg.dtype, dist):
                 c, r = compute_reference_logps(ref, _subset(data, mine), batch_size=cfg.reference_batch_size,
@@ -179,13 +182,13 @@ def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]],
 
     # -- model, optimizer, schedule (or their saved state) --------------------------------------------------
     base_path = resume_from if (resume_from is not None and not cfg.lora) else plan.model
-    model = _load_model(base_path, cfg, dist.device)
+    model = _load_model(base_path, cfg, load_on)
     if cfg.lora:
         model = _add_lora(model, cfg, plan, resume_from)
     ref_model = None
     adapters_off_ref = cfg.lora and plan.ref_model is None  # the reference is this model with adapters off
     if needs_ref and not cfg.precompute_reference and not adapters_off_ref:
-        ref_model = D.wrap(_load_model(ref_path, cfg, dist.device).eval().requires_grad_(False), dist,
+        ref_model = D.wrap(_load_model(ref_path, cfg, load_on).eval().requires_grad_(False), dist,
                            dtype=cfg.dtype, frozen=True)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
