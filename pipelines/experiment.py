@@ -45,7 +45,7 @@ class ExperimentSettings:
     train_prompts: int = 128  # prompts whose sampled answers become the offline pairs
     n: int = 8  # answers per prompt (offline pairs and rounds; best-of-n uses BEST_OF)
     max_new_tokens: int = 24
-    steps: int = 40  # optimizer steps of each offline method (DPO, Preferred-FT)
+    steps: int = 80  # optimizer steps of each offline method (DPO, Preferred-FT)
     lr: float = 1e-3
     betas: tuple[float, ...] = (0.1, 0.5)
     rounds: int = 2  # iterative DPO rounds (each: train_prompts // rounds fresh prompts)
