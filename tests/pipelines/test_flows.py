@@ -10,6 +10,7 @@ import pytest
 from pipelines import steps
 from pipelines.config import CleanParams, IngestParams, RetryConfig
 from pipelines.flows import clean_flow, ingest_flow, run_clean, run_ingest
+from storage import publish
 from storage.workspace import Workspace
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -84,12 +85,12 @@ def test_failed_publish_leaves_nothing_and_the_rerun_completes(tmp_path: Path, h
     ws = Workspace(tmp_path / "ws")
     raw = steps.ingest(ws, [str(hh_small)], "hh_raw")
 
-    def broken_commit(self: Workspace, *args: Any, **kwargs: Any) -> Any:
+    def broken_commit(*args: Any, **kwargs: Any) -> Any:
         raise OSError("disk full")
 
     params = CleanParams(ref="hh_raw", workspace=str(ws.root), retry=RetryConfig(retries=0))
     with monkeypatch.context() as m:
-        m.setattr(Workspace, "_commit", broken_commit)
+        m.setattr(publish, "_commit", broken_commit)  # the catalog transaction of storage/publish.py
         with pytest.raises(OSError, match="disk full"):
             clean_flow(params)
     assert ws.list_snapshots("hh") == []
@@ -103,15 +104,15 @@ def test_failed_publish_leaves_nothing_and_the_rerun_completes(tmp_path: Path, h
 def test_publish_failing_once_is_retried(tmp_path: Path, hh_small: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ws = Workspace(tmp_path / "ws")
     steps.ingest(ws, [str(hh_small)], "hh_raw")
-    real = Workspace._commit
+    real = publish._commit
     calls = {"n": 0}
 
-    def once(self: Workspace, *args: Any, **kwargs: Any) -> Any:
+    def once(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise OSError("catalog busy")
-        return real(self, *args, **kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(Workspace, "_commit", once)
+    monkeypatch.setattr(publish, "_commit", once)
     info = clean_flow(CleanParams(ref="hh_raw", workspace=str(ws.root), retry=FAST))
     assert calls["n"] == 2 and [s.snapshot_id for s in ws.list_snapshots("hh")] == [info.snapshot_id]
