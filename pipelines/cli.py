@@ -415,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.workspace = getattr(args, "workspace", None)
     args.debug = getattr(args, "debug", False)
+    # Prefect's local (ephemeral) server gets 20 s to start by default: too short on a busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     configure_logging()
     quiet_tracebacks(not args.debug)
     try:
