@@ -85,7 +85,7 @@ def _chart(history: Sequence[dict[str, Any]], title: str, series: list[Series], 
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("round")
         ax.set_xticks(rounds)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
 
     return png_base64(draw, 5, 3.2, dpi=100)

@@ -205,7 +205,7 @@ def plot_png(rows: list[dict[str, Any]]) -> str:
         ax.set_xlabel("KL(policy || reference), nats per answer (sampled ids)")
         ax.set_ylabel("true reward (mean ± s.e.)")
         ax.set_title("controlled experiment: reward vs KL", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
         ax.grid(alpha=0.3)
 
     return png_base64(draw, 6, 4, dpi=100)
