@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from dpo_train.distributed import DistInfo, all_sum
+from storage.errors import CatalogBusyError
+
+log = logging.getLogger(__name__)
 
 # Sums accumulated over a step's micro-batches; every metric is a ratio of two of them.
 DPO_SUMS = ("loss", "pairs", "reward_chosen", "reward_rejected", "reward_acc", "logp_chosen", "logp_rejected",
@@ -66,10 +70,19 @@ class MetricBuffer:
         if self.enabled:
             self.pending.extend((step, k, float(v)) for k, v in values.items())
 
-    def flush(self) -> None:
-        if self.enabled and self.pending:
+    def flush(self, *, final: bool = False) -> None:
+        """Write pending rows. A catalog held by an inspecting client must never kill a training: the rows
+        stay buffered and go out at the next flush; only the final flush gives up (with the typed error)."""
+        if not (self.enabled and self.pending):
+            return
+        try:
             self.ws.log_metrics(self.run_id, self.pending)
-            self.pending = []
+        except CatalogBusyError:
+            if final:
+                raise
+            log.warning("catalog busy: %d metric rows kept in memory for the next flush", len(self.pending))
+            return
+        self.pending = []
 
 
 class KLProbe:

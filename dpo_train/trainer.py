@@ -319,7 +319,7 @@ def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]],
         result.checkpoint = resume_from if resume_from is not None and not result.losses else save(step)
         result.steps = step
         if dist.is_main:
-            buffer.flush()
+            buffer.flush(final=True)
             if cfg.report:
                 result.report = write_report(out_dir / "report.html", run_id=run_id, rows=_history(ws, run_id),
                                              info=run_info, config=cfg.to_dict())
