@@ -124,12 +124,12 @@ def gate_config(gate: dict[str, Any]) -> Any:
 
 
 def read_eval_prompts(path: str | None) -> list[str] | None:
+    """Eval prompts for decontamination: one reader (text lines, JSONL or JSON arrays) in data_quality."""
     if not path:
         return None
-    text = Path(path).read_text(encoding="utf-8")
-    if path.endswith(".jsonl"):
-        return [json.loads(line)["prompt"] for line in text.splitlines() if line.strip()]
-    return [line for line in text.splitlines() if line.strip()]
+    from data_quality.checks.decontam import read_eval_prompts as read
+
+    return read(path)
 
 
 # -- ingest ------------------------------------------------------------------------------------------------
