@@ -8,8 +8,6 @@ Python code runs per token or per row. A text with fewer than k tokens gives one
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -40,7 +38,7 @@ def mix64(x: np.ndarray) -> np.ndarray:
 def tokens(texts: pa.Array | pa.ChunkedArray | pl.Series | list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(token hashes uint64, per-text token counts int64)."""
     s = pl.Series(texts, dtype=pl.String) if not isinstance(texts, pl.Series) else texts
-    # Same tokens as re.findall(r"\w+"): non-word runs become one space, then a literal split (much faster
+    # The tokens of `word_tokens` (Rust regex `\w+`): non-word runs become one space, then a literal split (much faster
     # than extract_all); the empty strings a leading or trailing separator leaves are dropped.
     lists = s.fill_null("").str.to_lowercase().str.replace_all(r"[^\w ]+| {2,}", " ").str.split(" ")
     flat = lists.explode()
@@ -96,9 +94,17 @@ def text_shingles(texts: pa.Array | pa.ChunkedArray | pl.Series | list[str], k: 
     return shingles(tok, counts, k)
 
 
+def word_tokens(text: str) -> list[str]:
+    """The tokens of one text as `tokens` defines them: lower-cased runs of the regex engine's Unicode `\\w`.
+
+    Polars' (Rust) `\\w` is not Python's (`m²` is one Python token but `m` for Rust), so the reference takes its
+    token boundaries from the same engine; what it checks independently is the shingling and the set algebra."""
+    return pl.Series([text], dtype=pl.String).str.to_lowercase().str.extract_all(_TOKEN).item().to_list()
+
+
 def shingle_set(text: str, k: int) -> set[tuple[str, ...]]:
-    """Reference shingles of one text (pure Python): the sets the vectorised hashes stand for."""
-    toks = re.findall(_TOKEN, text.lower())
+    """Reference shingles of one text (pure Python sets): the sets the vectorised hashes stand for."""
+    toks = word_tokens(text)
     if not toks:
         return set()
     if len(toks) < k:
