@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_quality.ingest import hh
+from storage import artefacts
 from storage.formats import export, weight_warning
 from storage.workspace import SnapshotInfo, Workspace
 
@@ -57,6 +58,8 @@ def export_snapshot(ws: Workspace, ref: str, to: str | os.PathLike[str], fmt: st
                     overwrite: bool = False, with_reference: bool = False) -> ExportResult:
     info = ws.resolve(ref)
     pairs = ws.read(info.snapshot_id)
+    if with_reference:  # reference log-probs live in their own artefact, never in the user's snapshot
+        pairs = artefacts.reference_pairs(ws.root, info.snapshot_id, pairs)
     path = export(pairs, to, fmt, overwrite=overwrite, protect=[ws.root], with_reference=with_reference,
                   labels_by_source=turn_labels(ws, info))
     warning = weight_warning(pairs)

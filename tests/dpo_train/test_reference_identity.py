@@ -52,6 +52,10 @@ def test_export_after_training_has_no_reference_columns(workspace, tiny_model_di
     asked = artefacts.reference_pairs(workspace.root, "toy@1", workspace.read("toy"))
     assert asked.column("ref_chosen_logp").null_count == 0 and asked.num_rows == 16
     assert asked.column("pair_id").to_pylist() == workspace.read("toy").column("pair_id").to_pylist()
+    with_ref = tmp_path / "toy-ref.jsonl"
+    assert main(["-w", str(workspace.root), "export", "toy", "--to", str(with_ref), "--with-reference-logps"]) == 0
+    got = [json.loads(line) for line in with_ref.read_text().splitlines()]
+    assert [r["ref_chosen_logps"] for r in got] == asked.column("ref_chosen_logp").to_pylist()
     train(_cfg(tiny_model_dir, max_length=80), workspace)
     with pytest.raises(ValueError, match="choose one"):
         artefacts.reference_pairs(workspace.root, "toy@1", workspace.read("toy"))
