@@ -17,6 +17,7 @@ candidate pair of a record counts as one input row.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 from data_quality.ingest import hh
 from data_quality.ingest._common import Collector, RowError, label, text_field, user_prompt
@@ -60,17 +61,23 @@ def nectar_prompt(text: str) -> list[dict]:
     return prompt
 
 
+def _objects(rec: dict, key: str) -> Iterator[tuple[str, dict]]:
+    """(field path, object) for each element of the list `rec[key]`; anything else names the field."""
+    items = rec.get(key)
+    if not isinstance(items, list):
+        raise RowError(key, f"expected a list, got {type(items).__name__}")
+    for i, item in enumerate(items):
+        where = f"{key}[{i}]"
+        if not isinstance(item, dict):
+            raise RowError(where, f"expected an object, got {type(item).__name__}")
+        yield where, item
+
+
 def handle_nectar(out: Collector, row: int, rec: dict) -> None:
     opts = out.opts
     prompt = nectar_prompt(text_field(rec.get("prompt"), "prompt", opts))
-    answers = rec.get("answers")
-    if not isinstance(answers, list):
-        raise RowError("answers", f"expected a list, got {type(answers).__name__}")
     comps = []
-    for i, a in enumerate(answers):
-        where = f"answers[{i}]"
-        if not isinstance(a, dict):
-            raise RowError(where, f"expected an object, got {type(a).__name__}")
+    for where, a in _objects(rec, "answers"):
         rank = _number(a.get("rank"), f"{where}.rank")
         if rank is None or not isinstance(a.get("answer"), str) or not a["answer"].strip():
             continue  # unranked or empty: not evidence for either side
@@ -96,14 +103,8 @@ def ultrafeedback_score(c: dict, where: str, key: str | None) -> float | None:
 def handle_ultrafeedback(out: Collector, row: int, rec: dict) -> None:
     opts = out.opts
     prompt = user_prompt(text_field(rec.get("instruction"), "instruction", opts))
-    completions = rec.get("completions")
-    if not isinstance(completions, list):
-        raise RowError("completions", f"expected a list, got {type(completions).__name__}")
     comps = []
-    for i, c in enumerate(completions):
-        where = f"completions[{i}]"
-        if not isinstance(c, dict):
-            raise RowError(where, f"expected an object, got {type(c).__name__}")
+    for where, c in _objects(rec, "completions"):
         score = ultrafeedback_score(c, where, opts.score_key)
         if score is None or not isinstance(c.get("response"), str) or not c["response"].strip():
             continue
