@@ -76,26 +76,26 @@ def _sigmoid(v: float) -> float:
     return float(1.0 / (1.0 + np.exp(-v)))
 
 
-def length_controlled(table: pa.Table, diff: np.ndarray, max_models: int, keep: np.ndarray | None = None) -> dict:
-    """Overall length effect, plus raw and length-controlled win rates per model when models are named."""
+def length_controlled(f: dict[str, np.ndarray], diff: np.ndarray, w: np.ndarray, max_models: int,
+                      keep: np.ndarray | None = None) -> dict:
+    """Overall length effect, plus raw and length-controlled win rates per model when models are named
+    (`f`: the row features, see `features`; `w`: the weights the rows are published with)."""
     out: dict = {}
     n = diff.size
     if n < 2:
         return out
     scale = float(np.std(diff)) or 1.0
     # Orient each pair by a hash of its id (not by length), so "A preferred" is independent of length a priori.
-    flip = (pl.Series(table.column("pair_id")).hash(7).to_numpy() & 1).astype(bool)
+    flip = f["flip"]
     d_a = np.where(flip, -diff, diff)
     y = (~flip).astype(np.float64)  # A is the chosen answer unless flipped
-    w = np.asarray(table.column("weight").to_numpy(zero_copy_only=False), dtype=np.float64)
     if keep is not None:
         w = w * keep
     beta = logistic_fit(np.tanh(d_a / scale), y)
     beta_w = logistic_fit(np.tanh(d_a / scale), y, w)
     out.update(length_coef=float(beta[1]), length_coef_weighted=float(beta_w[1]),
                p_longer_preferred_at_1sd=_sigmoid(beta[1] * np.tanh(1.0)), diff_scale=scale)
-    cm = np.asarray(table.column("chosen_model").to_numpy(zero_copy_only=False), dtype=object)
-    rm = np.asarray(table.column("rejected_model").to_numpy(zero_copy_only=False), dtype=object)
+    cm, rm = f["chosen_model"], f["rejected_model"]
     named = (cm != None) & (rm != None) & (cm != rm)  # noqa: E711 - elementwise on object arrays
     models = pl.Series(np.concatenate([cm[named], rm[named]]).astype(str)).value_counts(sort=True)
     rows = []
@@ -262,15 +262,32 @@ def diff_histogram(diff: np.ndarray, weights: np.ndarray, bins: int) -> dict:
             "weighted": np.histogram(clipped, edges, weights=weights)[0].tolist()}
 
 
-def run(table: pa.Table, cfg: LengthBiasConfig) -> CheckResult:
-    n = table.num_rows
+def features(table: pa.Table, cfg: LengthBiasConfig) -> dict[str, np.ndarray]:
+    """Everything the check needs of each row, as numbers (and model names): computed where the rows live, then
+    `decide_features` works on these columns alone (the cluster executor gathers them, never the text)."""
+    def num(name: str) -> np.ndarray:
+        return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+    def obj(name: str) -> np.ndarray:
+        return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=object)
+
     lc, lr = lengths(table, cfg.unit)
+    margin = num("chosen_score") - num("rejected_score")
+    ids = pl.Series(table.column("pair_id"))
+    f = {"lc": lc, "lr": lr, "base": num("weight"), "margin": margin, "prob": num("preference_prob"),
+         "flip": (ids.hash(7).to_numpy() & 1).astype(bool), "half": (ids.hash(23).to_numpy() & 1).astype(bool),
+         "chosen_model": obj("chosen_model"), "rejected_model": obj("rejected_model")}
+    if cfg.no_bonus_for_degenerate and cfg.mode != "stats":
+        f["no_bonus"] = degenerate_answers(table)
+    return f
+
+
+def decide_features(f: dict[str, np.ndarray], cfg: LengthBiasConfig) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(weights, keep mask, statistics) from the row features, in row order."""
+    lc, lr, base = f["lc"], f["lr"], f["base"]
+    n = lc.size
     diff = lc - lr
-    base = np.asarray(table.column("weight").to_numpy(zero_copy_only=False), dtype=np.float64)
-    margin = np.asarray(table.column("chosen_score").to_numpy(zero_copy_only=False), dtype=np.float64) - \
-        np.asarray(table.column("rejected_score").to_numpy(zero_copy_only=False), dtype=np.float64)
-    prob = np.asarray(table.column("preference_prob").to_numpy(zero_copy_only=False), dtype=np.float64)
-    margin = np.where(np.isfinite(margin), margin, prob)
+    margin = np.where(np.isfinite(f["margin"]), f["margin"], f["prob"])
     ok = np.isfinite(margin)
     corr = float(np.corrcoef(margin[ok], diff[ok])[0, 1]) if ok.sum() > 2 and np.std(margin[ok]) > 0 \
         and np.std(diff[ok]) > 0 else None
@@ -282,20 +299,16 @@ def run(table: pa.Table, cfg: LengthBiasConfig) -> CheckResult:
         "mean_len_chosen": float(lc.mean()) if n else None, "mean_len_rejected": float(lr.mean()) if n else None,
         "corr_margin_length_diff": corr,
     }
-    d = Decision.keep_all(n)
     if cfg.mode == "stats" or n == 0:
         stats["diff_hist"] = diff_histogram(diff, base, cfg.hist_bins)
-        stats["length_controlled"] = length_controlled(table, diff, cfg.max_models)
-        d.stats = stats
-        return apply(table, d, RULE, cfg)
-    no_bonus = degenerate_answers(table) if cfg.no_bonus_for_degenerate else None
+        stats["length_controlled"] = length_controlled(f, diff, base, cfg.max_models)
+        return base, np.ones(n, dtype=bool), stats
+    no_bonus = f.get("no_bonus")
     weights, keep, bins = balance(diff, base, cfg, np.random.default_rng(cfg.seed), no_bonus)
-    d.mark(~keep, "length_balance_subsample")
-    table = table.set_column(table.schema.get_field_index("weight"), "weight", pa.array(weights, pa.float64()))
-    stats["length_controlled"] = length_controlled(table, diff, cfg.max_models, keep)
+    stats["length_controlled"] = length_controlled(f, diff, weights, cfg.max_models, keep)
     ess = effective_sample_size(weights[keep])
     n_kept = int(keep.sum())
-    half = (pl.Series(table.column("pair_id")).hash(23).to_numpy() & 1).astype(bool)
+    half = f["half"]
     stats.update(bins=bins, diff_hist=diff_histogram(diff, weights * keep, cfg.hist_bins),
                  diff_hist_before=diff_histogram(diff, base, cfg.hist_bins),
                  weighted_frac_chosen_longer=weighted_frac_longer(diff, weights * keep),
@@ -314,8 +327,22 @@ def run(table: pa.Table, cfg: LengthBiasConfig) -> CheckResult:
         warnings.append(f"held-out chosen-longer fraction {ho['heldout_weighted_frac_chosen_longer']:.3f} "
                         f"(s.e. {ho['heldout_se']:.3f}) is not 0.5: the weights do not balance unseen rows")
     stats["warnings"] = warnings
-    d.stats = stats
+    return weights, keep, stats
+
+
+def apply_weights(table: pa.Table, weights: np.ndarray, keep: np.ndarray, stats: dict,
+                  cfg: LengthBiasConfig) -> CheckResult:
+    """The decision on `table` (all rows or one partition's): new weights, subsampled rows dropped."""
+    d = Decision.keep_all(table.num_rows, stats)
+    if cfg.mode != "stats" and table.num_rows:
+        d.mark(~keep, "length_balance_subsample")
+        table = table.set_column(table.schema.get_field_index("weight"), "weight", pa.array(weights, pa.float64()))
     return apply(table, d, RULE, cfg)
+
+
+def run(table: pa.Table, cfg: LengthBiasConfig) -> CheckResult:
+    weights, keep, stats = decide_features(features(table, cfg), cfg)
+    return apply_weights(table, weights, keep, stats, cfg)
 
 
 def degenerate_answers(table: pa.Table) -> np.ndarray:

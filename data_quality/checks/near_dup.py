@@ -130,23 +130,56 @@ def mix32(x: np.ndarray) -> np.ndarray:
 
 
 class Field:
-    """One field's distinct texts (first row of each, each row's distinct id) and their shingle sets: sorted
-    unique 32-bit hashes (tagged by field), back to back. Each distinct text is tokenised exactly once."""
+    """One field's distinct texts (first row of each, each row's distinct id, each text's 64-bit identity) and
+    their shingle sets: sorted unique 32-bit hashes (tagged by field), back to back. Each distinct text is
+    tokenised exactly once. A Field can also be cut to some rows (`take`) and put back together from such
+    pieces (`concat`, texts made one by their identity): how the cluster executor moves only the shingles a
+    verification needs between workers."""
 
     def __init__(self, src: TableTexts, name: str, cfg: NearDupConfig) -> None:
-        self.name = name
-        self.first, self.inv = distinct(src.hashes(name))
-        values, sizes = [], np.zeros(self.first.size, np.int64)
+        h = src.hashes(name)
+        first, inv = distinct(h)
+        values, sizes = [], np.zeros(first.size, np.int64)
         tag = np.uint64(_TAGS[name])
-        for lo in range(0, self.first.size, cfg.chunk_rows):
-            sel = self.first[lo:lo + cfg.chunk_rows]
-            h, row = shingles(*tokens(src.texts(name, sel)), cfg.ngram)
-            key = sorted_unique((row.astype(np.uint64) << np.uint64(32)) | (mix64(h ^ tag) >> np.uint64(32)))
+        for lo in range(0, first.size, cfg.chunk_rows):
+            sel = first[lo:lo + cfg.chunk_rows]
+            sh, row = shingles(*tokens(src.texts(name, sel)), cfg.ngram)
+            key = sorted_unique((row.astype(np.uint64) << np.uint64(32)) | (mix64(sh ^ tag) >> np.uint64(32)))
             sizes[lo:lo + sel.size] = np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=sel.size)
             values.append((key & _LOW32).astype(np.uint32))
-        self.values = np.concatenate(values) if values else np.zeros(0, np.uint32)
-        self.sizes = sizes
+        self._set(name, h[first], first, inv, np.concatenate(values) if values else np.zeros(0, np.uint32), sizes)
+
+    def _set(self, name: str, text_hash: np.ndarray, first: np.ndarray, inv: np.ndarray, values: np.ndarray,
+             sizes: np.ndarray) -> None:
+        self.name, self.text_hash, self.first, self.inv = name, text_hash, first, inv
+        self.values, self.sizes = values, sizes
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+
+    @classmethod
+    def of(cls, name: str, text_hash: np.ndarray, inv: np.ndarray, values: np.ndarray, sizes: np.ndarray) -> Field:
+        """A Field from its parts; distinct ids must follow first appearance in `inv` (as `distinct` numbers them)."""
+        f = cls.__new__(cls)
+        first = np.full(text_hash.size, inv.size, np.int64)
+        np.minimum.at(first, inv, np.arange(inv.size))
+        f._set(name, text_hash, first, inv, values, sizes)
+        return f
+
+    def take(self, rows: np.ndarray) -> Field:
+        """The Field of these rows only (their texts' shingles, nothing else)."""
+        first, inv = distinct(self.inv[rows])
+        texts = self.inv[rows][first]
+        return Field.of(self.name, self.text_hash[texts], inv, self.gather(texts)[0], self.sizes[texts])
+
+    @staticmethod
+    def concat(parts: Sequence[Field]) -> Field:
+        """Rows of the parts one after another; a text in several parts (same identity) becomes one text."""
+        h = np.concatenate([p.text_hash for p in parts])
+        whole = Field.of(parts[0].name, h, np.arange(h.size), np.concatenate([p.values for p in parts]),
+                         np.concatenate([p.sizes for p in parts]))
+        first, same = distinct(h)
+        base = np.cumsum([0] + [p.text_hash.size for p in parts])[:-1]
+        rows = np.concatenate([p.inv + b for p, b in zip(parts, base, strict=True)])
+        return whole.take(first[same[rows]])
 
     def gather(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(values of the texts `ids` back to back, text position per value)."""
@@ -240,20 +273,40 @@ def bucket_pairs(key: np.ndarray, links: int) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
 
-def candidates(fields: dict[str, Field], n: int, cfg: NearDupConfig) -> tuple[np.ndarray, dict]:
+def group_keys(fields: dict[str, Field], n: int, cfg: NearDupConfig) -> tuple[list, dict]:
+    """Band keys of every band signature (see `_group_keys`), and how the bands were chosen."""
     groups = band_groups(cfg)
     bands, rows = choose_bands(cfg.threshold, cfg.num_perm, cfg.target_recall, len(groups))
     parts = [_group_keys(fields, g, n, cfg, bands, rows) for g in groups]
-    codes = []
-    for b in range(bands):
-        key = np.zeros(n, np.uint64)
-        for keys, index in parts:
-            key = mix64(key ^ keys[index, b].astype(np.uint64))
-        pairs = bucket_pairs(key, cfg.bucket_links)
-        codes.append(sorted_unique(pairs[:, 0].astype(np.uint64) * np.uint64(n) + pairs[:, 1].astype(np.uint64)))
+    return parts, {"bands": bands, "rows_per_band": rows, "band_signatures": ["+".join(g) for g in groups]}
+
+
+def band_key(parts: list, b: int, n: int) -> np.ndarray:
+    """uint64 key of band `b` for every row: a function of the row's texts only, so any partition of the rows
+    computes the same key for a row as the whole table does."""
+    key = np.zeros(n, np.uint64)
+    for keys, index in parts:
+        key = mix64(key ^ keys[index, b].astype(np.uint64))
+    return key
+
+
+def band_codes(key: np.ndarray, ids: np.ndarray, n: int, links: int) -> np.ndarray:
+    """Sorted unique codes a * n + b of the candidate pairs (ids a < b) one band's buckets give; `ids` ascending
+    (bucket members are taken in id order) and holding every member of each bucket present in `key`."""
+    pairs = bucket_pairs(key, links)
+    return sorted_unique(ids[pairs[:, 0]].astype(np.uint64) * np.uint64(n) + ids[pairs[:, 1]].astype(np.uint64))
+
+
+def decode_pairs(code: np.ndarray, n: int) -> np.ndarray:
+    return np.stack([(code // np.uint64(n)).astype(np.int64), (code % np.uint64(n)).astype(np.int64)], axis=1)
+
+
+def candidates(fields: dict[str, Field], n: int, cfg: NearDupConfig) -> tuple[np.ndarray, dict]:
+    parts, info = group_keys(fields, n, cfg)
+    ids = np.arange(n)
+    codes = [band_codes(band_key(parts, b, n), ids, n, cfg.bucket_links) for b in range(info["bands"])]
     code = sorted_unique(np.concatenate(codes)) if codes else np.zeros(0, np.uint64)
-    cand = np.stack([(code // np.uint64(n)).astype(np.int64), (code % np.uint64(n)).astype(np.int64)], axis=1)
-    return cand, {"bands": bands, "rows_per_band": rows, "band_signatures": ["+".join(g) for g in groups]}
+    return decode_pairs(code, n), info
 
 
 # -- exact verification -------------------------------------------------------------------------------------
@@ -365,17 +418,23 @@ def greedy(cand: np.ndarray, n: int, check: Callable[[np.ndarray], tuple[np.ndar
     return rep, stats
 
 
+def field_names(cfg: NearDupConfig) -> list[str]:
+    return list(dict.fromkeys(cfg.fields + (ANSWER_FIELDS if cfg.min_answer_jaccard > 0 else ())))
+
+
 def find_duplicates(src: TableTexts, cfg: NearDupConfig) -> tuple[np.ndarray, dict]:
     """(representative row per row, -1 where kept; stats) for the rows of `src`."""
-    names = list(dict.fromkeys(cfg.fields + (ANSWER_FIELDS if cfg.min_answer_jaccard > 0 else ())))
-    fields = {name: Field(src, name, cfg) for name in names}
+    fields = {name: Field(src, name, cfg) for name in field_names(cfg)}
     cand, stats = candidates(fields, src.n, cfg)
     rep, gstats = greedy(cand, src.n, lambda pairs: check_pairs(fields, pairs, cfg))
-    stats.update(distinct_texts={name: int(f.first.size) for name, f in fields.items()},
-                 candidates=int(len(cand)), **gstats,
+    return rep, summary(stats, {name: int(f.first.size) for name, f in fields.items()}, len(cand), gstats)
+
+
+def summary(stats: dict, distinct_texts: dict[str, int], n_cand: int, gstats: dict) -> dict:
+    stats.update(distinct_texts=distinct_texts, candidates=int(n_cand), **gstats,
                  candidate_precision=gstats["verified_pairs"] / gstats["checked_pairs"]
                  if gstats["checked_pairs"] else None)
-    return rep, stats
+    return stats
 
 
 def decide(table: pa.Table, cfg: NearDupConfig) -> Decision:

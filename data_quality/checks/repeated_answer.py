@@ -35,20 +35,48 @@ class RepeatedAnswerConfig:
             raise ValueError("repeated_answer.min_prompts must be >= 2")
 
 
-def repeated(table: pa.Table, side: str, cfg: RepeatedAnswerConfig) -> pl.DataFrame:
-    """Per row: the answer's key hash, how many distinct prompts carry it, and the first row carrying it."""
+def answer_frame(table: pa.Table, side: str, rows: np.ndarray | None = None) -> pl.DataFrame:
+    """Per row: the answer's key hash, its length, the prompt and the row's id (its position unless given)."""
     key = pl.Series(key_text(table.column(side)))
-    df = pl.DataFrame({"h": key.hash(13), "chars": key.str.len_chars(),
-                       "pid": pl.Series(table.column("prompt_id")), "row": np.arange(table.num_rows)})
+    return pl.DataFrame({"h": key.hash(13), "chars": key.str.len_chars(), "pid": pl.Series(table.column("prompt_id")),
+                         "row": np.arange(table.num_rows) if rows is None else rows})
+
+
+def group_stats(df: pl.DataFrame) -> pl.DataFrame:
+    """How many distinct prompts carry each row's answer, and the first and second row carrying it. Needs every
+    row of an answer's group present (the cluster executor shuffles rows by `h` to get that)."""
     return df.with_columns(n_prompts=pl.col("pid").n_unique().over("h"), first=pl.col("row").min().over("h"),
                            second=pl.col("row").bottom_k(2).max().over("h"))
 
 
+def repeated(table: pa.Table, side: str, cfg: RepeatedAnswerConfig) -> pl.DataFrame:
+    return group_stats(answer_frame(table, side))
+
+
+def hits(df: pl.DataFrame, cfg: RepeatedAnswerConfig) -> np.ndarray:
+    return ((df.get_column("n_prompts") >= cfg.min_prompts) & (df.get_column("chars") >= cfg.min_chars)).to_numpy()
+
+
+def other_row(df: pl.DataFrame) -> np.ndarray:
+    """Each row names another row with the same answer: the first carrier, or for the first the second."""
+    first, second = df.get_column("first").to_numpy(), df.get_column("second").to_numpy()
+    return np.where(first == df.get_column("row").to_numpy(), second, first)
+
+
+def heads(df: pl.DataFrame, cfg: RepeatedAnswerConfig) -> pl.DataFrame:
+    """The most repeated answers (one row each: its first carrier); ties in row order, so any split of the
+    groups merges to the same list."""
+    h = df.filter((pl.col("row") == pl.col("first")) & (pl.col("n_prompts") >= 2) & (pl.col("chars") >= cfg.min_chars))
+    return h.sort(["n_prompts", "row"], descending=[True, False]).head(cfg.top)
+
+
+def top_entries(texts: list[str], heads_df: pl.DataFrame) -> list[dict]:
+    return [{"answer": t[:200], "prompts": int(n)} for t, n in zip(texts, heads_df.get_column("n_prompts"), strict=True)]
+
+
 def _top(df: pl.DataFrame, table: pa.Table, side: str, cfg: RepeatedAnswerConfig) -> list[dict]:
-    heads = df.filter((pl.col("row") == pl.col("first")) & (pl.col("n_prompts") >= 2) & (pl.col("chars") >= cfg.min_chars))
-    heads = heads.sort("n_prompts", descending=True).head(cfg.top)
-    texts = table.column(side).take(pa.array(heads.get_column("row").to_numpy())).to_pylist()
-    return [{"answer": t[:200], "prompts": int(n)} for t, n in zip(texts, heads.get_column("n_prompts"), strict=True)]
+    top = heads(df, cfg)
+    return top_entries(table.column(side).take(pa.array(top.get_column("row").to_numpy())).to_pylist(), top)
 
 
 def decide(table: pa.Table, cfg: RepeatedAnswerConfig) -> Decision:
@@ -57,17 +85,12 @@ def decide(table: pa.Table, cfg: RepeatedAnswerConfig) -> Decision:
     if n == 0:
         return d
     ch = repeated(table, "chosen", cfg)
-    hit = ((ch.get_column("n_prompts") >= cfg.min_prompts) & (ch.get_column("chars") >= cfg.min_chars)).to_numpy()
+    hit = hits(ch, cfg)
     d.mark(hit, "chosen_repeated_across_prompts")
-    # Each dropped row names another row with the same answer: the first carrier, or for the first the second.
-    first, second = ch.get_column("first").to_numpy(), ch.get_column("second").to_numpy()
-    other = np.where(first == np.arange(n), second, first)
     ids = np.asarray(table.column("pair_id").to_numpy(zero_copy_only=False), dtype=object)
-    d.duplicate_of = np.where(d.drop, ids[other], None).astype(object)
+    d.duplicate_of = np.where(d.drop, ids[other_row(ch)], None).astype(object)
     re = repeated(table, "rejected", cfg)
-    d.stats = {"chosen_repeated_rows": int(hit.sum()),
-               "rejected_repeated_rows": int(((re.get_column("n_prompts") >= cfg.min_prompts)
-                                              & (re.get_column("chars") >= cfg.min_chars)).sum()),
+    d.stats = {"chosen_repeated_rows": int(hit.sum()), "rejected_repeated_rows": int(hits(re, cfg).sum()),
                "top_chosen": _top(ch, table, "chosen", cfg), "top_rejected": _top(re, table, "rejected", cfg)}
     return d
 
