@@ -19,11 +19,12 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import duckdb
 
+from storage import objects
 from storage.errors import CatalogBusyError, DiskFullError, StorageError
 from storage.names import CATALOG_OBJECTS
 
@@ -185,10 +186,23 @@ def _guard(root: Path) -> str:
             f"THEN true ELSE error({msg}) END")
 
 
-def read_parquet_sql(paths: Sequence[Path], root: Path, prefix: str = "") -> str:
-    """A guarded SELECT over Parquet files; every path is quoted as a SQL string literal."""
-    files = "[" + ", ".join(quote_literal(prefix + str(p)) for p in paths) + "]"
-    return f"SELECT * FROM read_parquet({files}, union_by_name = true) WHERE {_guard(root)}"  # noqa: S608
+def read_parquet_sql(files: Sequence[str], root: Path, locate: Callable[[str], str] = str) -> str:
+    """A guarded SELECT over Parquet files (local paths or s3:// URIs, each passed through `locate`); every path
+    is quoted as a SQL string literal."""
+    listed = "[" + ", ".join(quote_literal(locate(f)) for f in files) + "]"
+    return f"SELECT * FROM read_parquet({listed}, union_by_name = true) WHERE {_guard(root)}"  # noqa: S608
+
+
+def snapshot_file(path: str, name: str) -> str:
+    """A file of a snapshot folder: `path` is an absolute local path or an s3:// URI, both '/'-separated."""
+    return f"{path.rstrip('/')}/{name}"
+
+
+def register_object_storage(con: duckdb.DuckDBPyConnection, paths: Sequence[str]) -> None:
+    """Let this connection read (and bind views over) s3:// objects through pyarrow's S3 client: DuckDB's own
+    httpfs extension is not installed, and is never downloaded at run time."""
+    if any(objects.is_uri(p) for p in paths):
+        con.register_filesystem(objects.S3Files(objects.s3_filesystem()))
 
 
 def user_objects(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -203,26 +217,31 @@ def user_objects(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {n[0].lower() for n in names} - ours - CATALOG_OBJECTS - RESERVED_VIEWS
 
 
-def wanted_views(con: duckdb.DuckDBPyConnection, root: Path, empty_dir: Path, prefix: str = "") -> dict[str, str]:
-    """The data views the snapshot log calls for: name -> SELECT (paths behind `prefix`, a file system URI)."""
+def snapshot_paths(con: duckdb.DuckDBPyConnection) -> list[str]:
+    return [r[0] for r in con.execute("SELECT path FROM snapshot_log").fetchall()]
+
+
+def wanted_views(con: duckdb.DuckDBPyConnection, root: Path, empty_dir: Path,
+                 locate: Callable[[str], str] = str) -> dict[str, str]:
+    """The data views the snapshot log calls for: name -> SELECT (each file path or URI mapped by `locate`)."""
     rows = con.execute(
         "SELECT dataset, version, path, tables FROM snapshot_log ORDER BY dataset, version"
     ).fetchall()
     wanted: dict[str, str] = {}
-    newest: dict[str, Path] = {}
-    table_files: dict[str, list[Path]] = {"rejects": [], "quarantine": []}
+    newest: dict[str, str] = {}
+    table_files: dict[str, list[str]] = {"rejects": [], "quarantine": []}
     for dataset, version, path, tables in rows:
-        pairs = Path(path) / "pairs.parquet"
-        sel = read_parquet_sql([pairs], root, prefix)
+        pairs = snapshot_file(path, "pairs.parquet")
+        sel = read_parquet_sql([pairs], root, locate)
         wanted[f"{dataset}@{version}"] = sel
         wanted[f"{dataset}_v{version}"] = sel
         newest[dataset] = pairs
         for name in tables:
-            table_files.setdefault(name, []).append(Path(path) / f"{name}.parquet")
+            table_files.setdefault(name, []).append(snapshot_file(path, f"{name}.parquet"))
     for dataset, pairs in newest.items():
-        wanted[dataset] = read_parquet_sql([pairs], root, prefix)
+        wanted[dataset] = read_parquet_sql([pairs], root, locate)
     for name, files in table_files.items():
-        wanted[name] = read_parquet_sql(files or [empty_dir / f"{name}.parquet"], root, prefix)
+        wanted[name] = read_parquet_sql(files or [str(empty_dir / f"{name}.parquet")], root, locate)
     return wanted
 
 
@@ -232,6 +251,7 @@ def rebuild_views(con: duckdb.DuckDBPyConnection, root: Path, empty_dir: Path) -
     Only views listed in `catalog_views` are dropped or replaced; a wanted name that a user's own view, table
     or macro already holds is refused (nothing of the user's is overwritten).
     """
+    register_object_storage(con, snapshot_paths(con))  # CREATE VIEW binds: it reads each file's schema
     wanted = wanted_views(con, root, empty_dir)
     tracked = {r[0] for r in con.execute("SELECT name FROM catalog_views").fetchall()}
     if not tracked:  # a catalog from before views were tracked: the ones it made are those it would make now

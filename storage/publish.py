@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from storage import catalog
+from storage import catalog, objects
 from storage.errors import DiskFullError
 from storage.names import check_name, check_new_name
 from storage.schema import QUARANTINE_SCHEMA, REJECTS_SCHEMA, SCHEMA_VERSION, conform
@@ -97,8 +97,11 @@ def publish(
     tables: dict[str, pa.Table],
     files: dict[str, bytes | str | os.PathLike[str]],
     meta: dict[str, Any],
+    storage: str | None = None,
 ) -> str:
-    """Publish and return the new snapshot id (or, for a cache_key already published, that snapshot's id)."""
+    """Publish and return the new snapshot id (or, for a cache_key already published, that snapshot's id).
+
+    `storage`: an s3:// prefix for the snapshot's files (storage/objects.py); None keeps them in `snapshots/`."""
     check_name(dataset)
     pairs = conform(pairs)
     rejects = conform(rejects, REJECTS_SCHEMA) if rejects is not None else REJECTS_SCHEMA.empty_table()
@@ -118,6 +121,7 @@ def publish(
     tmp = root / ".tmp" / uuid.uuid4().hex
     tmp.mkdir()
     writing = _Writing()
+    remote = _Remote(storage) if storage else None
     try:
         with writing:
             chash = content_hash(pairs)
@@ -136,14 +140,43 @@ def publish(
                 else:
                     shutil.copyfile(content, target)
                 written.append(name)
+            if remote is not None:  # the big uploads happen before the catalog's write lock is taken
+                remote.stage(tmp, written)
             return _commit(
-                root, tmp, written, side, writing, dataset=dataset, pairs=pairs, rejects=rejects,
+                root, tmp, written, side, writing, remote, dataset=dataset, pairs=pairs, rejects=rejects,
                 quarantine=quarantine, parents=list(parents), params=params, meta=meta, kind=kind,
                 flow_run=flow_run, cache_key=cache_key, input_rows=total, chash=chash,
             )
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        if remote is not None:
+            remote.discard_staging()
+
+
+class _Remote:
+    """A publish to object storage: files uploaded under a staging prefix, then copied to a final key unique to
+    this publish once all are up, before the catalog commit; on failure the copies are deleted."""
+
+    def __init__(self, storage: str) -> None:
+        self.storage = storage
+        self.staging = objects.staging_prefix(storage)
+        self.staged: list[str] = []
+        self.final: list[str] = []
+
+    def stage(self, folder: Path, names: Sequence[str]) -> None:
+        self.staged += objects.stage([folder / n for n in names], self.staging)
+
+    def promote(self, dataset: str, version: int) -> str:
+        uri = objects.join(self.storage, "snapshots", dataset, f"v{version}-{uuid.uuid4().hex[:16]}")
+        self.final = objects.promote(self.staged, uri)  # in staging order: the manifest, staged last, last
+        return uri
+
+    def undo(self) -> None:
+        objects.remove(self.final)
+
+    def discard_staging(self) -> None:
+        objects.remove(self.staged)
 
 
 def _check_names(con: duckdb.DuckDBPyConnection, dataset: str, tables: Sequence[str]) -> None:
@@ -164,7 +197,7 @@ def _check_names(con: duckdb.DuckDBPyConnection, dataset: str, tables: Sequence[
 
 
 def _commit(root: Path, tmp: Path, written: list[str], side: dict[str, pa.Table], writing: _Writing,
-            **kw: Any) -> str:
+            remote: _Remote | None, **kw: Any) -> str:
     dataset = kw["dataset"]
     created = datetime.now(UTC)
     trashed: Path | None = None
@@ -197,21 +230,26 @@ def _commit(root: Path, tmp: Path, written: list[str], side: dict[str, pa.Table]
                 (tmp / "manifest.json").write_text(to_json(manifest), encoding="utf-8")
                 for name in [*written, "manifest.json"]:
                     fsync_file(tmp / name)
-            target = root / "snapshots" / dataset / f"v{version}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():  # left by a process killed between rename and commit: never catalogued
-                trashed = root / ".trash" / f"{TRASH_PREFIX}{dataset}-v{version}-{uuid.uuid4().hex}"
-                os.rename(target, trashed)
-            os.rename(tmp, target)
-            final = target
-            fsync_file(final.parent)
+            if remote is not None:
+                remote.stage(tmp, [*(f"{name}.parquet" for name in side), "manifest.json"])
+                location = remote.promote(dataset, version)
+            else:
+                target = root / "snapshots" / dataset / f"v{version}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if target.exists():  # left by a process killed between rename and commit: never catalogued
+                    trashed = root / ".trash" / f"{TRASH_PREFIX}{dataset}-v{version}-{uuid.uuid4().hex}"
+                    os.rename(target, trashed)
+                os.rename(tmp, target)
+                final = target
+                fsync_file(final.parent)
+                location = str(final)
             with writing.at(root / catalog.CATALOG_FILE):
                 con.execute(
                     "INSERT INTO snapshot_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [snapshot_id, dataset, version, kw["kind"], kw["parents"], created, kw["flow_run"],
                      to_json(kw["params"]), to_json(kw["meta"]), kw["input_rows"], kw["pairs"].num_rows,
                      kw["rejects"].num_rows, kw["quarantine"].num_rows, SCHEMA_VERSION, kw["chash"],
-                     kw["cache_key"], str(final), list(side)],
+                     kw["cache_key"], location, list(side)],
                 )
                 catalog.rebuild_views(con, root, root / "_empty")
                 con.execute("COMMIT")
@@ -223,6 +261,8 @@ def _commit(root: Path, tmp: Path, written: list[str], side: dict[str, pa.Table]
                 pass
             if final is not None and final.exists() and not tmp.exists():
                 os.rename(final, tmp)  # back to .tmp, deleted below: nothing uncatalogued stays in snapshots/
+            if remote is not None:
+                remote.undo()  # best effort: what a crash leaves here, `dpo doctor` finds and deletes
             raise
     if trashed is not None:  # moved there by us a moment ago: ours to delete
         shutil.rmtree(trashed, ignore_errors=True)

@@ -11,7 +11,8 @@ Two independent layers:
    the same SQL whose paths go through `ReadOnlySnapshots`), local files are reachable only in the query's private spill
    folder (`enable_external_access=false` + `allowed_directories`), and the snapshot files only through
    `ReadOnlySnapshots`, a file system that opens files for reading, under the workspace's `snapshots/` and
-   `_empty/` folders, and nothing else (no write, delete or rename).
+   `_empty/` folders, and nothing else (no write, delete or rename); snapshots on object storage likewise only
+   through `ReadOnlyObjects` (storage/sandbox_objects.py), under the folders the catalog lists.
    Extensions cannot be installed and the configuration is locked before the user's SQL runs. Memory, threads
    and temp space are capped and a timer interrupts the query at `timeout_s`.
 """
@@ -32,7 +33,7 @@ import duckdb
 import pyarrow as pa
 from fsspec import AbstractFileSystem
 
-from storage import catalog
+from storage import catalog, objects, sandbox_objects
 from storage.errors import QueryLimitError, UnsafeQueryError
 
 # Table functions that only read: file readers (which reach only what layer 2 lets them read), generators
@@ -259,10 +260,15 @@ def catalog_copy(root: Path) -> Path:
     return slot
 
 
+def _sandboxed(path: str) -> str:
+    """Where a sandboxed view reads a snapshot file: through ReadOnlySnapshots or ReadOnlyObjects."""
+    return sandbox_objects.sandbox_uri(path) if objects.is_uri(path) else f"{PROTOCOL}://{path}"
+
+
 def _needed_views(con: duckdb.DuckDBPyConnection, root: Path, names: set[str] | None) -> dict[str, str]:
     """The catalog's data views the query reaches (directly or through a user's views), reading through
     ReadOnlySnapshots. `names=None`: all of them."""
-    wanted = catalog.wanted_views(con, root, root / "_empty", prefix=PROTOCOL + "://")
+    wanted = catalog.wanted_views(con, root, root / "_empty", locate=_sandboxed)
     if names is None:
         return wanted
     folded = {k.lower(): k for k in wanted}
@@ -307,10 +313,15 @@ def _prepare(con: duckdb.DuckDBPyConnection, root: Path, copy: Path, spill: Path
     con.register_filesystem(ReadOnlySnapshots([str(root / "snapshots"), str(root / "_empty")]))
     con.execute(f"ATTACH {catalog.quote_literal(str(copy))} AS {ALIAS} (READ_ONLY)")
     con.execute(f"USE {ALIAS}")
+    # Snapshots on object storage: each catalogued snapshot's folder, read-only, and nothing else of the bucket.
+    remote = [p for p in catalog.snapshot_paths(con) if objects.is_uri(p)]
+    if remote:
+        con.register_filesystem(sandbox_objects.ReadOnlyObjects(remote))
     for name, sel in _needed_views(con, root, names).items():
         con.execute(f"CREATE TEMP VIEW {catalog.quote_ident(name)} AS {sel}")
     # Local files: the private spill folder only. Snapshot files: through ReadOnlySnapshots only.
-    allowed = [str(spill) + "/", *(f"{PROTOCOL}://{root / sub}/" for sub in ("snapshots", "_empty"))]
+    allowed = [str(spill) + "/", *(f"{PROTOCOL}://{root / sub}/" for sub in ("snapshots", "_empty")),
+               *(sandbox_objects.sandbox_uri(p) + "/" for p in remote)]
     con.execute("SET allowed_directories = [" + ", ".join(map(catalog.quote_literal, allowed)) + "]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

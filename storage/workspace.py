@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage import catalog, doctor, publish, runs, sandbox
+from storage import catalog, doctor, objects, publish, runs, sandbox
 from storage.names import check_name, parse_ref
 from storage.publish import content_hash, with_snapshot_id
 from storage.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA, conform
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_WORKSPACE", "SnapshotInfo", "Workspace", "check_name", "content_hash", "parse_ref"]
 
 DEFAULT_WORKSPACE = "dpo-workspace"
+OBJECT_CACHE = "object-cache"  # under .tmp/: local copies of objects for code that needs a file (ObjectPath)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class SnapshotInfo:
     snapshot_id: str
     dataset: str
     version: int
-    path: Path
+    path: Path | objects.ObjectPath  # an ObjectPath for a snapshot on object storage
     kind: str
     parents: list[str]
     created_at: datetime
@@ -64,9 +65,14 @@ class SnapshotInfo:
 class Workspace:
     """Entry point to storage. Cheap to construct; every catalog call opens and closes the DuckDB file."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, *, storage: str | None = None) -> None:
+        """`storage`: where new snapshots' files go, an `s3://bucket/prefix` or "local" (default: $DPO_WORKSPACE_STORAGE,
+        else what this workspace recorded, else its own `snapshots/` folder); see storage/objects.py."""
         root = root or os.environ.get("DPO_WORKSPACE") or DEFAULT_WORKSPACE
         self.root = Path(root).expanduser().resolve()
+        self._storage_wanted = storage or os.environ.get(objects.STORAGE_ENV) or None
+        if self._storage_wanted and self._storage_wanted != objects.LOCAL:
+            objects.check_storage(self._storage_wanted)  # a bad setting fails here, not at the first publish
         self.root.mkdir(parents=True, exist_ok=True)
         for sub in ("snapshots", ".tmp", ".trash", "_empty"):
             (self.root / sub).mkdir(exist_ok=True)
@@ -105,7 +111,9 @@ class Workspace:
         with catalog.connect(self.root) as con:
             con.execute("BEGIN")
             paths = con.execute("SELECT snapshot_id, path FROM snapshot_log").fetchall()
-            stale = [(sid, p) for sid, p in paths if not Path(p).is_relative_to(self.root)]
+            # Objects on object storage do not move with the folder; only local snapshot paths are repointed.
+            stale = [(sid, p) for sid, p in paths
+                     if not objects.is_uri(p) and not Path(p).is_relative_to(self.root)]
             for sid, _old in stale:
                 ds, v = parse_ref(sid)
                 con.execute("UPDATE snapshot_log SET path = ? WHERE snapshot_id = ?",
@@ -114,6 +122,25 @@ class Workspace:
             # Recorded last, in the same transaction: the catalog counts as current only once its views are.
             con.execute("INSERT OR REPLACE INTO catalog_meta VALUES ('root', ?)", [str(self.root)])
             con.execute("COMMIT")
+
+    # -- where snapshot files go ---------------------------------------------------------------------------
+    @property
+    def storage(self) -> str | None:
+        """The s3:// prefix new snapshots are written under, or None for the workspace's own `snapshots/`.
+
+        Recorded in the catalog (`catalog_meta.storage`) when set, so later commands without the variable keep
+        publishing there; "local" switches back. Snapshots already published stay where their catalog row says."""
+        with catalog.connect(self.root, read_only=True) as con:
+            row = con.execute("SELECT value FROM catalog_meta WHERE key = 'storage'").fetchone()
+        recorded = row[0] if row else None
+        wanted = self._storage_wanted
+        if wanted is None:
+            return recorded
+        setting = None if wanted == objects.LOCAL else objects.check_storage(wanted)
+        if setting != recorded:
+            with catalog.connect(self.root) as con:
+                con.execute("INSERT OR REPLACE INTO catalog_meta VALUES ('storage', ?)", [setting])
+        return setting
 
     # -- publish -------------------------------------------------------------------------------------------
     def publish(
@@ -139,7 +166,7 @@ class Workspace:
         snapshot_id = publish.publish(
             self.root, dataset, pairs, rejects=rejects, quarantine=quarantine, parents=parent_ids,
             params=params or {}, kind=kind, flow_run=flow_run, cache_key=cache_key, input_rows=input_rows,
-            tables=dict(tables or {}), files=dict(files or {}), meta=meta or {},
+            tables=dict(tables or {}), files=dict(files or {}), meta=meta or {}, storage=self.storage,
         )
         return self.resolve(snapshot_id)
 
@@ -154,29 +181,32 @@ class Workspace:
         if row is None:
             known = ", ".join(s.snapshot_id for s in self.list_snapshots(dataset)) or "none"
             raise KeyError(f"no snapshot {ref!r} in workspace {self.root} (versions of {dataset!r}: {known})")
-        return _info(row)
+        return self._info(row)
+
+    def _info(self, row: tuple) -> SnapshotInfo:
+        return _info(row, self.root / ".tmp" / OBJECT_CACHE)
 
     def list_snapshots(self, dataset: str | None = None) -> list[SnapshotInfo]:
         if dataset is None:
             rows = _select(self.root, "ORDER BY dataset, version", [])
         else:
             rows = _select(self.root, "WHERE dataset = ? ORDER BY version", [dataset])
-        return [_info(r) for r in rows]
+        return [self._info(r) for r in rows]
 
     def find_cached(self, cache_key: str) -> SnapshotInfo | None:
         rows = _select(self.root, "WHERE cache_key = ? ORDER BY created_at DESC LIMIT 1", [cache_key])
         row = rows[0] if rows else None
-        return _info(row) if row else None
+        return self._info(row) if row else None
 
     def read(self, ref: str) -> pa.Table:
         info = self.resolve(ref)
-        return conform(pq.read_table(info.path / "pairs.parquet"), PAIR_SCHEMA)
+        return conform(objects.read_parquet(info.path / "pairs.parquet"), PAIR_SCHEMA)
 
     def read_table(self, ref: str, name: str) -> pa.Table:
         info = self.resolve(ref)
         if name != "pairs" and name not in info.tables:
             raise KeyError(f"snapshot {info.snapshot_id} has no table {name!r} (it has: {info.tables})")
-        return pq.read_table(info.path / f"{name}.parquet")
+        return objects.read_parquet(info.path / f"{name}.parquet")
 
     def read_rejects(self, ref: str) -> pa.Table:
         return self.read_table(ref, "rejects")
@@ -194,8 +224,10 @@ class Workspace:
 
         return datasets.Dataset(self.read(ref))
 
-    def snapshot_file(self, ref: str, name: str) -> Path:
+    def snapshot_file(self, ref: str, name: str) -> Path | objects.ObjectPath:
         info = self.resolve(ref)
+        if Path(name).name != name or name.startswith("."):
+            raise FileNotFoundError(f"snapshot {info.snapshot_id} has no file {name!r}")
         p = (info.path / name).resolve()
         if not p.is_relative_to(info.path) or not p.exists():
             raise FileNotFoundError(f"snapshot {info.snapshot_id} has no file {name!r}")
@@ -237,11 +269,11 @@ def _select(root: Path, clause: str, params: list[Any]) -> list[tuple]:
         return con.execute(f"SELECT {_COLS} FROM snapshot_log {clause}", params).fetchall()  # noqa: S608
 
 
-def _info(row: tuple) -> SnapshotInfo:
+def _info(row: tuple, cache: Path) -> SnapshotInfo:
     (sid, ds, ver, path, kind, parents, created, flow_run, params, meta, inp, kept, rej, quar, sv, ch, ck,
      tables) = row
     return SnapshotInfo(
-        snapshot_id=sid, dataset=ds, version=ver, path=Path(path), kind=kind, parents=list(parents),
+        snapshot_id=sid, dataset=ds, version=ver, path=objects.snapshot_path(path, cache), kind=kind, parents=list(parents),
         created_at=created, flow_run=flow_run, params=json.loads(params) if params else {},
         meta=json.loads(meta) if meta else {}, input_rows=inp, kept=kept, rejected=rej, quarantined=quar,
         schema_version=sv, content_hash=ch, cache_key=ck, tables=[t for t in tables if t],
