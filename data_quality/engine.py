@@ -9,6 +9,8 @@ Each check is written once, over an Arrow table. The engine decides where the ro
   length_bias, any check of unknown scope) runs on the memory-mapped table. Rejects are spilled per phase.
 - `sharded`: the same phases over in-memory shards, with hooks that let a flow put shards on a task runner
   (Prefect/Dask).
+- `cluster` (data_quality.cluster): every phase on a Dask cluster, rows in partitions on the workers, global
+  checks as key-partitioned shuffles; the driver holds integers per row, never the text.
 Every executor keeps the input order (a position column restores it after a split), so "keep the first of a
 group" decisions, the kept table and its content hash are those of the in-memory run.
 `auto` picks `memory` when the input's in-memory size times a working factor fits the memory budget.
@@ -33,17 +35,24 @@ from data_quality.checks.tables import stats_tables
 from storage.schema import PAIR_SCHEMA, REJECTS_SCHEMA, conform
 
 POS = "__gate_pos"
-EXECUTORS = ("auto", "memory", "out_of_core")
+EXECUTORS = ("auto", "memory", "out_of_core", "cluster")
 _BATCH = 50_000
 _WORK_FACTOR = 7  # peak RSS of an in-memory run / Arrow size of its input (bench_scale, AlpacaEval copies: ~6.8)
 
 
 @dataclass(frozen=True)
 class EngineConfig:
-    executor: str = "auto"  # auto | memory | out_of_core
+    executor: str = "auto"  # auto | memory | out_of_core | cluster (never chosen by auto)
     memory_budget_mb: int = 3_000  # auto switches to out_of_core above it; sizes the spill partitions
-    partitions: int = 0  # out-of-core partitions for local phases; 0 = from the budget
+    # out_of_core: partitions of local phases, 0 = from the budget; cluster: row partitions, 0 = 2 per worker thread
+    partitions: int = 0
     spill_dir: str | None = None  # where out-of-core stages live (default: the system temp dir)
+    # cluster (data_quality.cluster): a running Dask scheduler ("tcp://host:8786"), or None to start a local
+    # cluster of `n_workers` worker processes (threads when `processes` is false) for the run
+    address: str | None = None
+    n_workers: int = 2
+    threads_per_worker: int = 1
+    processes: bool = True
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -52,6 +61,8 @@ class EngineConfig:
             raise ValueError("engine.memory_budget_mb must be >= 1")
         if self.partitions < 0:
             raise ValueError("engine.partitions must be >= 0")
+        if self.n_workers < 1 or self.threads_per_worker < 1:
+            raise ValueError("engine.n_workers and engine.threads_per_worker must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -164,7 +175,7 @@ def _merge_value(key: str, vals: list[Any]) -> Any:
     return _UNMERGEABLE
 
 
-def _sorted_rejects(t: pa.Table) -> pa.Table:
+def sorted_rejects(t: pa.Table) -> pa.Table:
     # Partitions interleave rejects; order them by provenance so every executor gives the same table.
     return t.sort_by([("source", "ascending"), ("source_row", "ascending"), ("pair_id", "ascending")])
 
@@ -219,7 +230,7 @@ def run_sharded(table: pa.Table, steps: Sequence[Step], config: dict[str, Any], 
             kept = pa.concat_tables([o.kept for o in outs])
             cur = kept.take(pc.sort_indices(kept.column(POS)))
             for n in phase.names:
-                rejects.append(_sorted_rejects(pa.concat_tables([o.rejects[n] for o in outs])))
+                rejects.append(sorted_rejects(pa.concat_tables([o.rejects[n] for o in outs])))
                 per_check[n] = merge_stats([o.stats[n] for o in outs])
         else:
             out = (run_global or local_global)(cur, phase.names)
@@ -346,7 +357,7 @@ def _local_phase(cur: pa.Table, steps: Sequence[Step], parts: int, spill: _Spill
         for lo in range(0, order.size, _BATCH):
             yield from merged.take(pa.array(order[lo:lo + _BATCH])).to_batches()
     cur = spill.open(spill.write("merged", ordered(), schema))
-    rej = [spill.open(spill.write(f"rejects-{s.name}", _conformed(_sorted_rejects(pa.concat_tables(
+    rej = [spill.open(spill.write(f"rejects-{s.name}", _conformed(sorted_rejects(pa.concat_tables(
         [conform(r, REJECTS_SCHEMA) for r in rejects[s.name]]))), REJECTS_SCHEMA)) for s in steps]
     return cur, rej, {s.name: merge_stats(stats[s.name]) for s in steps}
 
@@ -377,4 +388,9 @@ def execute(source: pa.Table | str | Path, steps: Sequence[Step], config: dict[s
     if kind == "memory":
         table = source if isinstance(source, pa.Table) else pq.read_table(str(source))
         return run_in_memory(table, steps, config)
+    if kind == "cluster":
+        # Imported on demand: dask.distributed takes a second to import, and only this executor needs it.
+        from data_quality.cluster import run_cluster
+
+        return run_cluster(source, steps, config, cfg)
     return run_out_of_core(source, steps, config, cfg)

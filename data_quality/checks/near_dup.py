@@ -275,10 +275,15 @@ def bucket_pairs(key: np.ndarray, links: int) -> np.ndarray:
 
 def group_keys(fields: dict[str, Field], n: int, cfg: NearDupConfig) -> tuple[list, dict]:
     """Band keys of every band signature (see `_group_keys`), and how the bands were chosen."""
+    groups, bands, rows, info = band_plan(cfg)
+    return [_group_keys(fields, g, n, cfg, bands, rows) for g in groups], info
+
+
+def band_plan(cfg: NearDupConfig) -> tuple[list[tuple[str, ...]], int, int, dict]:
     groups = band_groups(cfg)
     bands, rows = choose_bands(cfg.threshold, cfg.num_perm, cfg.target_recall, len(groups))
-    parts = [_group_keys(fields, g, n, cfg, bands, rows) for g in groups]
-    return parts, {"bands": bands, "rows_per_band": rows, "band_signatures": ["+".join(g) for g in groups]}
+    return groups, bands, rows, {"bands": bands, "rows_per_band": rows,
+                                 "band_signatures": ["+".join(g) for g in groups]}
 
 
 def band_key(parts: list, b: int, n: int) -> np.ndarray:

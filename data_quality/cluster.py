@@ -1,0 +1,415 @@
+"""The whole gate on a Dask cluster: rows live in partitions on the workers, never in one process.
+
+Rows are read by the workers (row ranges of the snapshot's Parquet file, each row tagged with its input
+position POS) and stay there as Arrow tables. The gate's phases (data_quality.engine.plan) run as:
+- row-local phases: `run_steps` on each partition where it lies;
+- prompt-local phases (contradictions, dedup, margins ...): a shuffle by prompt-id hash (engine.shard_ids), so
+  every row of a prompt meets in one partition, then `run_steps` per partition;
+- global checks, each with the check's own functions split into stages:
+  - repeated_answer: per partition the answers' key hashes and prompt ids; a shuffle by answer hash so each
+    answer's group is decided in one task (`group_stats`); only dropped rows' positions come back;
+  - near_dup: per partition the field shingle sets (`near_dup.Field`) and band keys of its rows; a shuffle of
+    (band, key, POS) by key builds the buckets, giving candidate pairs as integer codes; the greedy decision
+    (`near_dup.greedy`) runs on the driver and verifies each round's pairs on the workers: each owning
+    partition exports the shingle sets of just those rows (`Field.take`), a task joins them (`Field.concat`)
+    and checks exactly (`near_dup.check_pairs`);
+  - length_bias: per partition the numeric row features (`length_bias.features`); the fit runs on the driver
+    on those columns in POS order (the same floats in the same order as one process), and each partition
+    applies its slice of the weights.
+The driver holds integers per row (positions, owners, candidate codes) and length_bias's few numeric columns
+and model names, never prompt or answer text. Kept rows, rejects and statistics equal the in-memory run's (the
+same content hash); at the end the kept partitions and rejects are gathered for publishing.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from data_quality import engine
+from data_quality.checks import length_bias, near_dup, repeated_answer
+from data_quality.checks.base import CheckResult, Decision, apply
+from data_quality.checks.text import sorted_unique
+from data_quality.engine import POS, EngineConfig, GateResult, PhaseOutput, Step
+from storage.schema import REJECTS_SCHEMA, conform
+
+_VERIFY_BATCH = 50_000  # candidate pairs per verification task (near_dup.check_pairs' own batch)
+
+
+@contextmanager
+def connect(cfg: EngineConfig) -> Iterator[Any]:
+    """A client of the scheduler at `cfg.address`, or of a local cluster started (and closed) here."""
+    from dask.distributed import Client, LocalCluster
+
+    if cfg.address:
+        with Client(cfg.address) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=cfg.processes,
+                      dashboard_address=None, worker_dashboard_address=None,
+                      silence_logs=logging.ERROR) as lc, Client(lc) as client:
+        yield client
+
+
+def run_cluster(source: pa.Table | str | Path, steps: Sequence[Step], config: dict[str, Any],
+                cfg: EngineConfig) -> GateResult:
+    with connect(cfg) as client:
+        return Gate(client, config, cfg).run(source, steps)
+
+
+class Gate:
+    """One run's driver: futures of the partitions, and the phases in order."""
+
+    def __init__(self, client: Any, config: dict[str, Any], cfg: EngineConfig) -> None:
+        self.client, self.config = client, config
+        self.threads = max(1, sum(client.nthreads().values()))
+        self.n_parts = cfg.partitions or 2 * self.threads
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.client.submit(fn, *args, pure=False)
+
+    def run(self, source: pa.Table | str | Path, steps: Sequence[Step]) -> GateResult:
+        parts, n_in = self.load(source)
+        by_name = {s.name: s for s in steps}
+        rejects: list[pa.Table] = []
+        per_check: dict[str, dict[str, Any]] = {}
+        for phase in engine.plan(steps):
+            local = [by_name[n] for n in phase.names]
+            if phase.sharded:
+                if any(s.scope == "prompt" for s in local):  # rows of a prompt must meet: shuffle by prompt
+                    parts = self.shuffle(parts, _split_by_prompt)
+                outs = [self.submit(engine.run_steps, p, local) for p in parts]
+                parts = [self.submit(getattr, o, "kept") for o in outs]
+                for n in phase.names:
+                    got = self.client.gather([self.submit(_rejects_and_stats, o, n) for o in outs])
+                    rejects.append(engine.sorted_rejects(pa.concat_tables([conform(r, REJECTS_SCHEMA) for r, _ in got])))
+                    per_check[n] = engine.merge_stats([st for _, st in got])
+                continue
+            for s in local:
+                if s.name not in GLOBAL:
+                    raise ValueError(f"gate check {s.name!r} is global and has no cluster form; run it with "
+                                     "engine.executor = memory or out_of_core")
+                t0 = time.perf_counter()
+                parts, rej, st = GLOBAL[s.name](self, parts, self.config[s.name])
+                rejects.append(rej)
+                per_check[s.name] = {**st, "seconds": round(time.perf_counter() - t0, 4)}
+        kept = pa.concat_tables(self.client.gather(parts))
+        kept = kept.take(pc.sort_indices(kept.column(POS)))
+        return engine.finish(n_in, kept, rejects, per_check, self.config, "cluster")
+
+    # -- partitions ------------------------------------------------------------------------------------------
+    def load(self, source: pa.Table | str | Path) -> tuple[list[Any], int]:
+        """Row ranges as partitions; the workers read a Parquet file themselves (it must be reachable there)."""
+        if isinstance(source, pa.Table):
+            n = source.num_rows
+            bounds = _ranges(n, self.n_parts)
+            tables = [_with_pos(source.slice(lo, hi - lo), lo) for lo, hi in bounds]
+            return self.client.scatter(tables), n
+        path = str(Path(source).resolve())
+        n = pq.ParquetFile(path).metadata.num_rows
+        return [self.submit(_read_range, path, lo, hi) for lo, hi in _ranges(n, self.n_parts)], n
+
+    def shuffle(self, parts: list[Any], split: Callable[[pa.Table, int], list[pa.Table]]) -> list[Any]:
+        """All-to-all: piece k of every partition goes to new partition k (rows in input order again)."""
+        pieces = [self.submit(split, p, self.n_parts) for p in parts]
+        return [self.submit(_concat_by_pos, *[self.submit(operator.getitem, pc_, k) for pc_ in pieces])
+                for k in range(self.n_parts)]
+
+    def positions(self, parts: list[Any]) -> list[np.ndarray]:
+        return self.client.gather([self.submit(_positions, p) for p in parts])
+
+    def apply_rows(self, parts: list[Any], pos: list[np.ndarray], drop_pos: np.ndarray, other_pos: np.ndarray,
+                   reason: str, rule: str, cfg: Any) -> tuple[list[Any], pa.Table, int]:
+        """Drop the rows at `drop_pos` (sorted), each naming the pair id of the row at `other_pos`; the pair ids
+        are looked up in the partitions that own those rows, worker to worker."""
+        owner = Owners(pos).of(other_pos)
+        lookups = {p: self.submit(_pair_ids, parts[p], np.unique(other_pos[owner == p])) for p in np.unique(owner)}
+        outs = []
+        for q, part in enumerate(parts):
+            mine = np.isin(drop_pos, pos[q])
+            need = [lookups[p] for p in np.unique(owner[mine])]
+            outs.append(self.submit(_apply_rows, part, drop_pos[mine], other_pos[mine], reason, rule, cfg, *need))
+        return self.collect(outs) + (int(drop_pos.size),)
+
+    def collect(self, outs: list[Any]) -> tuple[list[Any], pa.Table]:
+        """Kept partitions (left on the workers) and the rejects of a global step, in input order."""
+        got = self.client.gather([self.submit(operator.itemgetter(1, 2), o) for o in outs])
+        rejects = [conform(r, REJECTS_SCHEMA) for r, _ in got]
+        order = np.argsort(np.concatenate([p for _, p in got]), kind="stable")
+        return [self.submit(operator.itemgetter(0), o) for o in outs], pa.concat_tables(rejects).take(order)
+
+
+# -- global checks on the cluster ----------------------------------------------------------------------------
+def _step_stats(n: int, stats: dict[str, Any], reason: str, dropped: int) -> dict[str, Any]:
+    """What `base.apply` records for a step over the whole table."""
+    return {"rows_in": n, **stats, "rows_out": n - dropped, "dropped": {reason: dropped} if dropped else {}}
+
+
+def _config(cls: type, d: dict[str, Any]) -> Any:
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+class Owners:
+    """Which partition holds each input position (driver side: two integer arrays)."""
+
+    def __init__(self, pos: list[np.ndarray]) -> None:
+        allpos = np.concatenate(pos) if pos else np.zeros(0, np.int64)
+        order = np.argsort(allpos, kind="stable")
+        self.sorted = allpos[order]
+        self.label = np.repeat(np.arange(len(pos)), [p.size for p in pos])[order]
+
+    def of(self, rows: np.ndarray) -> np.ndarray:
+        return self.label[np.searchsorted(self.sorted, rows)]
+
+
+def repeated_answer_step(g: Gate, parts: list[Any], d: dict[str, Any]) -> tuple[list[Any], pa.Table, dict]:
+    cfg = _config(repeated_answer.RepeatedAnswerConfig, d)
+    pos = g.positions(parts)
+    n = sum(p.size for p in pos)
+    stats: dict[str, Any] = {}
+    drop = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if n:
+        pieces = [g.submit(_answer_pieces, p, g.n_parts) for p in parts]
+        got = g.client.gather([g.submit(_answer_bucket, cfg, *[g.submit(operator.getitem, pc_, k) for pc_ in pieces])
+                               for k in range(g.n_parts)])
+        rows = pl.concat([b[0] for b in got]).sort("row")
+        drop = rows.get_column("row").to_numpy(), rows.get_column("other").to_numpy()
+        stats = {"chosen_repeated_rows": rows.height, "rejected_repeated_rows": sum(b[1] for b in got)}
+        owners = Owners(pos)
+        for i, side in ((2, "chosen"), (3, "rejected")):
+            heads = repeated_answer.heads(pl.concat([b[i] for b in got]), cfg)
+            top = heads.get_column("row").to_numpy()
+            own = owners.of(top)
+            texts: dict[int, str] = {}
+            for r, t in g.client.gather([g.submit(_texts, parts[p], top[own == p], side) for p in np.unique(own)]):
+                texts.update(zip(r.tolist(), t, strict=True))
+            stats[f"top_{side}"] = repeated_answer.top_entries([texts[int(r)] for r in top], heads)
+    reason = "chosen_repeated_across_prompts"
+    parts, rej, k = g.apply_rows(parts, pos, *drop, reason, repeated_answer.RULE, cfg)
+    return parts, rej, _step_stats(n, stats, reason, k)
+
+
+def near_dup_step(g: Gate, parts: list[Any], d: dict[str, Any]) -> tuple[list[Any], pa.Table, dict]:
+    cfg = _config(near_dup.NearDupConfig, d)
+    pos = g.positions(parts)
+    n = sum(p.size for p in pos)
+    reason = "near_duplicate"
+    if n == 0:
+        return parts, REJECTS_SCHEMA.empty_table(), _step_stats(0, {}, reason, 0)
+    preps = [g.submit(_nd_prepare, p, cfg) for p in parts]
+    space = int(max(int(p.max()) for p in pos if p.size)) + 1  # candidate codes a * space + b, by position
+    pieces = [g.submit(_nd_key_pieces, pr, cfg, g.n_parts) for pr in preps]
+    codes = g.client.gather([g.submit(_nd_bucket, space, cfg.bucket_links,
+                                      *[g.submit(operator.getitem, pc_, k) for pc_ in pieces])
+                             for k in range(g.n_parts)])
+    present = np.sort(np.concatenate(pos))
+    cand = np.searchsorted(present, near_dup.decode_pairs(sorted_unique(np.concatenate(codes)), space))
+    owners = Owners(pos)
+
+    def check(pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Verify on the workers: each chunk joins just the shingle sets of its rows, exported by their owners."""
+        at = present[pairs]
+        size = max(1, min(_VERIFY_BATCH, -(-len(at) // g.threads)))
+        futures = []
+        for lo in range(0, len(at), size):
+            chunk = at[lo:lo + size]
+            rows = sorted_unique(chunk.ravel())
+            own = owners.of(rows)
+            exports = [g.submit(_nd_export, preps[p], rows[own == p]) for p in np.unique(own)]
+            futures.append(g.submit(_nd_verify, chunk, cfg, *exports))
+        got = g.client.gather(futures)
+        return np.concatenate([x[0] for x in got]), np.concatenate([x[1] for x in got])
+
+    rep, gstats = near_dup.greedy(cand, n, check)
+    meta = g.client.gather([g.submit(_nd_meta, pr) for pr in preps])
+    distinct = {name: int(sorted_unique(np.concatenate([m[0][name] for m in meta])).size)
+                for name in near_dup.field_names(cfg)}
+    order = np.argsort(np.concatenate(pos), kind="stable")
+    stats = near_dup.summary(dict(near_dup.band_plan(cfg)[3]), distinct, len(cand), gstats)
+    stats.update(near_dup.cluster_stats(rep, np.concatenate([m[1] for m in meta])[order]))
+    dup = rep >= 0
+    parts, rej, k = g.apply_rows(parts, pos, present[dup], present[rep[dup]], reason, near_dup.RULE, cfg)
+    return parts, rej, _step_stats(n, stats, reason, k)
+
+
+def length_bias_step(g: Gate, parts: list[Any], d: dict[str, Any]) -> tuple[list[Any], pa.Table, dict]:
+    cfg = _config(length_bias.LengthBiasConfig, d)
+    got = g.client.gather([g.submit(_lb_features, p, cfg) for p in parts])
+    order = np.argsort(np.concatenate([p for p, _ in got]), kind="stable")
+    # The fit sees the features in input order: the same floats summed in the same order as in one process.
+    feats = {k: np.concatenate([f[k] for _, f in got])[order] for k in got[0][1]}
+    weights, keep, stats = length_bias.decide_features(feats, cfg)
+    back = np.empty_like(order)
+    back[order] = np.arange(order.size)
+    outs, lo = [], 0
+    for part, (p, _) in zip(parts, got, strict=True):
+        sl = back[lo:lo + p.size]
+        lo += p.size
+        outs.append(g.submit(_lb_apply, part, weights[sl], keep[sl], cfg))
+    parts, rej = g.collect(outs)
+    dropped = int((~keep).sum()) if cfg.mode != "stats" else 0
+    return parts, rej, _step_stats(order.size, stats, "length_balance_subsample", dropped)
+
+
+GLOBAL: dict[str, Callable[[Gate, list[Any], dict[str, Any]], tuple[list[Any], pa.Table, dict]]] = {
+    "repeated_answer": repeated_answer_step, "near_dup": near_dup_step, "length_bias": length_bias_step}
+
+
+# -- worker tasks (module functions: a worker imports this module, nothing is pickled by value) ---------------
+def _ranges(n: int, k: int) -> list[tuple[int, int]]:
+    edges = np.linspace(0, n, max(1, min(k, n)) + 1).astype(np.int64)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def _with_pos(t: pa.Table, start: int) -> pa.Table:
+    return conform(t).append_column(POS, pa.array(np.arange(start, start + t.num_rows, dtype=np.int64)))
+
+
+def _read_range(path: str, lo: int, hi: int) -> pa.Table:
+    """Rows [lo, hi) of a Parquet file, reading only the row groups that hold them."""
+    f = pq.ParquetFile(path, pre_buffer=False)
+    parts, start = [], 0
+    for g in range(f.metadata.num_row_groups):
+        m = f.metadata.row_group(g).num_rows
+        if start < hi and start + m > lo:
+            t = f.read_row_group(g)
+            parts.append(t.slice(max(lo - start, 0), min(hi, start + m) - max(lo, start)))
+        start += m
+    return _with_pos(pa.concat_tables(parts) if parts else f.schema_arrow.empty_table(), lo)
+
+
+def _positions(t: pa.Table) -> np.ndarray:
+    return t.column(POS).to_numpy()
+
+
+def _rejects_and_stats(o: PhaseOutput, name: str) -> tuple[pa.Table, dict[str, Any]]:
+    return o.rejects[name], o.stats[name]
+
+
+def _split_by_prompt(t: pa.Table, k: int) -> list[pa.Table]:
+    sid = engine.shard_ids(t.column("prompt_id"), k)
+    return [t.take(pa.array(np.flatnonzero(sid == i))) for i in range(k)]
+
+
+def _concat_by_pos(*tables: pa.Table) -> pa.Table:
+    t = pa.concat_tables(tables, promote_options="permissive")
+    return t.take(pc.sort_indices(t.column(POS)))
+
+
+def _pair_ids(t: pa.Table, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.searchsorted(_positions(t), rows)
+    return rows, np.asarray(t.column("pair_id").take(pa.array(idx)).to_numpy(zero_copy_only=False), dtype=object)
+
+
+def _texts(t: pa.Table, rows: np.ndarray, side: str) -> tuple[np.ndarray, list[str]]:
+    return rows, t.column(side).take(pa.array(np.searchsorted(_positions(t), rows))).to_pylist()
+
+
+def _apply_rows(t: pa.Table, drop_pos: np.ndarray, other_pos: np.ndarray, reason: str, rule: str, cfg: Any,
+                *lookups: tuple[np.ndarray, np.ndarray]) -> tuple[pa.Table, pa.Table, np.ndarray]:
+    pos = _positions(t)
+    idx = np.searchsorted(pos, drop_pos)
+    d = Decision.keep_all(t.num_rows)
+    mask = np.zeros(t.num_rows, bool)
+    mask[idx] = True
+    d.mark(mask, reason)
+    d.duplicate_of = np.full(t.num_rows, None, dtype=object)
+    if idx.size:
+        lp = np.concatenate([lk[0] for lk in lookups])
+        ids = np.concatenate([lk[1] for lk in lookups])
+        order = np.argsort(lp, kind="stable")
+        d.duplicate_of[idx] = ids[order][np.searchsorted(lp[order], other_pos)]
+    res: CheckResult = apply(t, d, rule, cfg)
+    return res.kept, res.rejects, pos[idx]
+
+
+def _answer_pieces(t: pa.Table, k: int) -> list[tuple[pl.DataFrame, pl.DataFrame]]:
+    """repeated_answer's per-row frames of both answers, split by answer hash into k pieces."""
+    pos = _positions(t)
+    sides = []
+    for side in ("chosen", "rejected"):
+        df = repeated_answer.answer_frame(t, side, pos)
+        dest = (df.get_column("h").to_numpy() % np.uint64(k)).astype(np.int64)
+        sides.append([df.filter(pl.Series(dest == i)) for i in range(k)])
+    return list(zip(*sides, strict=True))
+
+
+def _answer_bucket(cfg: Any, *pieces: tuple[pl.DataFrame, pl.DataFrame]) -> tuple:
+    """Every row of the answers hashed here: (dropped rows and the row each names, rejected repeats, heads)."""
+    ch = repeated_answer.group_stats(pl.concat([p[0] for p in pieces]))
+    re = repeated_answer.group_stats(pl.concat([p[1] for p in pieces]))
+    hit = repeated_answer.hits(ch, cfg)
+    drop = pl.DataFrame({"row": ch.get_column("row").to_numpy()[hit], "other": repeated_answer.other_row(ch)[hit]},
+                        schema={"row": pl.Int64, "other": pl.Int64})
+    return drop, int(repeated_answer.hits(re, cfg).sum()), repeated_answer.heads(ch, cfg), \
+        repeated_answer.heads(re, cfg)
+
+
+def _nd_prepare(t: pa.Table, cfg: Any) -> dict[str, Any]:
+    src = near_dup.TableTexts(t)
+    return {"pos": _positions(t), "source": pl.Series(t.column("source")).hash(0).to_numpy(),
+            "fields": {name: near_dup.Field(src, name, cfg) for name in near_dup.field_names(cfg)}}
+
+
+def _nd_key_pieces(prep: dict[str, Any], cfg: Any, k: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(band, key, position) of every row and band, split by key into k pieces: a bucket lands in one piece."""
+    pos = prep["pos"]
+    parts, info = near_dup.group_keys(prep["fields"], pos.size, cfg)
+    out: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in range(k)]
+    for b in range(info["bands"]):
+        key = near_dup.band_key(parts, b, pos.size)
+        dest = (key % np.uint64(k)).astype(np.int64)
+        for i in range(k):
+            sel = dest == i
+            out[i].append((np.full(int(sel.sum()), b, np.int16), key[sel], pos[sel]))
+    return [tuple(np.concatenate(c) for c in zip(*o, strict=True)) if o else
+            (np.zeros(0, np.int16), np.zeros(0, np.uint64), np.zeros(0, np.int64)) for o in out]
+
+
+def _nd_bucket(space: int, links: int, *pieces: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    """Candidate codes of the buckets whose keys hash here, band by band, members in position order."""
+    band, key, ids = (np.concatenate(c) for c in zip(*pieces, strict=True))
+    order = np.lexsort((ids, band))
+    band, key, ids = band[order], key[order], ids[order]
+    cuts = np.flatnonzero(np.diff(band)) + 1
+    codes = [near_dup.band_codes(k_, i_, space, links) for k_, i_ in zip(np.split(key, cuts), np.split(ids, cuts),
+                                                                         strict=True) if k_.size]
+    return sorted_unique(np.concatenate(codes)) if codes else np.zeros(0, np.uint64)
+
+
+def _nd_export(prep: dict[str, Any], rows: np.ndarray) -> tuple[np.ndarray, dict[str, near_dup.Field]]:
+    local = np.searchsorted(prep["pos"], rows)
+    return rows, {name: f.take(local) for name, f in prep["fields"].items()}
+
+
+def _nd_verify(pairs: np.ndarray, cfg: Any, *exports: tuple[np.ndarray, dict[str, near_dup.Field]]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    rows = np.concatenate([e[0] for e in exports])
+    fields = {name: near_dup.Field.concat([e[1][name] for e in exports]) for name in exports[0][1]}
+    order = np.argsort(rows, kind="stable")
+    return near_dup.check_pairs(fields, order[np.searchsorted(rows[order], pairs)], cfg)
+
+
+def _nd_meta(prep: dict[str, Any]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    return {name: f.text_hash for name, f in prep["fields"].items()}, prep["source"]
+
+
+def _lb_features(t: pa.Table, cfg: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    return _positions(t), length_bias.features(t, cfg)
+
+
+def _lb_apply(t: pa.Table, weights: np.ndarray, keep: np.ndarray, cfg: Any) -> tuple[pa.Table, pa.Table, np.ndarray]:
+    res = length_bias.apply_weights(t, weights, keep, {}, cfg)
+    drop = ~keep if cfg.mode != "stats" else np.zeros(keep.size, bool)
+    return res.kept, res.rejects, _positions(t)[drop]
