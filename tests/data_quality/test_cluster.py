@@ -1,0 +1,113 @@
+"""The cluster executor: the whole gate on a local Dask cluster of 2 worker processes equals the in-memory gate
+on real rows (same kept table and content hash, same rejects, same statistics)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from data_quality import engine
+from data_quality.checks import near_dup
+from data_quality.gate import GateConfig, run_gate
+from storage.workspace import content_hash
+
+
+@pytest.fixture(scope="module")
+def real_parquet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from data_quality.ingest import ingest_files
+    from tests.conftest import SHARED_DATA
+
+    if not SHARED_DATA.exists():
+        pytest.skip("shared data not found")
+    ann = SHARED_DATA / "alpaca_eval" / "annotations"
+    pairs = ingest_files([SHARED_DATA / "hh-rlhf" / "harmless-base-test.jsonl.gz",
+                          ann / "alpaca-7b_concise__weighted_alpaca_eval_gpt4_turbo.json.gz",
+                          ann / "alpaca-7b_verbose__weighted_alpaca_eval_gpt4_turbo.json.gz",
+                          ann / "alpaca-7b__alpaca_eval_gpt4.json.gz"]).pairs
+    path = tmp_path_factory.mktemp("cluster") / "pairs.parquet"
+    pq.write_table(pairs, path, row_group_size=700)  # workers read row ranges that cut through row groups
+    return path
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> Iterator[str]:
+    """A local cluster of 2 worker processes, one thread each, started by the test."""
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      worker_dashboard_address=None) as lc:
+        yield lc.scheduler_address
+
+
+def _reject_keys(t: pa.Table) -> list[tuple]:
+    cols = [t.column(c).to_pylist() for c in ("pair_id", "rule", "reason", "duplicate_of", "source", "source_row")]
+    return sorted(zip(*cols, strict=True), key=repr)
+
+
+def _checks(stats: dict) -> dict:
+    return {n: {k: v for k, v in st.items() if k not in ("seconds", "cpu_seconds", "shards", "not_merged_across_shards")}
+            for n, st in stats["checks"].items()}
+
+
+GATES = {
+    "defaults": {"contradictions": {"policy": "keep_majority"}, "margins": {"max_pairs_per_prompt": 2}},
+    # every global check drops something here: repeated chosen answers over 2+ prompts, length subsampling, and
+    # near_dup banded on the whole pair (one signature) instead of each answer
+    "global_drops": {"repeated_answer": {"min_prompts": 2}, "length_bias": {"mode": "subsample"},
+                     "near_dup": {"min_answer_jaccard": 0.0, "threshold": 0.7}},
+}
+
+
+@pytest.mark.parametrize("name", list(GATES))
+def test_cluster_gate_equals_the_in_memory_gate_on_real_rows(name: str, real_parquet: Path, scheduler: str) -> None:
+    gate = GATES[name]
+    mem = run_gate(real_parquet, GateConfig.from_dict({**gate, "engine": {"executor": "memory"}}))
+    cfg = GateConfig.from_dict({**gate, "engine": {"executor": "cluster", "address": scheduler, "partitions": 5}})
+    dist = run_gate(real_parquet, cfg)
+    assert dist.stats["executor"] == "cluster"
+    drops = mem.stats["drops_by_reason"]
+    assert drops.get("near_dup:near_duplicate", 0) > 0  # the comparison is about something
+    if name == "global_drops":
+        assert drops["repeated_answer:chosen_repeated_across_prompts"] > 0
+        assert drops["length_bias:length_balance_subsample"] > 0
+    assert dist.kept.equals(mem.kept)
+    assert content_hash(dist.kept) == content_hash(mem.kept)
+    assert _reject_keys(dist.rejects) == _reject_keys(mem.rejects)
+    assert dist.stats["drops_by_reason"] == drops
+    got, want = _checks(dist.stats), _checks(mem.stats)
+    for check in ("repeated_answer", "near_dup", "length_bias"):  # global checks: every statistic, bit for bit
+        assert got[check] == want[check], check
+
+
+def test_field_pieces_join_back_to_the_same_overlaps() -> None:
+    """Cutting a Field into row pieces and joining them (as the workers do) gives the same exact Jaccard."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(40)]
+    texts = [" ".join(rng.choice(words, size=rng.integers(0, 12))) for _ in range(300)]
+    texts += texts[:50] + ["", "🙂", "🙂🙂"]  # identical texts in different pieces; texts without shingles
+    t = pa.table({"chosen": texts})
+    cfg = near_dup.NearDupConfig()
+    whole = near_dup.Field(near_dup.TableTexts(t), "chosen", cfg)
+    order = rng.permutation(len(texts))
+    pieces = [whole.take(np.sort(order[i::3])) for i in range(3)]
+    joined = near_dup.Field.concat(pieces)
+    at = np.concatenate([np.sort(order[i::3]) for i in range(3)])  # row of the whole for each joined row
+    back = np.argsort(at)
+    pairs = rng.integers(0, len(texts), size=(2000, 2))
+    assert (near_dup.field_overlap(whole, pairs)[0] == near_dup.field_overlap(joined, back[pairs])[0]).all()
+    assert (near_dup.field_overlap(whole, pairs)[1] == near_dup.field_overlap(joined, back[pairs])[1]).all()
+    assert joined.text_hash.size == whole.text_hash.size  # a text in several pieces is one text again
+
+
+def test_a_global_check_without_a_cluster_form_is_refused(small_pairs: pa.Table, scheduler: str) -> None:
+    def odd(t: pa.Table):  # noqa: ANN202 - a made-up global check
+        raise AssertionError("never runs")
+
+    cfg = engine.EngineConfig(executor="cluster", address=scheduler)
+    with pytest.raises(ValueError, match="'odd' is global and has no cluster form"):
+        engine.execute(small_pairs, [engine.Step("odd", odd, "global")], {}, cfg)
