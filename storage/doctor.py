@@ -19,10 +19,12 @@ from pathlib import Path
 
 import duckdb
 
-from storage import catalog, runs
+from storage import catalog, objects, runs
 from storage.publish import TRASH_PREFIX
 
 TMP_MAX_AGE_S = 3600.0
+# The final folder publish gives a snapshot on object storage: version and a per-publish suffix.
+REMOTE_FOLDER_RE = re.compile(r"v[1-9][0-9]*-[0-9a-f]{16}")
 # What publish names the folders it moves aside (older versions used `<ds>-v<N>-<uuid>` without the prefix).
 TRASH_RE = re.compile(r"(" + re.escape(TRASH_PREFIX) + r")?.+-v[0-9]+-[0-9a-f]{32}")
 
@@ -91,7 +93,7 @@ def check_orphans(root: Path, fix: bool) -> list[Finding]:
     """Folders under snapshots/ the catalog does not know (and catalogued snapshots whose folder is gone)."""
     out = []
     with catalog.connect(root) as con:  # the write lock: no publish is between its rename and its commit
-        known = {Path(p) for (p,) in con.execute("SELECT path FROM snapshot_log").fetchall()}
+        known = {Path(p) for p in catalog.snapshot_paths(con) if not objects.is_uri(p)}
         for ds_dir in sorted((root / "snapshots").iterdir()):
             if not ds_dir.is_dir():
                 continue
@@ -119,10 +121,59 @@ def check_orphans(root: Path, fix: bool) -> list[Finding]:
     return out
 
 
+def check_objects(root: Path, fix: bool) -> list[Finding]:
+    """Objects under the workspace's s3:// prefixes that no catalog row names: snapshot folders a publish copied
+    but never committed (deleted by fix: their name is one only publish gives), staging uploads older than an
+    hour (deleted by fix), anything else (left alone); and catalogued snapshots whose objects are gone."""
+    out: list[Finding] = []
+    with catalog.connect(root) as con:  # the write lock: no publish is between its copy and its commit
+        remote = {p for p in catalog.snapshot_paths(con) if objects.is_uri(p)}
+        row = con.execute("SELECT value FROM catalog_meta WHERE key = 'storage'").fetchone()
+        prefixes = {p.rsplit("/snapshots/", 1)[0] for p in remote} | ({row[0]} if row and row[0] else set())
+        for prefix in sorted(prefixes):
+            out += _remote_orphans(prefix, remote, fix)
+        for path in sorted(remote):
+            if not objects.exists(objects.join(path, "pairs.parquet")):
+                out.append(Finding("missing", path, "catalogued snapshot whose objects are gone "
+                                   "(cannot be repaired here)"))
+    return out
+
+
+def _remote_orphans(prefix: str, known: set[str], fix: bool) -> list[Finding]:
+    folders: dict[str, list[str]] = {}
+    for info in objects.list_files(objects.join(prefix, "snapshots")):
+        uri = objects.SCHEME + info.path
+        folders.setdefault(uri.rsplit("/", 1)[0], []).append(uri)
+    out = []
+    for folder, files in sorted(folders.items()):
+        if folder in known:
+            continue
+        if not REMOTE_FOLDER_RE.fullmatch(folder.rsplit("/", 1)[1]):
+            out.append(Finding("orphan", folder, "not in the catalog and not made by a publish: left alone"))
+            continue
+        f = Finding("orphan", folder, f"{len(files)} object(s) copied by a publish that never committed "
+                    "(not in the catalog, invisible)")
+        if fix:
+            objects.remove(files)
+            f.fixed, f.action = True, "deleted"
+        out.append(f)
+    now = time.time()
+    for info in objects.list_files(objects.join(prefix, objects.STAGING)):
+        if info.mtime is not None and now - info.mtime.timestamp() > TMP_MAX_AGE_S:
+            f = Finding("stale-staging", objects.SCHEME + info.path, "upload of an unfinished publish, older "
+                        "than an hour")
+            if fix:
+                objects.remove([objects.SCHEME + info.path])
+                f.fixed, f.action = True, "deleted"
+            out.append(f)
+    return out
+
+
 def check_views(root: Path, fix: bool) -> list[Finding]:
     """Every view must bind; broken views the catalog made are rebuilt, a user's broken views are reported."""
     broken: list[tuple[str, bool, str]] = []
     with catalog.connect(root, read_only=True) as con:
+        catalog.register_object_storage(con, catalog.snapshot_paths(con))
         ours = {r[0] for r in con.execute("SELECT name FROM catalog_views").fetchall()}
         names = [r[0] for r in con.execute(
             "SELECT view_name FROM duckdb_views() WHERE NOT internal AND database_name = current_database()"
@@ -166,7 +217,7 @@ def check_runs(root: Path, fix: bool) -> list[Finding]:
     return out
 
 
-CHECKS = (check_tmp_and_trash, check_orphans, check_views, check_runs)
+CHECKS = (check_tmp_and_trash, check_orphans, check_objects, check_views, check_runs)
 
 
 def diagnose(root: Path, fix: bool = False) -> list[Finding]:

@@ -141,7 +141,7 @@ def publish(
                     shutil.copyfile(content, target)
                 written.append(name)
             if remote is not None:  # the big uploads happen before the catalog's write lock is taken
-                remote.stage(tmp, written)
+                remote.stage(tmp, ["pairs.parquet", *files])
             return _commit(
                 root, tmp, written, side, writing, remote, dataset=dataset, pairs=pairs, rejects=rejects,
                 quarantine=quarantine, parents=list(parents), params=params, meta=meta, kind=kind,
