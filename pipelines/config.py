@@ -37,17 +37,27 @@ class RetryConfig(_Strict):
 
 
 class RunnerConfig(_Strict):
-    """Which Prefect task runner the clean step uses, and how the pair table is sharded."""
+    """Which Prefect task runner the clean step uses, and how the pair table is partitioned.
+
+    kind = "dask": the whole gate runs on a Dask cluster (data_quality.cluster): a local one of `n_workers`
+    worker processes started for the flow, or the scheduler at `address`. kind = "thread" with shards > 1:
+    local checks in shards on threads, global checks on the merged table."""
 
     kind: Literal["thread", "dask"] = "thread"
     n_workers: int = Field(2, ge=1)
     threads_per_worker: int = Field(1, ge=1)
-    # Worker processes give real parallelism for the per-row checks; threads start faster (tests).
+    # Worker processes give real parallelism; threads start faster (tests).
     processes: bool = True
-    # 1 = run the gate in one task. More shards only pay off with a dask runner or a large table.
+    # thread: 1 = the gate in one task. dask: row partitions on the cluster (1 = two per worker thread).
     shards: int = Field(1, ge=1, le=1024)
     # Optional address of an existing Dask scheduler ("tcp://host:8786"); None starts a local cluster.
     address: str | None = None
+
+    def engine(self, address: str | None = None) -> dict[str, Any]:
+        """The gate's engine section that runs every check on this runner's cluster (at `address`)."""
+        return {"executor": "cluster", "address": address or self.address, "n_workers": self.n_workers,
+                "threads_per_worker": self.threads_per_worker, "processes": self.processes,
+                "partitions": self.shards if self.shards > 1 else 0}
 
 
 class ScheduleConfig(_Strict):

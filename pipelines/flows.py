@@ -63,7 +63,11 @@ def clean_flow(params: CleanParams) -> SnapshotInfo:
         get_run_logger().info("clean %s: input and gate config unchanged, reusing %s", parent.snapshot_id, hit.snapshot_id)
         tasks.emit_artifacts(ws, hit, cached=True)
         return hit
-    if params.runner.shards <= 1:
+    if params.runner.kind == "dask":
+        # The whole gate on the flow's Dask cluster: its workers read the snapshot's Parquet file themselves.
+        out = tasks.gate(str(parent.path / "pairs.parquet"), _on_flow_cluster(params.gate, params.runner),
+                         eval_prompts)
+    elif params.runner.shards <= 1:
         # The snapshot's Parquet file: the gate engine streams it when it is over the memory budget.
         out = tasks.gate(str(parent.path / "pairs.parquet"), params.gate, eval_prompts)
     else:
@@ -78,8 +82,21 @@ def clean_flow(params: CleanParams) -> SnapshotInfo:
     return info
 
 
+def _on_flow_cluster(gate: dict[str, Any], runner: RunnerConfig) -> dict[str, Any]:
+    """The gate config with the engine pointed at the cluster of the flow's DaskTaskRunner (which starts it, or
+    connects to `runner.address`, and closes it with the flow). The engine section never changes what is kept,
+    so the cache key and the recorded gate config are those of the single-process run."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    client = getattr(ctx.task_runner, "client", None) if ctx is not None else None
+    address = client.scheduler.address if client is not None else runner.address
+    return {**gate, "engine": {**gate.get("engine", {}), **runner.engine(address)}}
+
+
 def _sharded_gate(pairs: Any, gate: dict[str, Any], eval_prompts: list[str] | None, n_shards: int) -> Any:
-    """Local phases fan out over shards on the flow's task runner; global phases run once on the merge."""
+    """Thread runner with shards > 1: local phases fan out over shards on the flow's task runner; global phases
+    run once on the merged table (kind = "dask" runs every phase on the cluster instead)."""
 
     def map_shards(shards: list[Any], names: list[str]) -> list[PhaseOutput]:
         futures = [tasks.gate_shard.submit(s, names, gate, eval_prompts) for s in shards]

@@ -1,4 +1,4 @@
-"""Scale-out: the clean flow on a local Dask cluster, in shards, publishes what the thread runner publishes."""
+"""Scale-out: the clean flow runs the whole gate on a local Dask cluster and publishes what one process publishes."""
 
 from __future__ import annotations
 
@@ -38,6 +38,10 @@ def test_sharded_dask_clean_equals_single_process(tmp_path: Path, shared_data: P
     assert (sharded.kept, sharded.rejected) == (single.kept, single.rejected)
     assert _rejects(dask_ws, sharded.snapshot_id) == _rejects(single_ws, single.snapshot_id)
     assert sharded.params["flow_parameters"]["runner"]["kind"] == "dask"
+    recorded = steps.recorded_gate_stats(sharded)
+    assert recorded is not None and recorded["executor"] == "cluster"  # every phase ran on the cluster
+    assert recorded["checks"]["near_dup"]["candidates"] == steps.recorded_gate_stats(single)["checks"]["near_dup"][
+        "candidates"]
 
 
 @pytest.mark.slow
