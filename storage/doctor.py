@@ -5,6 +5,9 @@ itself: an uncatalogued `snapshots/<ds>/vN` is deleted only when its manifest sa
 killed between its rename and its commit), `.trash/` entries only when they carry the name publish gives them,
 `.tmp/` entries only once they are older than an hour (a younger one may be a publish in progress). Everything
 else is reported and left alone. The orphan check holds the catalog's write lock, so it never races a publish.
+Snapshots on object storage get the same checks (`check_objects`): objects under `<prefix>/snapshots/` no catalog
+row names (deleted only when the folder has the `v<N>-<16 hex>` name publish gives), staging uploads older than an
+hour, and catalogued snapshots whose objects are gone.
 """
 
 from __future__ import annotations

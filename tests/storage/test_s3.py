@@ -115,10 +115,13 @@ def test_s3_workspace_ingests_cleans_answers_sql_and_trains(s3_endpoint, tmp_pat
     assert _keys(f"s3://{BUCKET}") == before
 
     # Train a few steps from the clean snapshot on the objects.
-    model = make_tiny_model(tmp_path / "tiny", seed=0, vocab_size=512, n_layers=1, hidden=32, heads=2,
-                            max_positions=256)
+    corpus = ["How do I bake bread? Mix flour, water, salt and yeast, then bake.", "Paris is in France."] * 8
+    model = make_tiny_model(tmp_path / "tiny", seed=0, corpus=corpus, vocab_size=512, n_layers=1, hidden=32,
+                            heads=2, max_positions=256)
+    # Reference log-probs on the fly: 2 steps, not a reference pass over all 799 pairs.
     cfg = TrainConfig(snapshot=clean.snapshot_id, model=str(model), lr=1e-3, per_device_batch_size=4,
-                      max_length=96, max_prompt_length=48, max_steps=2, save_steps=0, report=False)
+                      max_length=96, max_prompt_length=48, max_steps=2, save_steps=0, report=False,
+                      precompute_reference=False)
     res = train(cfg, ws)
     assert len(res.losses) == 2 and all(math.isfinite(v) for v in res.losses.values())
     assert doctor.diagnose(ws.root) == []
