@@ -106,7 +106,10 @@ class Gate:
                 per_check[s.name] = {**st, "seconds": round(time.perf_counter() - t0, 4)}
         kept = pa.concat_tables(self.client.gather(parts))
         kept = kept.take(pc.sort_indices(kept.column(POS)))
-        return engine.finish(n_in, kept, rejects, per_check, self.config, "cluster")
+        res = engine.finish(n_in, kept, rejects, per_check, self.config, "cluster")
+        res.stats["cluster"] = {"workers": len(self.client.nthreads()), "threads": self.threads,
+                                "partitions": self.n_parts}
+        return res
 
     # -- partitions ------------------------------------------------------------------------------------------
     def load(self, source: pa.Table | str | Path) -> tuple[list[Any], int]:
