@@ -1,30 +1,26 @@
 """The whole gate on a Dask cluster: rows live in partitions on the workers, never in one process.
 
-Rows are read by the workers (row ranges of the snapshot's Parquet file, each row tagged with its input
-position POS) and stay there as Arrow tables. The gate's phases (data_quality.engine.plan) run as:
-- row-local phases: `run_steps` on each partition where it lies;
-- prompt-local phases (contradictions, dedup, margins ...): a shuffle by prompt-id hash (engine.shard_ids), so
-  every row of a prompt meets in one partition, then `run_steps` per partition;
-- global checks, each with the check's own functions split into stages:
-  - repeated_answer: per partition the answers' key hashes and prompt ids; a shuffle by answer hash so each
-    answer's group is decided in one task (`group_stats`); only dropped rows' positions come back;
-  - near_dup: per partition the field shingle sets (`near_dup.Field`) and band keys of its rows; a shuffle of
-    (band, key, POS) by key builds the buckets, giving candidate pairs as integer codes; the greedy decision
-    (`near_dup.greedy`) runs on the driver and verifies each round's pairs on the workers: each owning
-    partition exports the shingle sets of just those rows (`Field.take`), a task joins them (`Field.concat`)
-    and checks exactly (`near_dup.check_pairs`);
-  - length_bias: per partition the numeric row features (`length_bias.features`); the fit runs on the driver
-    on those columns in POS order (the same floats in the same order as one process), and each partition
-    applies its slice of the weights.
-The driver holds integers per row (positions, owners, candidate codes) and length_bias's few numeric columns
-and model names, never prompt or answer text. Kept rows, rejects and statistics equal the in-memory run's (the
-same content hash); at the end the kept partitions and rejects are gathered for publishing.
+Workers read row ranges of the snapshot's Parquet file (each row tagged with its input position POS) and keep
+them as Arrow tables. The phases (engine.plan) run as: row-local checks on each partition where it lies;
+prompt-local checks after a shuffle by prompt-id hash (engine.shard_ids); global checks with each check's own
+functions split into stages:
+- repeated_answer: answer-hash frames shuffled by hash, each answer's group decided in one task;
+- near_dup: per partition the shingle sets (`near_dup.Field`) and band keys; (band, key, POS) shuffled by key
+  into buckets, giving candidate pairs as integer codes; `near_dup.greedy` runs on the driver and verifies each
+  round's pairs on the workers from just those rows' shingle sets (`Field.take` by the owner, `Field.concat`
+  and `check_pairs` in the verifying task);
+- length_bias: row features per partition, fitted on the driver in POS order (the same floats in the same
+  order as one process), each partition applying its slice of the weights.
+The driver holds integers per row (positions, owners, candidate codes) and length_bias's numeric columns and
+model names, never prompt or answer text; the kept rows come back as Arrow files it reads memory-mapped. The
+result equals the in-memory run's: same kept table and content hash, rejects and statistics.
 """
 
 from __future__ import annotations
 
 import logging
 import operator
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -64,15 +60,18 @@ def connect(cfg: EngineConfig) -> Iterator[Any]:
 
 def run_cluster(source: pa.Table | str | Path, steps: Sequence[Step], config: dict[str, Any],
                 cfg: EngineConfig) -> GateResult:
-    with connect(cfg) as client:
-        return Gate(client, config, cfg).run(source, steps)
+    # The kept partitions come back as Arrow files the driver reads memory-mapped (evictable pages, not its
+    # heap): a folder the workers can write, here for a local cluster, `spill_dir` (shared) for a remote one.
+    with connect(cfg) as client, tempfile.TemporaryDirectory(prefix="dpo-cluster-", dir=cfg.spill_dir) as tmp:
+        spill = Path(tmp) if cfg.address is None or cfg.spill_dir else None
+        return Gate(client, config, cfg, spill).run(source, steps)
 
 
 class Gate:
     """One run's driver: futures of the partitions, and the phases in order."""
 
-    def __init__(self, client: Any, config: dict[str, Any], cfg: EngineConfig) -> None:
-        self.client, self.config = client, config
+    def __init__(self, client: Any, config: dict[str, Any], cfg: EngineConfig, spill: Path | None = None) -> None:
+        self.client, self.config, self.spill = client, config, spill
         self.threads = max(1, sum(client.nthreads().values()))
         self.n_parts = cfg.partitions or 2 * self.threads
 
@@ -104,12 +103,24 @@ class Gate:
                 parts, rej, st = GLOBAL[s.name](self, parts, self.config[s.name])
                 rejects.append(rej)
                 per_check[s.name] = {**st, "seconds": round(time.perf_counter() - t0, 4)}
-        kept = pa.concat_tables(self.client.gather(parts))
-        kept = kept.take(pc.sort_indices(kept.column(POS)))
-        res = engine.finish(n_in, kept, rejects, per_check, self.config, "cluster")
+        res = engine.finish(n_in, self.kept(parts), rejects, per_check, self.config, "cluster")
         res.stats["cluster"] = {"workers": len(self.client.nthreads()), "threads": self.threads,
                                 "partitions": self.n_parts}
         return res
+
+    def kept(self, parts: list[Any]) -> pa.Table:
+        """The kept rows in input order; merged from the workers' files batch by batch when there is a spill."""
+        if self.spill is None:
+            kept = pa.concat_tables(self.client.gather(parts), promote_options="permissive")
+            return kept.take(pc.sort_indices(kept.column(POS)))
+        paths = self.client.gather([self.submit(_write_ipc, p, str(self.spill / f"kept-{k}.arrow"))
+                                    for k, p in enumerate(parts)])
+        merged = pa.concat_tables([engine._Spill.open(Path(p)) for p in paths], promote_options="permissive")
+        order = np.argsort(merged.column(POS).to_numpy(), kind="stable")
+        spill = engine._Spill(self.spill)
+        batches = (b for lo in range(0, order.size, engine._BATCH)
+                   for b in merged.take(pa.array(order[lo:lo + engine._BATCH])).to_batches())
+        return spill.open(spill.write("kept", batches, merged.schema))
 
     # -- partitions ------------------------------------------------------------------------------------------
     def load(self, source: pa.Table | str | Path) -> tuple[list[Any], int]:
@@ -137,7 +148,8 @@ class Gate:
         """Drop the rows at `drop_pos` (sorted), each naming the pair id of the row at `other_pos`; the pair ids
         are looked up in the partitions that own those rows, worker to worker."""
         owner = Owners(pos).of(other_pos)
-        lookups = {p: self.submit(_pair_ids, parts[p], np.unique(other_pos[owner == p])) for p in np.unique(owner)}
+        lookups = {p: self.submit(_column_at, parts[p], np.unique(other_pos[owner == p]), "pair_id")
+                   for p in np.unique(owner)}
         outs = []
         for q, part in enumerate(parts):
             mine = np.isin(drop_pos, pos[q])
@@ -184,7 +196,8 @@ def repeated_answer_step(g: Gate, parts: list[Any], d: dict[str, Any]) -> tuple[
     drop = np.zeros(0, np.int64), np.zeros(0, np.int64)
     if n:
         pieces = [g.submit(_answer_pieces, p, g.n_parts) for p in parts]
-        got = g.client.gather([g.submit(_answer_bucket, cfg, *[g.submit(operator.getitem, pc_, k) for pc_ in pieces])
+        got = g.client.gather([g.submit(repeated_answer.decide_bucket, cfg, *[g.submit(operator.getitem, pc_, k)
+                                                                               for pc_ in pieces])
                                for k in range(g.n_parts)])
         rows = pl.concat([b[0] for b in got]).sort("row")
         drop = rows.get_column("row").to_numpy(), rows.get_column("other").to_numpy()
@@ -195,7 +208,7 @@ def repeated_answer_step(g: Gate, parts: list[Any], d: dict[str, Any]) -> tuple[
             top = heads.get_column("row").to_numpy()
             own = owners.of(top)
             texts: dict[int, str] = {}
-            for r, t in g.client.gather([g.submit(_texts, parts[p], top[own == p], side) for p in np.unique(own)]):
+            for r, t in g.client.gather([g.submit(_column_at, parts[p], top[own == p], side) for p in np.unique(own)]):
                 texts.update(zip(r.tolist(), t, strict=True))
             stats[f"top_{side}"] = repeated_answer.top_entries([texts[int(r)] for r in top], heads)
     reason = "chosen_repeated_across_prompts"
@@ -292,6 +305,12 @@ def _read_range(path: str, lo: int, hi: int) -> pa.Table:
     return _with_pos(pa.concat_tables(parts) if parts else f.schema_arrow.empty_table(), lo)
 
 
+def _write_ipc(t: pa.Table, path: str) -> str:
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, t.schema) as w:
+        w.write_table(t)
+    return path
+
+
 def _positions(t: pa.Table) -> np.ndarray:
     return t.column(POS).to_numpy()
 
@@ -310,13 +329,9 @@ def _concat_by_pos(*tables: pa.Table) -> pa.Table:
     return t.take(pc.sort_indices(t.column(POS)))
 
 
-def _pair_ids(t: pa.Table, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.searchsorted(_positions(t), rows)
-    return rows, np.asarray(t.column("pair_id").take(pa.array(idx)).to_numpy(zero_copy_only=False), dtype=object)
-
-
-def _texts(t: pa.Table, rows: np.ndarray, side: str) -> tuple[np.ndarray, list[str]]:
-    return rows, t.column(side).take(pa.array(np.searchsorted(_positions(t), rows))).to_pylist()
+def _column_at(t: pa.Table, rows: np.ndarray, name: str) -> tuple[np.ndarray, list[Any]]:
+    """Values of one column at the given input positions (pair ids, the few texts statistics quote)."""
+    return rows, t.column(name).take(pa.array(np.searchsorted(_positions(t), rows))).to_pylist()
 
 
 def _apply_rows(t: pa.Table, drop_pos: np.ndarray, other_pos: np.ndarray, reason: str, rule: str, cfg: Any,
@@ -324,13 +339,11 @@ def _apply_rows(t: pa.Table, drop_pos: np.ndarray, other_pos: np.ndarray, reason
     pos = _positions(t)
     idx = np.searchsorted(pos, drop_pos)
     d = Decision.keep_all(t.num_rows)
-    mask = np.zeros(t.num_rows, bool)
-    mask[idx] = True
-    d.mark(mask, reason)
+    d.mark(np.isin(np.arange(t.num_rows), idx), reason)
     d.duplicate_of = np.full(t.num_rows, None, dtype=object)
     if idx.size:
         lp = np.concatenate([lk[0] for lk in lookups])
-        ids = np.concatenate([lk[1] for lk in lookups])
+        ids = np.array([i for lk in lookups for i in lk[1]], dtype=object)
         order = np.argsort(lp, kind="stable")
         d.duplicate_of[idx] = ids[order][np.searchsorted(lp[order], other_pos)]
     res: CheckResult = apply(t, d, rule, cfg)
@@ -338,25 +351,7 @@ def _apply_rows(t: pa.Table, drop_pos: np.ndarray, other_pos: np.ndarray, reason
 
 
 def _answer_pieces(t: pa.Table, k: int) -> list[tuple[pl.DataFrame, pl.DataFrame]]:
-    """repeated_answer's per-row frames of both answers, split by answer hash into k pieces."""
-    pos = _positions(t)
-    sides = []
-    for side in ("chosen", "rejected"):
-        df = repeated_answer.answer_frame(t, side, pos)
-        dest = (df.get_column("h").to_numpy() % np.uint64(k)).astype(np.int64)
-        sides.append([df.filter(pl.Series(dest == i)) for i in range(k)])
-    return list(zip(*sides, strict=True))
-
-
-def _answer_bucket(cfg: Any, *pieces: tuple[pl.DataFrame, pl.DataFrame]) -> tuple:
-    """Every row of the answers hashed here: (dropped rows and the row each names, rejected repeats, heads)."""
-    ch = repeated_answer.group_stats(pl.concat([p[0] for p in pieces]))
-    re = repeated_answer.group_stats(pl.concat([p[1] for p in pieces]))
-    hit = repeated_answer.hits(ch, cfg)
-    drop = pl.DataFrame({"row": ch.get_column("row").to_numpy()[hit], "other": repeated_answer.other_row(ch)[hit]},
-                        schema={"row": pl.Int64, "other": pl.Int64})
-    return drop, int(repeated_answer.hits(re, cfg).sum()), repeated_answer.heads(ch, cfg), \
-        repeated_answer.heads(re, cfg)
+    return repeated_answer.bucket_frames(t, _positions(t), k)
 
 
 def _nd_prepare(t: pa.Table, cfg: Any) -> dict[str, Any]:
@@ -369,15 +364,10 @@ def _nd_key_pieces(prep: dict[str, Any], cfg: Any, k: int) -> list[tuple[np.ndar
     """(band, key, position) of every row and band, split by key into k pieces: a bucket lands in one piece."""
     pos = prep["pos"]
     parts, info = near_dup.group_keys(prep["fields"], pos.size, cfg)
-    out: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in range(k)]
-    for b in range(info["bands"]):
-        key = near_dup.band_key(parts, b, pos.size)
-        dest = (key % np.uint64(k)).astype(np.int64)
-        for i in range(k):
-            sel = dest == i
-            out[i].append((np.full(int(sel.sum()), b, np.int16), key[sel], pos[sel]))
-    return [tuple(np.concatenate(c) for c in zip(*o, strict=True)) if o else
-            (np.zeros(0, np.int16), np.zeros(0, np.uint64), np.zeros(0, np.int64)) for o in out]
+    key = np.concatenate([near_dup.band_key(parts, b, pos.size) for b in range(info["bands"])])
+    band, ids = np.repeat(np.arange(info["bands"], dtype=np.int16), pos.size), np.tile(pos, info["bands"])
+    dest = key % np.uint64(k)
+    return [(band[dest == i], key[dest == i], ids[dest == i]) for i in range(k)]
 
 
 def _nd_bucket(space: int, links: int, *pieces: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:

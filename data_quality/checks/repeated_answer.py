@@ -95,5 +95,28 @@ def decide(table: pa.Table, cfg: RepeatedAnswerConfig) -> Decision:
     return d
 
 
+# -- the same decision with the rows spread over partitions (data_quality.cluster) ---------------------------
+def bucket_frames(table: pa.Table, rows: np.ndarray, k: int) -> list[tuple[pl.DataFrame, pl.DataFrame]]:
+    """Both answers' frames of a partition (rows = input positions), split by answer hash into k buckets: every
+    row of an answer's group lands in the same bucket, whichever partition it came from."""
+    sides = []
+    for side in ("chosen", "rejected"):
+        df = answer_frame(table, side, rows)
+        dest = (df.get_column("h").to_numpy() % np.uint64(k)).astype(np.int64)
+        sides.append([df.filter(pl.Series(dest == i)) for i in range(k)])
+    return list(zip(*sides, strict=True))
+
+
+def decide_bucket(cfg: RepeatedAnswerConfig, *pieces: tuple[pl.DataFrame, pl.DataFrame]) -> tuple:
+    """One bucket's share of `decide`: (dropped rows with the row each names, rejected repeats, chosen heads,
+    rejected heads); the buckets' shares add up to the whole table's decision."""
+    ch = group_stats(pl.concat([p[0] for p in pieces]))
+    re = group_stats(pl.concat([p[1] for p in pieces]))
+    hit = hits(ch, cfg)
+    drop = pl.DataFrame({"row": ch.get_column("row").to_numpy()[hit], "other": other_row(ch)[hit]},
+                        schema={"row": pl.Int64, "other": pl.Int64})
+    return drop, int(hits(re, cfg).sum()), heads(ch, cfg), heads(re, cfg)
+
+
 def run(table: pa.Table, cfg: RepeatedAnswerConfig) -> CheckResult:
     return apply(table, decide(table, cfg), RULE, cfg)
