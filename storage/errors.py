@@ -21,3 +21,7 @@ class QueryLimitError(StorageError):
 
 class UnsafeQueryError(StorageError, ValueError):
     """A statement the read-only SQL path refuses (it could write, or it reaches outside the catalog)."""
+
+
+class ObjectStorageError(StorageError, OSError):
+    """The object store (S3) refused or failed a request: the message names the object and what was kept."""

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from storage import catalog, objects
-from storage.errors import DiskFullError
+from storage.errors import DiskFullError, ObjectStorageError
 from storage.names import check_name, check_new_name
 from storage.schema import QUARANTINE_SCHEMA, REJECTS_SCHEMA, SCHEMA_VERSION, conform
 
@@ -165,11 +165,17 @@ class _Remote:
         self.final: list[str] = []
 
     def stage(self, folder: Path, names: Sequence[str]) -> None:
-        self.staged += objects.stage([folder / n for n in names], self.staging)
+        try:
+            self.staged += objects.stage([folder / n for n in names], self.staging)
+        except OSError as exc:
+            raise _failed(self.staging, exc) from exc
 
     def promote(self, dataset: str, version: int) -> str:
         uri = objects.join(self.storage, "snapshots", dataset, f"v{version}-{uuid.uuid4().hex[:16]}")
-        self.final = objects.promote(self.staged, uri)  # in staging order: the manifest, staged last, last
+        try:
+            self.final = objects.promote(self.staged, uri)  # in staging order: the manifest, staged last, last
+        except OSError as exc:
+            raise _failed(uri, exc) from exc
         return uri
 
     def undo(self) -> None:
@@ -177,6 +183,12 @@ class _Remote:
 
     def discard_staging(self) -> None:
         objects.remove(self.staged)
+
+
+def _failed(uri: str, exc: OSError) -> ObjectStorageError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ObjectStorageError(f"object storage failed while writing {uri}: {first}; nothing was published "
+                              "(check the endpoint, credentials and bucket, then retry)")
 
 
 def _check_names(con: duckdb.DuckDBPyConnection, dataset: str, tables: Sequence[str]) -> None:

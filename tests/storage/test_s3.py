@@ -13,7 +13,7 @@ import pytest
 from pyarrow import fs as pafs
 
 from storage import doctor, objects, publish, sandbox
-from storage.errors import UnsafeQueryError
+from storage.errors import ObjectStorageError, UnsafeQueryError
 from storage.workspace import Workspace
 
 moto_server = pytest.importorskip("moto.server")
@@ -182,7 +182,8 @@ def test_server_stopped_mid_publish_leaves_no_catalog_row(tmp_path, monkeypatch)
             return real_promote(staged, final)
 
         monkeypatch.setattr(objects, "promote", stop_then_promote)
-        with pytest.raises(OSError):
+        with pytest.raises(ObjectStorageError, match=r"object storage failed while writing s3://dpo-test/ws4/"
+                           r"snapshots/t/v2-.*nothing was published"):
             ws.publish("t", _pairs(4), input_rows=4)
         assert [s.snapshot_id for s in ws.list_snapshots()] == ["t@1"]
         assert ws.sql("select count(*) n from snapshots").column("n").to_pylist() == [1]
