@@ -7,6 +7,7 @@ workspace, so a run that dies leaves either a whole snapshot or none; rerunning 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +117,11 @@ def task_runner(cfg: RunnerConfig) -> TaskRunner[Any]:
             raise RuntimeError("runner.kind = 'dask' needs the prefect-dask package") from exc
         if cfg.address:
             return DaskTaskRunner(address=cfg.address)
+        # distributed logs every connection and, at shutdown, comm tracebacks at INFO: keep the run log readable
         return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.n_workers, "processes": cfg.processes,
                                               "threads_per_worker": cfg.threads_per_worker,
-                                              "dashboard_address": None})
+                                              "dashboard_address": None, "worker_dashboard_address": None,
+                                              "silence_logs": logging.ERROR})
     return ThreadPoolTaskRunner(max_workers=max(cfg.n_workers, cfg.shards, 1))
 
 
