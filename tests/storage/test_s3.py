@@ -5,6 +5,7 @@ hashes as a local workspace; a publish that fails anywhere before its commit lea
 from __future__ import annotations
 
 import math
+import os
 
 import duckdb
 import pyarrow as pa
@@ -204,3 +205,30 @@ def test_storage_setting_is_checked_and_recorded(s3_endpoint, tmp_path, monkeypa
     back = Workspace(tmp_path / "ws").publish("t", _pairs(4), input_rows=4)
     assert back.path == tmp_path / "ws" / "snapshots" / "t" / "v3"
     assert [Workspace(tmp_path / "ws").read(f"t@{v}").num_rows for v in (1, 2, 3)] == [2, 3, 4]
+
+
+def test_missing_objects_are_reported_and_a_local_copy_is_read_only(s3_endpoint, tmp_path):
+    storage = f"s3://{BUCKET}/team/ws6"
+    ws = Workspace(tmp_path / "ws", storage=storage)
+    info = ws.publish("t", _pairs(3), input_rows=3)
+    pairs = info.path / "pairs.parquet"
+    with open(pairs, "rb") as f:  # code that needs a file gets a local copy of the (immutable) object
+        assert f.read() == objects.read_bytes(str(pairs))
+    assert os.stat(os.fspath(pairs)).st_mode & 0o222 == 0 and ws.snapshot_file("t", "manifest.json").exists()
+    objects.remove([objects.SCHEME + k for k in _keys(str(info.path))])
+    missing = [f for f in doctor.diagnose(ws.root) if f.check == "missing"]
+    assert [(f.path, f.fixed) for f in missing] == [(str(info.path), False)]
+
+
+@pytest.mark.parametrize("bad", ["", "..", "a/../b", "a//b", "/"])
+def test_object_names_cannot_leave_their_prefix(bad):
+    with pytest.raises(ValueError, match="invalid object name"):
+        objects.join("s3://b/p", bad)
+    assert objects.join("s3://b/p/", "snapshots", "t") == "s3://b/p/snapshots/t"
+
+
+@pytest.mark.parametrize("bad", ["s3://", "s3:///x", "s3://b//p", "s3://b/p?x=1", "/tmp/x", "gs://b"])
+def test_storage_must_be_an_s3_prefix(bad):
+    with pytest.raises(ValueError, match="invalid snapshot storage"):
+        objects.check_storage(bad)
+    assert objects.check_storage("s3://b/p/") == "s3://b/p"
