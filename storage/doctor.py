@@ -129,6 +129,9 @@ def check_objects(root: Path, fix: bool) -> list[Finding]:
     but never committed (deleted by fix: their name is one only publish gives), staging uploads older than an
     hour (deleted by fix), anything else (left alone); and catalogued snapshots whose objects are gone."""
     out: list[Finding] = []
+    with catalog.connect(root, read_only=True) as con:  # a local-only workspace needs no lock and no request
+        if not _uses_objects(con):
+            return out
     with catalog.connect(root) as con:  # the write lock: no publish is between its copy and its commit
         remote = {p for p in catalog.snapshot_paths(con) if objects.is_uri(p)}
         row = con.execute("SELECT value FROM catalog_meta WHERE key = 'storage'").fetchone()
@@ -140,6 +143,11 @@ def check_objects(root: Path, fix: bool) -> list[Finding]:
                 out.append(Finding("missing", path, "catalogued snapshot whose objects are gone "
                                    "(cannot be repaired here)"))
     return out
+
+
+def _uses_objects(con: duckdb.DuckDBPyConnection) -> bool:
+    row = con.execute("SELECT value FROM catalog_meta WHERE key = 'storage'").fetchone()
+    return bool(row and row[0]) or any(objects.is_uri(p) for p in catalog.snapshot_paths(con))
 
 
 def _remote_orphans(prefix: str, known: set[str], fix: bool) -> list[Finding]:
