@@ -66,8 +66,8 @@ class Workspace:
     """Entry point to storage. Cheap to construct; every catalog call opens and closes the DuckDB file."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None, *, storage: str | None = None) -> None:
-        """`storage`: where new snapshots' files go, an `s3://bucket/prefix` or "local" (default: $DPO_WORKSPACE_STORAGE,
-        else what this workspace recorded, else its own `snapshots/` folder); see storage/objects.py."""
+        """`storage`: where new snapshots' files go, an `s3://bucket/prefix` or "local" (default:
+        $DPO_WORKSPACE_STORAGE, else what this workspace recorded, else its own `snapshots/`); storage/objects.py."""
         root = root or os.environ.get("DPO_WORKSPACE") or DEFAULT_WORKSPACE
         self.root = Path(root).expanduser().resolve()
         self._storage_wanted = storage or os.environ.get(objects.STORAGE_ENV) or None
@@ -273,8 +273,8 @@ def _info(row: tuple, cache: Path) -> SnapshotInfo:
     (sid, ds, ver, path, kind, parents, created, flow_run, params, meta, inp, kept, rej, quar, sv, ch, ck,
      tables) = row
     return SnapshotInfo(
-        snapshot_id=sid, dataset=ds, version=ver, path=objects.snapshot_path(path, cache), kind=kind, parents=list(parents),
-        created_at=created, flow_run=flow_run, params=json.loads(params) if params else {},
+        snapshot_id=sid, dataset=ds, version=ver, path=objects.snapshot_path(path, cache), kind=kind,
+        parents=list(parents), created_at=created, flow_run=flow_run, params=json.loads(params) if params else {},
         meta=json.loads(meta) if meta else {}, input_rows=inp, kept=kept, rejected=rej, quarantined=quar,
         schema_version=sv, content_hash=ch, cache_key=ck, tables=[t for t in tables if t],
     )
