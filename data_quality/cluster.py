@@ -53,7 +53,7 @@ def connect(cfg: EngineConfig) -> Iterator[Any]:
             yield client
         return
     with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=cfg.processes,
-                      dashboard_address=None, worker_dashboard_address=None,
+                      dashboard_address=":0", worker_dashboard_address=":0",
                       silence_logs=logging.ERROR) as lc, Client(lc) as client:
         yield client
 

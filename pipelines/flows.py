@@ -120,7 +120,7 @@ def task_runner(cfg: RunnerConfig) -> TaskRunner[Any]:
         # distributed logs every connection and, at shutdown, comm tracebacks at INFO: keep the run log readable
         return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.n_workers, "processes": cfg.processes,
                                               "threads_per_worker": cfg.threads_per_worker,
-                                              "dashboard_address": None, "worker_dashboard_address": None,
+                                              "dashboard_address": ":0", "worker_dashboard_address": ":0",
                                               "silence_logs": logging.ERROR})
     return ThreadPoolTaskRunner(max_workers=max(cfg.n_workers, cfg.shards, 1))
 

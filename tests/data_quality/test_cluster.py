@@ -39,8 +39,8 @@ def scheduler() -> Iterator[str]:
     """A local cluster of 2 worker processes, one thread each, started by the test."""
     from dask.distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      worker_dashboard_address=None) as lc:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      worker_dashboard_address=":0") as lc:
         yield lc.scheduler_address
 
 
@@ -104,6 +104,16 @@ def test_field_pieces_join_back_to_the_same_overlaps() -> None:
     assert joined.text_hash.size == whole.text_hash.size  # a text in several pieces is one text again
 
 
+def test_more_partitions_than_rows_and_an_empty_table(small_pairs: pa.Table, scheduler: str) -> None:
+    """Empty partitions (8 for 10 rows, after the prompt shuffle) and an empty input go through every phase."""
+    for table in (small_pairs, small_pairs.slice(0, 0)):
+        mem = run_gate(table, GateConfig.from_dict({"engine": {"executor": "memory"}}))
+        dist = run_gate(table, GateConfig.from_dict({"engine": {"executor": "cluster", "address": scheduler,
+                                                                "partitions": 8}}))
+        assert dist.kept.equals(mem.kept) and dist.rejects.num_rows == mem.rejects.num_rows
+        assert _checks(dist.stats)["length_bias"] == _checks(mem.stats)["length_bias"]
+
+
 def test_a_global_check_without_a_cluster_form_is_refused(small_pairs: pa.Table, scheduler: str) -> None:
     def odd(t: pa.Table):  # noqa: ANN202 - a made-up global check
         raise AssertionError("never runs")
@@ -111,3 +121,26 @@ def test_a_global_check_without_a_cluster_form_is_refused(small_pairs: pa.Table,
     cfg = engine.EngineConfig(executor="cluster", address=scheduler)
     with pytest.raises(ValueError, match="'odd' is global and has no cluster form"):
         engine.execute(small_pairs, [engine.Step("odd", odd, "global")], {}, cfg)
+
+
+@pytest.mark.slow
+def test_scale_model_fitted_on_one_worker_predicts_a_two_worker_run(real_parquet: Path) -> None:
+    """benchmarks/bench_cluster.py's model, fitted on a 1-worker run, predicts a 2-worker run on the cores this
+    test may use: wall time within 50% and worker peak RSS within 30% (stated tolerances; a machine shared with
+    other jobs makes wall time noisy). With one core the model must predict no speed-up."""
+    import importlib.util
+    import os
+
+    spec = importlib.util.spec_from_file_location("bench_cluster", Path(__file__).resolve().parents[2] / "benchmarks"
+                                                  / "bench_cluster.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cores = min(2, len(os.sched_getaffinity(0)))
+    one, two = (bench.measure_in_child(str(real_parquet), w, cores) for w in (1, 2))
+    assert one["rows"] == two["rows"] and one["kept"] == two["kept"]
+    model = bench.Model.fit(one)
+    got = model.predict(two["rows"], 2, cores)
+    assert abs(got["wall"] - two["wall"]) <= 0.5 * two["wall"], (got, two)
+    assert abs(got["worker_peak_mb"] - two["worker_peak_mb"]) <= 0.3 * two["worker_peak_mb"], (got, two)
+    if cores == 1:
+        assert got["wall"] >= model.predict(two["rows"], 1, cores)["wall"]  # no speed-up on one core

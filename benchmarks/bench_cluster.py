@@ -1,0 +1,155 @@
+"""The gate on a local Dask cluster at 1, 2 and 4 workers, and a model that extrapolates to 100M pairs x N workers.
+
+    .venv/bin/python benchmarks/bench_cluster.py                        # AlpacaEval (54k rows), 1 2 4 workers
+    .venv/bin/python benchmarks/bench_cluster.py --copies 2 --workers 1 2 4 --cores 1
+
+Data: bench_scale's real-shaped set (all AlpacaEval annotation files, plus `--copies - 1` copies with one word
+inserted in one answer per row). Each measurement runs in a child process pinned to `--cores` CPUs (workers
+inherit the pinning) that starts a LocalCluster of N worker processes (one thread each), gates the Parquet file
+with executor = cluster, and records: wall seconds, CPU seconds of the driver and of all workers (process CPU
+time, so time-sharing a core does not inflate it), peak RSS of each worker and of the driver.
+
+The model (`Model`), fitted on the 1-worker run: wall = D * rows + W * rows / min(workers x threads, cores) + L,
+where D = driver CPU s per row (greedy rounds, length-bias fit, merges: serial), W = worker CPU s per row (all
+checks, shuffles, serialisation: parallel), L = the rest of the calibration run's wall (scheduler round trips).
+Worker peak = worker RSS at start + M_w * rows / workers; driver peak = driver RSS at start + M_d * rows.
+It assumes per-row costs stay constant (near_dup is near-linear on this data: bench_scale) and shuffles are
+perfectly balanced; a machine with fewer cores than workers gets no speed-up (say --cores so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+ONE_THREAD = {"POLARS_MAX_THREADS": "1", "RAYON_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+              "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu() -> float:
+    return time.process_time()
+
+
+def measure(path: str, workers: int, threads: int = 1) -> dict:
+    """One run in this process: a fresh LocalCluster of `workers` processes gates `path` (executor cluster)."""
+    from dask.distributed import Client, LocalCluster
+
+    from data_quality.gate import GateConfig, run_gate
+
+    with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None,
+                      worker_dashboard_address=None) as lc, Client(lc) as c:
+        c.run(lambda: __import__("data_quality.cluster"))  # imports are start-up, not gate work
+        base_w, cpu_w0 = c.run(_rss_mb), c.run(_cpu)
+        base_d, cpu_d0, t0 = _rss_mb(), time.process_time(), time.perf_counter()
+        cfg = GateConfig.from_dict({"engine": {"executor": "cluster", "address": lc.scheduler_address}})
+        res = run_gate(Path(path), cfg)
+        wall, cpu_d = time.perf_counter() - t0, time.process_time() - cpu_d0
+        cpu_w1, peak_w = c.run(_cpu), c.run(_peak_mb)
+    return {"workers": workers, "threads": threads, "rows": res.input_rows, "kept": res.stats["kept"],
+            "wall": wall, "driver_cpu": cpu_d, "worker_cpu": sum(cpu_w1[k] - cpu_w0[k] for k in cpu_w1),
+            "worker_base_mb": max(base_w.values()), "worker_peak_mb": max(peak_w.values()),
+            "driver_base_mb": base_d, "driver_peak_mb": _peak_mb(),
+            "near_dup_s": res.stats["checks"].get("near_dup", {}).get("seconds")}
+
+
+def measure_in_child(path: str, workers: int, cores: int, threads: int = 1) -> dict:
+    """`measure` in a child process pinned to the first `cores` CPUs this process may use (clean peak RSS)."""
+    cpus = sorted(os.sched_getaffinity(0))[:cores]
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = ["taskset", "-c", ",".join(map(str, cpus)), sys.executable, __file__, "--child", path, str(workers),
+               str(threads), out.name]
+        subprocess.run(cmd, check=True, env={**os.environ, **ONE_THREAD}, cwd=ROOT)
+        return {**json.loads(Path(out.name).read_text()), "cores": len(cpus)}
+
+
+@dataclass
+class Model:
+    driver_s_per_row: float
+    worker_s_per_row: float
+    latency_s: float
+    worker_base_mb: float
+    worker_mb_per_row: float
+    driver_base_mb: float
+    driver_mb_per_row: float
+
+    @classmethod
+    def fit(cls, m: dict) -> Model:
+        """From one measurement (best: 1 worker, so the worker's rows are all the rows)."""
+        rows, par = m["rows"], min(m["workers"] * m["threads"], m["cores"])
+        latency = max(0.0, m["wall"] - m["driver_cpu"] - m["worker_cpu"] / par)
+        return cls(m["driver_cpu"] / rows, m["worker_cpu"] / rows, latency, m["worker_base_mb"],
+                   (m["worker_peak_mb"] - m["worker_base_mb"]) * m["workers"] / rows, m["driver_base_mb"],
+                   max(0.0, m["driver_peak_mb"] - m["driver_base_mb"]) / rows)
+
+    def predict(self, rows: float, workers: int, cores: int, threads: int = 1) -> dict:
+        par = min(workers * threads, cores)
+        return {"wall": self.driver_s_per_row * rows + self.worker_s_per_row * rows / par + self.latency_s,
+                "worker_peak_mb": self.worker_base_mb + self.worker_mb_per_row * rows / workers,
+                "driver_peak_mb": self.driver_base_mb + self.driver_mb_per_row * rows}
+
+
+def build_data(copies: int, workdir: Path) -> Path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_scale import build
+
+    path = workdir / f"alpaca_x{copies}.parquet"
+    if not path.exists():
+        build(path, copies, workdir / "alpaca_base.parquet")
+    return path
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        path, workers, threads, out = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+        Path(out).write_text(json.dumps(measure(path, workers, threads)))
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--copies", type=int, default=1)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "dpo-bench-cluster"))
+    ap.add_argument("--target-rows", type=float, default=100e6)
+    args = ap.parse_args()
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    path = build_data(args.copies, Path(args.workdir))
+    runs = [measure_in_child(str(path), w, args.cores) for w in args.workers]
+    model = Model.fit(runs[0])
+    print(f"rows {runs[0]['rows']:,}, cores {args.cores}; model fitted on the {runs[0]['workers']}-worker run:")
+    print(json.dumps(asdict(model), indent=1))
+    print("| workers | rows | wall s (predicted) | driver CPU s | workers CPU s | worker peak MB (predicted) "
+          "| driver peak MB (predicted) | near_dup s | kept |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for m in runs:
+        p = model.predict(m["rows"], m["workers"], args.cores)
+        print(f"| {m['workers']} | {m['rows']:,} | {m['wall']:.1f} ({p['wall']:.1f}) | {m['driver_cpu']:.1f} | "
+              f"{m['worker_cpu']:.1f} | {m['worker_peak_mb']:.0f} ({p['worker_peak_mb']:.0f}) | "
+              f"{m['driver_peak_mb']:.0f} ({p['driver_peak_mb']:.0f}) | {m['near_dup_s']:.1f} | {m['kept']:,} |")
+    print(f"\nExtrapolation to {args.target_rows:,.0f} pairs, one core per worker (1 thread):")
+    print("| workers | wall h | worker peak GB | driver peak GB |")
+    print("| ---: | ---: | ---: | ---: |")
+    for n in (8, 32, 128, 512):
+        p = model.predict(args.target_rows, n, cores=n)
+        print(f"| {n} | {p['wall'] / 3600:.2f} | {p['worker_peak_mb'] / 1024:.1f} | {p['driver_peak_mb'] / 1024:.1f} |")
+    print(json.dumps({"runs": runs, "model": asdict(model)}))
+
+
+if __name__ == "__main__":
+    main()
