@@ -9,12 +9,15 @@ inherit the pinning) that starts a LocalCluster of N worker processes (one threa
 with executor = cluster, and records: wall seconds, CPU seconds of the driver and of all workers (process CPU
 time, so time-sharing a core does not inflate it), peak RSS of each worker and of the driver.
 
-The model (`Model`), fitted on the 1-worker run: wall = D * rows + W * rows / min(workers x threads, cores) + L,
-where D = driver CPU s per row (greedy rounds, length-bias fit, merges: serial), W = worker CPU s per row (all
-checks, shuffles, serialisation: parallel), L = the rest of the calibration run's wall (scheduler round trips).
-Worker peak = worker RSS at start + M_w * rows / workers; driver peak = driver RSS at start + M_d * rows.
-It assumes per-row costs stay constant (near_dup is near-linear on this data: bench_scale) and shuffles are
-perfectly balanced; a machine with fewer cores than workers gets no speed-up (say --cores so).
+The model (`Model`), fitted on the 1- and 2-worker runs and checked on the others:
+  wall = D + W / min(workers x threads, cores) + L
+  D = d_row * rows + d_part * P             driver CPU: greedy rounds, length-bias fit, merges, task bookkeeping
+  W = w_row * rows + w_piece * P^2          worker CPU: all checks, plus the P x P pieces of each shuffle
+  L = the 1-worker run's wall not spent on a CPU (scheduler round trips, a machine shared with other jobs)
+with P = partitions (2 per worker thread). Worker peak = worker RSS at start + M_w * rows / workers; driver heap
+peak = driver RSS at start + M_d * rows (anonymous memory, sampled; its RSS peak also counts the evictable
+memory-mapped pages of the kept rows' files). It assumes per-row costs stay constant (near_dup is near-linear on
+this data: bench_scale) and balanced partitions; with fewer cores than workers there is no speed-up (--cores).
 """
 
 from __future__ import annotations
@@ -48,25 +51,49 @@ def _cpu() -> float:
     return time.process_time()
 
 
+class AnonPeak:
+    """Peak anonymous RSS of this process (heap, not file pages), sampled every 50 ms: ru_maxrss also counts the
+    memory-mapped pages of the kept rows' Arrow files, which the kernel can evict."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak, self.stop = 0.0, threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while not self.stop.wait(0.05):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    self.peak = max(self.peak, int(line.split()[1]) / 1024)
+
+    def close(self) -> float:
+        self.stop.set()
+        self.thread.join()
+        return self.peak
+
+
 def measure(path: str, workers: int, threads: int = 1) -> dict:
     """One run in this process: a fresh LocalCluster of `workers` processes gates `path` (executor cluster)."""
     from dask.distributed import Client, LocalCluster
 
     from data_quality.gate import GateConfig, run_gate
 
-    with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None,
-                      worker_dashboard_address=None) as lc, Client(lc) as c:
+    with LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=":0",
+                      worker_dashboard_address=":0") as lc, Client(lc) as c:
         c.run(lambda: __import__("data_quality.cluster"))  # imports are start-up, not gate work
         base_w, cpu_w0 = c.run(_rss_mb), c.run(_cpu)
-        base_d, cpu_d0, t0 = _rss_mb(), time.process_time(), time.perf_counter()
+        base_d, cpu_d0, t0, anon = _rss_mb(), time.process_time(), time.perf_counter(), AnonPeak()
         cfg = GateConfig.from_dict({"engine": {"executor": "cluster", "address": lc.scheduler_address}})
         res = run_gate(Path(path), cfg)
-        wall, cpu_d = time.perf_counter() - t0, time.process_time() - cpu_d0
+        wall, cpu_d, anon_peak = time.perf_counter() - t0, time.process_time() - cpu_d0, anon.close()
         cpu_w1, peak_w = c.run(_cpu), c.run(_peak_mb)
     return {"workers": workers, "threads": threads, "rows": res.input_rows, "kept": res.stats["kept"],
             "wall": wall, "driver_cpu": cpu_d, "worker_cpu": sum(cpu_w1[k] - cpu_w0[k] for k in cpu_w1),
             "worker_base_mb": max(base_w.values()), "worker_peak_mb": max(peak_w.values()),
-            "driver_base_mb": base_d, "driver_peak_mb": _peak_mb(),
+            "driver_base_mb": base_d, "driver_peak_mb": _peak_mb(), "driver_anon_peak_mb": anon_peak,
+            "partitions": res.stats["cluster"]["partitions"],
             "near_dup_s": res.stats["checks"].get("near_dup", {}).get("seconds")}
 
 
@@ -83,25 +110,38 @@ def measure_in_child(path: str, workers: int, cores: int, threads: int = 1) -> d
 @dataclass
 class Model:
     driver_s_per_row: float
+    driver_s_per_partition: float
     worker_s_per_row: float
+    worker_s_per_piece: float  # per shuffle piece: partitions^2 of them per shuffle
     latency_s: float
     worker_base_mb: float
     worker_mb_per_row: float
     driver_base_mb: float
-    driver_mb_per_row: float
+    driver_mb_per_row: float  # heap (anonymous) memory
 
     @classmethod
-    def fit(cls, m: dict) -> Model:
-        """From one measurement (best: 1 worker, so the worker's rows are all the rows)."""
-        rows, par = m["rows"], min(m["workers"] * m["threads"], m["cores"])
+    def fit(cls, runs: list[dict]) -> Model:
+        """From the first run (best: 1 worker), plus the partition terms from a second run at another
+        partition count (without one they are 0: pure per-row costs)."""
+        m = runs[0]
+        rows, par, p = m["rows"], min(m["workers"] * m["threads"], m["cores"]), m["partitions"]
+        d_part = w_piece = 0.0
+        if len(runs) > 1 and runs[1]["partitions"] != p:
+            o = runs[1]
+            d_part = max(0.0, (o["driver_cpu"] - m["driver_cpu"]) / (o["partitions"] - p))
+            w_piece = max(0.0, (o["worker_cpu"] - m["worker_cpu"]) / (o["partitions"] ** 2 - p**2))
+        d_row = (m["driver_cpu"] - d_part * p) / rows
+        w_row = (m["worker_cpu"] - w_piece * p**2) / rows
         latency = max(0.0, m["wall"] - m["driver_cpu"] - m["worker_cpu"] / par)
-        return cls(m["driver_cpu"] / rows, m["worker_cpu"] / rows, latency, m["worker_base_mb"],
+        return cls(d_row, d_part, w_row, w_piece, latency, m["worker_base_mb"],
                    (m["worker_peak_mb"] - m["worker_base_mb"]) * m["workers"] / rows, m["driver_base_mb"],
-                   max(0.0, m["driver_peak_mb"] - m["driver_base_mb"]) / rows)
+                   max(0.0, m["driver_anon_peak_mb"] - m["driver_base_mb"]) / rows)
 
-    def predict(self, rows: float, workers: int, cores: int, threads: int = 1) -> dict:
-        par = min(workers * threads, cores)
-        return {"wall": self.driver_s_per_row * rows + self.worker_s_per_row * rows / par + self.latency_s,
+    def predict(self, rows: float, workers: int, cores: int, threads: int = 1, partitions: int = 0) -> dict:
+        par, p = min(workers * threads, cores), partitions or 2 * workers * threads
+        driver = self.driver_s_per_row * rows + self.driver_s_per_partition * p
+        work = self.worker_s_per_row * rows + self.worker_s_per_piece * p**2
+        return {"wall": driver + work / par + self.latency_s,
                 "worker_peak_mb": self.worker_base_mb + self.worker_mb_per_row * rows / workers,
                 "driver_peak_mb": self.driver_base_mb + self.driver_mb_per_row * rows}
 
@@ -131,19 +171,21 @@ def main() -> None:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     path = build_data(args.copies, Path(args.workdir))
     runs = [measure_in_child(str(path), w, args.cores) for w in args.workers]
-    model = Model.fit(runs[0])
-    print(f"rows {runs[0]['rows']:,}, cores {args.cores}; model fitted on the {runs[0]['workers']}-worker run:")
+    model = Model.fit(runs[:2])
+    fitted = " and ".join(str(m["workers"]) for m in runs[:2])
+    print(f"rows {runs[0]['rows']:,}, cores {args.cores}; model fitted on the {fitted}-worker runs:")
     print(json.dumps(asdict(model), indent=1))
     print("| workers | rows | wall s (predicted) | driver CPU s | workers CPU s | worker peak MB (predicted) "
-          "| driver peak MB (predicted) | near_dup s | kept |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+          "| driver heap peak MB (predicted) | driver RSS peak MB | near_dup s | kept |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for m in runs:
         p = model.predict(m["rows"], m["workers"], args.cores)
         print(f"| {m['workers']} | {m['rows']:,} | {m['wall']:.1f} ({p['wall']:.1f}) | {m['driver_cpu']:.1f} | "
               f"{m['worker_cpu']:.1f} | {m['worker_peak_mb']:.0f} ({p['worker_peak_mb']:.0f}) | "
-              f"{m['driver_peak_mb']:.0f} ({p['driver_peak_mb']:.0f}) | {m['near_dup_s']:.1f} | {m['kept']:,} |")
+              f"{m['driver_anon_peak_mb']:.0f} ({p['driver_peak_mb']:.0f}) | {m['driver_peak_mb']:.0f} | "
+              f"{m['near_dup_s']:.1f} | {m['kept']:,} |")
     print(f"\nExtrapolation to {args.target_rows:,.0f} pairs, one core per worker (1 thread):")
-    print("| workers | wall h | worker peak GB | driver peak GB |")
+    print("| workers | wall h | worker peak GB | driver heap peak GB |")
     print("| ---: | ---: | ---: | ---: |")
     for n in (8, 32, 128, 512):
         p = model.predict(args.target_rows, n, cores=n)

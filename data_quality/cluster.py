@@ -1,19 +1,18 @@
 """The whole gate on a Dask cluster: rows live in partitions on the workers, never in one process.
 
-Workers read row ranges of the snapshot's Parquet file (each row tagged with its input position POS) and keep
-them as Arrow tables. The phases (engine.plan) run as: row-local checks on each partition where it lies;
-prompt-local checks after a shuffle by prompt-id hash (engine.shard_ids); global checks with each check's own
-functions split into stages:
+Workers read row ranges of the snapshot's Parquet file (rows tagged with their input position POS) and keep them
+as Arrow tables. Row-local checks run on each partition where it lies; prompt-local ones after a shuffle by
+prompt-id hash (engine.shard_ids); global checks run the check's own functions in stages:
 - repeated_answer: answer-hash frames shuffled by hash, each answer's group decided in one task;
 - near_dup: per partition the shingle sets (`near_dup.Field`) and band keys; (band, key, POS) shuffled by key
-  into buckets, giving candidate pairs as integer codes; `near_dup.greedy` runs on the driver and verifies each
-  round's pairs on the workers from just those rows' shingle sets (`Field.take` by the owner, `Field.concat`
-  and `check_pairs` in the verifying task);
-- length_bias: row features per partition, fitted on the driver in POS order (the same floats in the same
-  order as one process), each partition applying its slice of the weights.
-The driver holds integers per row (positions, owners, candidate codes) and length_bias's numeric columns and
-model names, never prompt or answer text; the kept rows come back as Arrow files it reads memory-mapped. The
-result equals the in-memory run's: same kept table and content hash, rejects and statistics.
+  into buckets give candidate pairs as integer codes; `near_dup.greedy` runs on the driver and verifies each
+  round's pairs on the workers from just those rows' shingle sets (`Field.take`, `Field.concat`, `check_pairs`);
+- length_bias: row features per partition, fitted on the driver in POS order (the same floats in the same order
+  as one process), each partition applying its slice of the weights.
+The driver holds integers per row (positions, owners, candidate codes), length_bias's numeric columns and model
+names, the pair ids named in `duplicate_of` and the few answers the statistics quote: never the table's text.
+Kept rows come back as Arrow files it reads memory-mapped; rejects are gathered. The result equals the
+in-memory run's: same kept table and content hash, rejects and statistics.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from data_quality.checks.text import sorted_unique
 from data_quality.engine import POS, EngineConfig, GateResult, PhaseOutput, Step
 from storage.schema import REJECTS_SCHEMA, conform
 
+_MERGE_BATCH = 8_192  # kept rows copied per step of the final in-order merge
 _VERIFY_BATCH = 50_000  # candidate pairs per verification task (near_dup.check_pairs' own batch)
 
 
@@ -53,8 +53,8 @@ def connect(cfg: EngineConfig) -> Iterator[Any]:
             yield client
         return
     with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=cfg.threads_per_worker, processes=cfg.processes,
-                      dashboard_address=":0", worker_dashboard_address=":0",
-                      silence_logs=logging.ERROR) as lc, Client(lc) as client:
+                      dashboard_address=":0", worker_dashboard_address=":0", silence_logs=logging.ERROR) as lc, \
+            Client(lc) as client:
         yield client
 
 
@@ -90,10 +90,11 @@ class Gate:
                     parts = self.shuffle(parts, _split_by_prompt)
                 outs = [self.submit(engine.run_steps, p, local) for p in parts]
                 parts = [self.submit(getattr, o, "kept") for o in outs]
+                got = self.client.gather([self.submit(_rejects_and_stats, o) for o in outs])
                 for n in phase.names:
-                    got = self.client.gather([self.submit(_rejects_and_stats, o, n) for o in outs])
-                    rejects.append(engine.sorted_rejects(pa.concat_tables([conform(r, REJECTS_SCHEMA) for r, _ in got])))
-                    per_check[n] = engine.merge_stats([st for _, st in got])
+                    rej = pa.concat_tables([conform(r[n], REJECTS_SCHEMA) for r, _ in got])
+                    rejects.append(engine.sorted_rejects(rej))
+                    per_check[n] = engine.merge_stats([st[n] for _, st in got])
                 continue
             for s in local:
                 if s.name not in GLOBAL:
@@ -118,11 +119,10 @@ class Gate:
         merged = pa.concat_tables([engine._Spill.open(Path(p)) for p in paths], promote_options="permissive")
         order = np.argsort(merged.column(POS).to_numpy(), kind="stable")
         spill = engine._Spill(self.spill)
-        batches = (b for lo in range(0, order.size, engine._BATCH)
-                   for b in merged.take(pa.array(order[lo:lo + engine._BATCH])).to_batches())
+        batches = (b for lo in range(0, order.size, _MERGE_BATCH)  # small batches: little of the heap
+                   for b in merged.take(pa.array(order[lo:lo + _MERGE_BATCH])).to_batches())
         return spill.open(spill.write("kept", batches, merged.schema))
 
-    # -- partitions ------------------------------------------------------------------------------------------
     def load(self, source: pa.Table | str | Path) -> tuple[list[Any], int]:
         """Row ranges as partitions; the workers read a Parquet file themselves (it must be reachable there)."""
         if isinstance(source, pa.Table):
@@ -179,10 +179,9 @@ class Owners:
     """Which partition holds each input position (driver side: two integer arrays)."""
 
     def __init__(self, pos: list[np.ndarray]) -> None:
-        allpos = np.concatenate(pos) if pos else np.zeros(0, np.int64)
+        allpos, label = np.concatenate(pos), np.repeat(np.arange(len(pos)), [p.size for p in pos])
         order = np.argsort(allpos, kind="stable")
-        self.sorted = allpos[order]
-        self.label = np.repeat(np.arange(len(pos)), [p.size for p in pos])[order]
+        self.sorted, self.label = allpos[order], label[order]
 
     def of(self, rows: np.ndarray) -> np.ndarray:
         return self.label[np.searchsorted(self.sorted, rows)]
@@ -208,7 +207,8 @@ def repeated_answer_step(g: Gate, parts: list[Any], d: dict[str, Any]) -> tuple[
             top = heads.get_column("row").to_numpy()
             own = owners.of(top)
             texts: dict[int, str] = {}
-            for r, t in g.client.gather([g.submit(_column_at, parts[p], top[own == p], side) for p in np.unique(own)]):
+            for r, t in g.client.gather([g.submit(_column_at, parts[p], top[own == p], side)
+                                         for p in np.unique(own)]):
                 texts.update(zip(r.tolist(), t, strict=True))
             stats[f"top_{side}"] = repeated_answer.top_entries([texts[int(r)] for r in top], heads)
     reason = "chosen_repeated_across_prompts"
@@ -266,14 +266,9 @@ def length_bias_step(g: Gate, parts: list[Any], d: dict[str, Any]) -> tuple[list
     # The fit sees the features in input order: the same floats summed in the same order as in one process.
     feats = {k: np.concatenate([f[k] for _, f in got])[order] for k in got[0][1]}
     weights, keep, stats = length_bias.decide_features(feats, cfg)
-    back = np.empty_like(order)
-    back[order] = np.arange(order.size)
-    outs, lo = [], 0
-    for part, (p, _) in zip(parts, got, strict=True):
-        sl = back[lo:lo + p.size]
-        lo += p.size
-        outs.append(g.submit(_lb_apply, part, weights[sl], keep[sl], cfg))
-    parts, rej = g.collect(outs)
+    back = np.split(np.argsort(order), np.cumsum([p.size for p, _ in got])[:-1])  # each partition's rows
+    parts, rej = g.collect([g.submit(_lb_apply, part, weights[b], keep[b], cfg) for part, b in zip(parts, back,
+                                                                                                  strict=True)])
     dropped = int((~keep).sum()) if cfg.mode != "stats" else 0
     return parts, rej, _step_stats(order.size, stats, "length_balance_subsample", dropped)
 
@@ -315,8 +310,8 @@ def _positions(t: pa.Table) -> np.ndarray:
     return t.column(POS).to_numpy()
 
 
-def _rejects_and_stats(o: PhaseOutput, name: str) -> tuple[pa.Table, dict[str, Any]]:
-    return o.rejects[name], o.stats[name]
+def _rejects_and_stats(o: PhaseOutput) -> tuple[dict[str, pa.Table], dict[str, dict[str, Any]]]:
+    return o.rejects, o.stats
 
 
 def _split_by_prompt(t: pa.Table, k: int) -> list[pa.Table]:

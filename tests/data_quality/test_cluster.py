@@ -138,7 +138,7 @@ def test_scale_model_fitted_on_one_worker_predicts_a_two_worker_run(real_parquet
     cores = min(2, len(os.sched_getaffinity(0)))
     one, two = (bench.measure_in_child(str(real_parquet), w, cores) for w in (1, 2))
     assert one["rows"] == two["rows"] and one["kept"] == two["kept"]
-    model = bench.Model.fit(one)
+    model = bench.Model.fit([one])  # per-row costs only
     got = model.predict(two["rows"], 2, cores)
     assert abs(got["wall"] - two["wall"]) <= 0.5 * two["wall"], (got, two)
     assert abs(got["worker_peak_mb"] - two["worker_peak_mb"]) <= 0.3 * two["worker_peak_mb"], (got, two)
