@@ -116,12 +116,20 @@ class Gate:
             return kept.take(pc.sort_indices(kept.column(POS)))
         paths = self.client.gather([self.submit(_write_ipc, p, str(self.spill / f"kept-{k}.arrow"))
                                     for k, p in enumerate(parts)])
-        merged = pa.concat_tables([engine._Spill.open(Path(p)) for p in paths], promote_options="permissive")
-        order = np.argsort(merged.column(POS).to_numpy(), kind="stable")
+        files = [engine._Spill.open(Path(p)) for p in paths]
+        pos = [t.column(POS).to_numpy() for t in files]
+        order = np.sort(np.concatenate(pos))
         spill = engine._Spill(self.spill)
-        batches = (b for lo in range(0, order.size, _MERGE_BATCH)  # small batches: little of the heap
-                   for b in merged.take(pa.array(order[lo:lo + _MERGE_BATCH])).to_batches())
-        return spill.open(spill.write("kept", batches, merged.schema))
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            # Each file is in input order: a batch of positions is one zero-copy slice of each file, so only the
+            # batch's rows are copied (a take over the whole memory-mapped table would copy every column).
+            for lo in range(0, order.size, _MERGE_BATCH):
+                a, b = order[lo], order[min(lo + _MERGE_BATCH, order.size) - 1] + 1
+                cut = [(t, np.searchsorted(p, a), np.searchsorted(p, b)) for t, p in zip(files, pos, strict=True)]
+                t = pa.concat_tables([t.slice(i, j - i) for t, i, j in cut], promote_options="permissive")
+                yield from t.take(pc.sort_indices(t.column(POS))).to_batches()
+        return spill.open(spill.write("kept", batches(), files[0].schema))
 
     def load(self, source: pa.Table | str | Path) -> tuple[list[Any], int]:
         """Row ranges as partitions; the workers read a Parquet file themselves (it must be reachable there)."""
