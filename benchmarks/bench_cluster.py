@@ -9,13 +9,14 @@ inherit the pinning) that starts a LocalCluster of N worker processes (one threa
 with executor = cluster, and records: wall seconds, CPU seconds of the driver and of all workers (process CPU
 time, so time-sharing a core does not inflate it), peak RSS of each worker and of the driver.
 
-The model (`Model`), fitted on the 1- and 2-worker runs and checked on the others:
+The model (`Model`), fitted on the 1- and 2-worker runs (plus a 1-worker run on --slope-copies for the per-row
+slopes), checked on the 4-worker run:
   wall = D + W / min(workers x threads, cores) + L
-  D = d_row * rows + d_part * P             driver CPU: greedy rounds, length-bias fit, merges, task bookkeeping
-  W = w_row * rows + w_piece * P^2          worker CPU: all checks, plus the P x P pieces of each shuffle
+  D = d0 + d_row * rows + d_part * P        driver CPU: greedy rounds, length-bias fit, merges, task bookkeeping
+  W = w0 + w_row * rows + w_piece * P^2     worker CPU: all checks, plus the P x P pieces of each shuffle
   L = the 1-worker run's wall not spent on a CPU (scheduler round trips, a machine shared with other jobs)
-with P = partitions (2 per worker thread). Worker peak = worker RSS at start + M_w * rows / workers; driver heap
-peak = driver RSS at start + M_d * rows (anonymous memory, sampled; its RSS peak also counts the evictable
+with P = partitions (2 per worker thread). Worker peak = m_w0 + M_w * rows / workers; driver heap
+peak = m_d0 + M_d * rows (anonymous memory, sampled; its RSS peak also counts the evictable
 memory-mapped pages of the kept rows' files). It assumes per-row costs stay constant (near_dup is near-linear on
 this data: bench_scale) and balanced partitions; with fewer cores than workers there is no speed-up (--cores).
 """
@@ -85,7 +86,9 @@ def measure(path: str, workers: int, threads: int = 1) -> dict:
         c.run(lambda: __import__("data_quality.cluster"))  # imports are start-up, not gate work
         base_w, cpu_w0 = c.run(_rss_mb), c.run(_cpu)
         base_d, cpu_d0, t0, anon = _rss_mb(), time.process_time(), time.perf_counter(), AnonPeak()
-        cfg = GateConfig.from_dict({"engine": {"executor": "cluster", "address": lc.scheduler_address}})
+        # spill_dir: the kept rows come back as files, as when the engine starts the local cluster itself
+        cfg = GateConfig.from_dict({"engine": {"executor": "cluster", "address": lc.scheduler_address,
+                                               "spill_dir": str(Path(path).parent)}})
         res = run_gate(Path(path), cfg)
         wall, cpu_d, anon_peak = time.perf_counter() - t0, time.process_time() - cpu_d0, anon.close()
         cpu_w1, peak_w = c.run(_cpu), c.run(_peak_mb)
@@ -109,8 +112,10 @@ def measure_in_child(path: str, workers: int, cores: int, threads: int = 1) -> d
 
 @dataclass
 class Model:
+    driver_s_fixed: float
     driver_s_per_row: float
     driver_s_per_partition: float
+    worker_s_fixed: float
     worker_s_per_row: float
     worker_s_per_piece: float  # per shuffle piece: partitions^2 of them per shuffle
     latency_s: float
@@ -121,26 +126,37 @@ class Model:
 
     @classmethod
     def fit(cls, runs: list[dict]) -> Model:
-        """From the first run (best: 1 worker), plus the partition terms from a second run at another
-        partition count (without one they are 0: pure per-row costs)."""
+        """From the first run (best: 1 worker); per-row slopes from a run of the same workers on more rows
+        (else all of the first run's cost counts as per-row); partition terms from a run on the first run's
+        rows at another partition count (else 0)."""
         m = runs[0]
-        rows, par, p = m["rows"], min(m["workers"] * m["threads"], m["cores"]), m["partitions"]
+        rows, p, par = m["rows"], m["partitions"], min(m["workers"] * m["threads"], m["cores"])
+        more = next((r for r in runs[1:] if r["rows"] > rows and r["workers"] == m["workers"]), None)
+        other = next((r for r in runs[1:] if r["rows"] == rows and r["partitions"] != p), None)
         d_part = w_piece = 0.0
-        if len(runs) > 1 and runs[1]["partitions"] != p:
-            o = runs[1]
-            d_part = max(0.0, (o["driver_cpu"] - m["driver_cpu"]) / (o["partitions"] - p))
-            w_piece = max(0.0, (o["worker_cpu"] - m["worker_cpu"]) / (o["partitions"] ** 2 - p**2))
-        d_row = (m["driver_cpu"] - d_part * p) / rows
-        w_row = (m["worker_cpu"] - w_piece * p**2) / rows
+        if other is not None:
+            d_part = max(0.0, (other["driver_cpu"] - m["driver_cpu"]) / (other["partitions"] - p))
+            w_piece = max(0.0, (other["worker_cpu"] - m["worker_cpu"]) / (other["partitions"] ** 2 - p**2))
+        d_cpu, w_cpu = m["driver_cpu"] - d_part * p, m["worker_cpu"] - w_piece * p**2
+        if more is None:
+            d_row, w_row = d_cpu / rows, w_cpu / rows
+            wm_row = (m["worker_peak_mb"] - m["worker_base_mb"]) * m["workers"] / rows
+            dm_row = max(0.0, m["driver_anon_peak_mb"] - m["driver_base_mb"]) / rows
+        else:
+            extra = more["rows"] - rows
+            d_row = (more["driver_cpu"] - m["driver_cpu"]) / extra
+            w_row = (more["worker_cpu"] - m["worker_cpu"]) / extra
+            wm_row = (more["worker_peak_mb"] - m["worker_peak_mb"]) * m["workers"] / extra
+            dm_row = max(0.0, (more["driver_anon_peak_mb"] - m["driver_anon_peak_mb"]) / extra)
         latency = max(0.0, m["wall"] - m["driver_cpu"] - m["worker_cpu"] / par)
-        return cls(d_row, d_part, w_row, w_piece, latency, m["worker_base_mb"],
-                   (m["worker_peak_mb"] - m["worker_base_mb"]) * m["workers"] / rows, m["driver_base_mb"],
-                   max(0.0, m["driver_anon_peak_mb"] - m["driver_base_mb"]) / rows)
+        return cls(d_cpu - d_row * rows, d_row, d_part, w_cpu - w_row * rows, w_row, w_piece, latency,
+                   m["worker_peak_mb"] - wm_row * rows / m["workers"], wm_row,
+                   m["driver_anon_peak_mb"] - dm_row * rows, dm_row)
 
     def predict(self, rows: float, workers: int, cores: int, threads: int = 1, partitions: int = 0) -> dict:
         par, p = min(workers * threads, cores), partitions or 2 * workers * threads
-        driver = self.driver_s_per_row * rows + self.driver_s_per_partition * p
-        work = self.worker_s_per_row * rows + self.worker_s_per_piece * p**2
+        driver = self.driver_s_fixed + self.driver_s_per_row * rows + self.driver_s_per_partition * p
+        work = self.worker_s_fixed + self.worker_s_per_row * rows + self.worker_s_per_piece * p**2
         return {"wall": driver + work / par + self.latency_s,
                 "worker_peak_mb": self.worker_base_mb + self.worker_mb_per_row * rows / workers,
                 "driver_peak_mb": self.driver_base_mb + self.driver_mb_per_row * rows}
@@ -167,13 +183,18 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "dpo-bench-cluster"))
     ap.add_argument("--target-rows", type=float, default=100e6)
+    ap.add_argument("--slope-copies", type=int, default=2, help="data for the per-row slopes (0: none)")
     args = ap.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     path = build_data(args.copies, Path(args.workdir))
     runs = [measure_in_child(str(path), w, args.cores) for w in args.workers]
-    model = Model.fit(runs[:2])
-    fitted = " and ".join(str(m["workers"]) for m in runs[:2])
-    print(f"rows {runs[0]['rows']:,}, cores {args.cores}; model fitted on the {fitted}-worker runs:")
+    fit = runs[:2]
+    if args.slope_copies > args.copies:  # the per-row slopes from a 1st-worker-count run on more rows
+        fit.append(measure_in_child(str(build_data(args.slope_copies, Path(args.workdir))), args.workers[0],
+                                    args.cores))
+    model = Model.fit(fit)
+    print(f"rows {runs[0]['rows']:,}, cores {args.cores}; model fitted on runs of "
+          + ", ".join(f"{m['workers']} worker(s) x {m['rows']:,} rows" for m in fit) + ":")
     print(json.dumps(asdict(model), indent=1))
     print("| workers | rows | wall s (predicted) | driver CPU s | workers CPU s | worker peak MB (predicted) "
           "| driver heap peak MB (predicted) | driver RSS peak MB | near_dup s | kept |")
@@ -190,7 +211,7 @@ def main() -> None:
     for n in (8, 32, 128, 512):
         p = model.predict(args.target_rows, n, cores=n)
         print(f"| {n} | {p['wall'] / 3600:.2f} | {p['worker_peak_mb'] / 1024:.1f} | {p['driver_peak_mb'] / 1024:.1f} |")
-    print(json.dumps({"runs": runs, "model": asdict(model)}))
+    print(json.dumps({"runs": fit[2:] + runs, "model": asdict(model)}))
 
 
 if __name__ == "__main__":

@@ -129,6 +129,7 @@ class Gate:
                 cut = [(t, np.searchsorted(p, a), np.searchsorted(p, b)) for t, p in zip(files, pos, strict=True)]
                 t = pa.concat_tables([t.slice(i, j - i) for t, i, j in cut], promote_options="permissive")
                 yield from t.take(pc.sort_indices(t.column(POS))).to_batches()
+                pa.default_memory_pool().release_unused()  # else the allocator keeps every batch's pages
         return spill.open(spill.write("kept", batches(), files[0].schema))
 
     def load(self, source: pa.Table | str | Path) -> tuple[list[Any], int]:
