@@ -9,8 +9,9 @@ inherit the pinning) that starts a LocalCluster of N worker processes (one threa
 with executor = cluster, and records: wall seconds, CPU seconds of the driver and of all workers (process CPU
 time, so time-sharing a core does not inflate it), peak RSS of each worker and of the driver.
 
-The model (`Model`), fitted on the 1- and 2-worker runs (plus a 1-worker run on --slope-copies for the per-row
-slopes), checked on the 4-worker run:
+The model (`Model`), fitted on the 1-worker runs (on --copies and on --slope-copies for the per-row slopes) and
+checked on the 2- and 4-worker runs (the partition terms are fitted only when given a run at another partition
+count on the same rows: `Model.fit`):
   wall = D + W / min(workers x threads, cores) + L
   D = d0 + d_row * rows + d_part * P        driver CPU: greedy rounds, length-bias fit, merges, task bookkeeping
   W = w0 + w_row * rows + w_piece * P^2     worker CPU: all checks, plus the P x P pieces of each shuffle
@@ -149,6 +150,11 @@ class Model:
             wm_row = (more["worker_peak_mb"] - m["worker_peak_mb"]) * m["workers"] / extra
             dm_row = max(0.0, (more["driver_anon_peak_mb"] - m["driver_anon_peak_mb"]) / extra)
         latency = max(0.0, m["wall"] - m["driver_cpu"] - m["worker_cpu"] / par)
+        # A slope steeper than the first run's mean (noise on a shared machine) would make a negative fixed
+        # cost: then the first run's mean per row is used and the fixed cost is 0.
+        d_row, w_row = min(d_row, d_cpu / rows), min(w_row, w_cpu / rows)
+        wm_row = min(wm_row, m["worker_peak_mb"] * m["workers"] / rows)
+        dm_row = min(dm_row, m["driver_anon_peak_mb"] / rows)
         return cls(d_cpu - d_row * rows, d_row, d_part, w_cpu - w_row * rows, w_row, w_piece, latency,
                    m["worker_peak_mb"] - wm_row * rows / m["workers"], wm_row,
                    m["driver_anon_peak_mb"] - dm_row * rows, dm_row)
@@ -184,17 +190,24 @@ def main() -> None:
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "dpo-bench-cluster"))
     ap.add_argument("--target-rows", type=float, default=100e6)
     ap.add_argument("--slope-copies", type=int, default=2, help="data for the per-row slopes (0: none)")
+    ap.add_argument("--runs", help="re-fit and print from a previous run's JSON (its last line) without measuring")
     args = ap.parse_args()
-    Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    path = build_data(args.copies, Path(args.workdir))
-    runs = [measure_in_child(str(path), w, args.cores) for w in args.workers]
-    fit = runs[:2]
-    if args.slope_copies > args.copies:  # the per-row slopes from a 1st-worker-count run on more rows
-        fit.append(measure_in_child(str(build_data(args.slope_copies, Path(args.workdir))), args.workers[0],
-                                    args.cores))
-    model = Model.fit(fit)
+    if args.runs:
+        saved = json.loads(Path(args.runs).read_text().strip().splitlines()[-1])["runs"]
+        fit, runs = saved[:-len(args.workers)], saved[-len(args.workers):]
+        args.cores = runs[0]["cores"]
+    else:
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+        path = build_data(args.copies, Path(args.workdir))
+        fit = []
+        if args.slope_copies > args.copies:  # per-row slopes from a run on more rows
+            more = build_data(args.slope_copies, Path(args.workdir))
+            fit.append(measure_in_child(str(more), args.workers[0], args.cores))
+        runs = [measure_in_child(str(path), w, args.cores) for w in args.workers]
+    # Fitted on the first worker count only: the other worker counts are out-of-sample checks.
+    model = Model.fit([runs[0], *fit])
     print(f"rows {runs[0]['rows']:,}, cores {args.cores}; model fitted on runs of "
-          + ", ".join(f"{m['workers']} worker(s) x {m['rows']:,} rows" for m in fit) + ":")
+          + ", ".join(f"{m['workers']} worker(s) x {m['rows']:,} rows" for m in [runs[0], *fit]) + ":")
     print(json.dumps(asdict(model), indent=1))
     print("| workers | rows | wall s (predicted) | driver CPU s | workers CPU s | worker peak MB (predicted) "
           "| driver heap peak MB (predicted) | driver RSS peak MB | near_dup s | kept |")
@@ -211,7 +224,7 @@ def main() -> None:
     for n in (8, 32, 128, 512):
         p = model.predict(args.target_rows, n, cores=n)
         print(f"| {n} | {p['wall'] / 3600:.2f} | {p['worker_peak_mb'] / 1024:.1f} | {p['driver_peak_mb'] / 1024:.1f} |")
-    print(json.dumps({"runs": fit[2:] + runs, "model": asdict(model)}))
+    print(json.dumps({"runs": fit + runs, "model": asdict(model)}))
 
 
 if __name__ == "__main__":
