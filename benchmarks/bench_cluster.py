@@ -76,7 +76,7 @@ class AnonPeak:
         return self.peak
 
 
-def measure(path: str, workers: int, threads: int = 1) -> dict:
+def measure(path: str, workers: int, threads: int = 1, partitions: int = 0) -> dict:
     """One run in this process: a fresh LocalCluster of `workers` processes gates `path` (executor cluster)."""
     from dask.distributed import Client, LocalCluster
 
@@ -89,7 +89,7 @@ def measure(path: str, workers: int, threads: int = 1) -> dict:
         base_d, cpu_d0, t0, anon = _rss_mb(), time.process_time(), time.perf_counter(), AnonPeak()
         # spill_dir: the kept rows come back as files, as when the engine starts the local cluster itself
         cfg = GateConfig.from_dict({"engine": {"executor": "cluster", "address": lc.scheduler_address,
-                                               "spill_dir": str(Path(path).parent)}})
+                                               "spill_dir": str(Path(path).parent), "partitions": partitions}})
         res = run_gate(Path(path), cfg)
         wall, cpu_d, anon_peak = time.perf_counter() - t0, time.process_time() - cpu_d0, anon.close()
         cpu_w1, peak_w = c.run(_cpu), c.run(_peak_mb)
@@ -101,12 +101,12 @@ def measure(path: str, workers: int, threads: int = 1) -> dict:
             "near_dup_s": res.stats["checks"].get("near_dup", {}).get("seconds")}
 
 
-def measure_in_child(path: str, workers: int, cores: int, threads: int = 1) -> dict:
+def measure_in_child(path: str, workers: int, cores: int, threads: int = 1, partitions: int = 0) -> dict:
     """`measure` in a child process pinned to the first `cores` CPUs this process may use (clean peak RSS)."""
     cpus = sorted(os.sched_getaffinity(0))[:cores]
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = ["taskset", "-c", ",".join(map(str, cpus)), sys.executable, __file__, "--child", path, str(workers),
-               str(threads), out.name]
+               str(threads), out.name, str(partitions)]
         subprocess.run(cmd, check=True, env={**os.environ, **ONE_THREAD}, cwd=ROOT)
         return {**json.loads(Path(out.name).read_text()), "cores": len(cpus)}
 
@@ -180,8 +180,8 @@ def build_data(copies: int, workdir: Path) -> Path:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        path, workers, threads, out = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-        Path(out).write_text(json.dumps(measure(path, workers, threads)))
+        path, workers, threads, out, parts = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+        Path(out).write_text(json.dumps(measure(path, workers, threads, int(parts))))
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=1)
