@@ -50,6 +50,11 @@ def test_engine_config_is_checked() -> None:
     with pytest.raises(ValueError, match="executor"):
         GateConfig.from_dict({"engine": {"executor": "gpu"}})
     assert GateConfig.from_dict({"engine": {"memory_budget_mb": 512}}).engine.memory_budget_mb == 512
+    with pytest.raises(ValueError, match="n_workers"):
+        GateConfig.from_dict({"engine": {"executor": "cluster", "n_workers": 0}})
+    remote = GateConfig.from_dict({"engine": {"executor": "cluster", "address": "tcp://scheduler:8786"}}).engine
+    assert (remote.executor, remote.address) == ("cluster", "tcp://scheduler:8786")
+    assert engine.choose_executor(pa.table({"a": [1]}), engine.EngineConfig()) == "memory"  # auto never picks it
 
 
 @pytest.fixture(scope="module")
