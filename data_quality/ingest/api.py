@@ -133,7 +133,9 @@ def ingest_files(paths: Sequence[str | Path], format: str | None = None,
     Raises on whole-file failures (missing file, unknown container or format, unreadable Parquet) naming the
     file; row-level problems never raise, they are quarantined with source, source_row, field and error.
     With `require_pairs`, a source whose rows all end in quarantine raises IngestError (the format does not
-    fit), with the top reasons and a hint of the format the rows look like.
+    fit), with the top reasons and a hint of the format the rows look like, and an empty or truncated file
+    raises ValueError naming it; without, such a file gives what it holds (a cut array: the rows before the
+    cut, the cut itself quarantined).
     """
     opts = options or IngestOptions()
     if format is not None and format not in FORMATS:
@@ -150,6 +152,8 @@ def ingest_files(paths: Sequence[str | Path], format: str | None = None,
     failed: list[str] = []
     for path in paths:
         for rows in _sources(path, opts):
+            if require_pairs and rows.broken:
+                raise ValueError(rows.broken)
             sample = _dicts(rows, opts.detect_rows)  # kept for the hint: the reader releases rows as it goes
             records = rows.n_rows
             out, fmt, used = _read_one(rows, format, opts)

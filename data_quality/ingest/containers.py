@@ -8,15 +8,17 @@ index.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import itertools
 import json
-import re
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pyarrow as pa
 
@@ -35,6 +37,8 @@ class RawRows:
     container: str
     records: list[tuple[int, object]] = field(default_factory=list)
     quarantine: list[dict] = field(default_factory=list)
+    # Why the whole file is unusable (empty, an array cut short): ingest refuses it unless told to keep what it can.
+    broken: str | None = None
 
     @property
     def n_rows(self) -> int:
@@ -74,34 +78,6 @@ def raw_of(value: object, limit: int) -> str:
     except RecursionError:  # nested deeper than Python's printers go (orjson parses up to 1024 levels)
         text = f"<a {type(value).__name__} nested too deeply to show>"
     return clip(text, limit)
-
-
-def _gunzip(data: bytes) -> tuple[bytes, str | None]:
-    """Decompress every gzip member; a truncated or corrupt tail keeps what came before it."""
-    out: list[bytes] = []
-    while data:
-        dec = zlib.decompressobj(wbits=31)
-        try:
-            for start in range(0, len(data), _CHUNK):
-                out.append(dec.decompress(data[start:start + _CHUNK]))
-                if dec.eof:
-                    break
-            out.append(dec.flush())
-        except zlib.error as exc:
-            return b"".join(out), f"gzip data is corrupt ({exc}); rows after this point are lost"
-        if not dec.eof:
-            return b"".join(out), "gzip stream is truncated (no end-of-stream marker); rows after this point are lost"
-        data = dec.unused_data
-        if not data.strip(b"\x00"):
-            break
-    return b"".join(out), None
-
-
-def _load(path: Path) -> tuple[bytes, str | None]:
-    data = path.read_bytes()
-    if data[:2] == GZIP_MAGIC:
-        return _gunzip(data)
-    return data, None
 
 
 def _bad_bytes_error(line: bytes) -> str | None:
@@ -205,65 +181,147 @@ def read_jsonl(path: Path, source: str, opts: IngestOptions) -> RawRows:
     return out
 
 
-_NEXT_OBJECT = re.compile(r"\}\s*,\s*\{")
+_QUOTE, _BSLASH = ord('"'), ord("\\")
+_OPEN, _CLOSE, _COMMA = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8), ord(",")
+_STRUCT = np.zeros(256, bool)
+_STRUCT[np.frombuffer(b'[]{},"', np.uint8)] = True
 
 
-def _salvage_array(text: str, source: str, opts: IngestOptions, out: RawRows, truncated: str | None) -> None:
-    """Element by element, so one broken element costs one row; resyncs at the next '},{' (a heuristic that
-    can misfire when the broken element itself holds nested objects)."""
-    dec = json.JSONDecoder()
-    ws = re.compile(r"\s*")
-    i = ws.match(text, 0).end()
-    if text[i:i + 1] != "[":
-        raise ValueError(f"{source}: a JSON file must hold an array of row objects")
-    i = ws.match(text, i + 1).end()
-    idx = 0
-    while i < len(text) and text[i] != "]":
-        try:
-            value, end = dec.raw_decode(text, i)
-        except json.JSONDecodeError as exc:
-            nxt = _NEXT_OBJECT.search(text, i)
-            stop = nxt.start() + 1 if nxt else len(text)
-            error = f"invalid JSON: {exc.msg} (element starting at character {i})"
-            if nxt is None and truncated:
-                error = f"{truncated} ({error})"
-            out.quarantine.append(_q(source, idx, None, error, clip(text[i:stop], opts.max_raw_chars)))
-            idx += 1
-            if nxt is None:
-                return
-            i = nxt.end() - 1
-            continue
-        out.records.append((idx, value))
-        idx += 1
-        i = ws.match(text, end).end()
-        if text[i:i + 1] == ",":
-            i = ws.match(text, i + 1).end()
-        elif text[i:i + 1] != "]" and i < len(text):
-            nxt = _NEXT_OBJECT.search(text, i)
-            if nxt is None:
-                return
-            i = nxt.end() - 1
-    if truncated:
-        out.quarantine.append(_q(source, idx, None, truncated, None))
+class _Scan:
+    """Where a JSON array's top-level elements end, piece by piece: numpy finds the quotes no odd run of
+    backslashes escapes (string state) and the brackets outside strings (depth), so no Python loop runs per
+    byte and only the state below crosses piece boundaries."""
+
+    def __init__(self) -> None:
+        self.in_str = False
+        self.odd_bs = False  # the previous piece ended inside an odd run of backslashes
+        self.depth = 0
+
+    def cuts(self, piece: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, depth after) of every `[ ] { } ,` outside strings in `piece`, updating the state."""
+        a = np.frombuffer(piece, np.uint8)
+        pos = np.flatnonzero(_STRUCT[a])
+        if pos.size == 0:
+            self.odd_bs = _trailing_odd_backslashes(a, self.odd_bs)
+            return pos, pos
+        quote = a[pos] == _QUOTE
+        q = pos[quote]
+        if q.size:
+            # A quote is escaped by an odd run of backslashes right before it (the run may start in the last piece).
+            not_bs = np.where(a != _BSLASH, np.arange(a.size), -1)
+            last = np.maximum.accumulate(not_bs)
+            before = np.where(q > 0, last[np.maximum(q - 1, 0)], -1)
+            run = q - 1 - before
+            run = run + ((before < 0) & self.odd_bs)  # the run reaches back into the previous piece
+            q = q[run % 2 == 0]
+        self.odd_bs = _trailing_odd_backslashes(a, self.odd_bs)
+        s = pos[~quote]
+        in_str = (np.searchsorted(q, s) + self.in_str) % 2 == 1
+        self.in_str = bool((q.size + self.in_str) % 2)
+        s = s[~in_str]
+        c = a[s]
+        delta = np.isin(c, _OPEN).astype(np.int64) - np.isin(c, _CLOSE)
+        depth = self.depth + np.cumsum(delta)
+        if depth.size:
+            self.depth = int(depth[-1])
+        # Element boundaries: a comma at array level (depth 1), the opening and the closing bracket of the array.
+        top = ((c == _COMMA) & (depth == 1)) | ((delta != 0) & (depth - (delta > 0) == 0))
+        return s[top], depth[top]
+
+
+def _trailing_odd_backslashes(a: np.ndarray, carry: bool) -> bool:
+    nb = np.flatnonzero(a != _BSLASH)
+    run = a.size - 1 - nb[-1] if nb.size else a.size + carry
+    return bool(run % 2)
+
+
+def _parse_element(raw: bytes) -> object:
+    """One element as the whole-file parse would give it; bytes that are not UTF-8 become lone surrogates
+    (as in a JSON Lines row) so the row validators name the field that holds them."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit"):
+            raise ValueError(f"element is nested deeper than JSON's 1024-level limit ({exc})") from None
+        try:  # orjson refuses integers over 64 bits and invalid UTF-8, which json reads
+            return json.loads(raw.decode("utf-8", "surrogateescape"))
+        except (json.JSONDecodeError, RecursionError):
+            raise ValueError(f"invalid JSON: {exc}") from None
 
 
 def read_json(path: Path, source: str, opts: IngestOptions) -> RawRows:
-    data, truncated = _load(path)
-    stripped = data.lstrip()
-    if not stripped.startswith(b"["):
-        # Many ".json" files in the wild are JSON Lines.
+    """A JSON array of rows, streamed element by element: memory holds one element (at most
+    `opts.max_line_bytes`, over which it is quarantined before it is read whole) and a 1 MiB piece. A bad
+    element costs its row; an array the file ends inside is refused: a cut file is a broken download."""
+    problem: list[str] = []
+    pieces = _decompressed(path, problem)
+    head, lead = b"", 0
+    for piece in pieces:
+        head = piece.lstrip()
+        lead += len(piece) - len(head)
+        if head:
+            break
+    if head[:1] != b"[":  # many ".json" files in the wild are JSON Lines
+        pieces.close()
         return read_jsonl(path, source, opts)
     out = RawRows(source, "json")
-    if truncated is None:
-        try:
-            value = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            value = None
-        if isinstance(value, list):
-            out.records = list(enumerate(value))
-            return out
-    # Slow path only for broken files: surrogateescape keeps bad bytes visible to the row validators.
-    _salvage_array(data.decode("utf-8", "surrogateescape"), source, opts, out, truncated)
+    scan = _Scan()
+    elem, size, offset = bytearray(), 0, lead  # size counts an element's bytes even once it is no longer kept
+    opened = closed = False
+    tail = b""
+
+    def add(part: bytes, in_str: bool = False) -> None:
+        nonlocal elem, size
+        if not in_str and part.isspace():  # padding between tokens (no quote in it) is not the element's text
+            return
+        size += len(part)
+        if size > opts.max_line_bytes:
+            elem = bytearray()
+        else:
+            elem += part
+
+    def finish(last: bool) -> None:
+        nonlocal elem, size
+        raw = bytes(elem).strip()
+        if size > opts.max_line_bytes:
+            error = f"element is over the max_line_bytes limit of {opts.max_line_bytes} bytes ({size} bytes)"
+            out.quarantine.append(_q(source, out.n_rows, None, error, None))
+        elif raw:
+            try:
+                out.records.append((out.n_rows, _parse_element(raw)))
+            except ValueError as exc:
+                out.quarantine.append(_q(source, out.n_rows, None, str(exc), raw_of(raw, opts.max_raw_chars)))
+        elif not last or out.n_rows:  # `[]` holds no element; `[1,,2]` and `[1,]` hold an empty one
+            out.quarantine.append(_q(source, out.n_rows, None, "invalid JSON: empty array element", None))
+        elem, size = bytearray(), 0
+
+    for piece in itertools.chain([head], pieces):
+        cuts, depth = scan.cuts(piece)
+        start = 0
+        for p, d in zip(cuts.tolist(), depth.tolist(), strict=True):
+            if closed:
+                break
+            if opened:
+                add(piece[start:p])
+                closed = d == 0
+                finish(closed)
+            opened, start = True, p + 1
+        if closed:
+            tail = tail or piece[start:].strip()
+        else:
+            add(piece[start:], scan.in_str)
+        offset += len(piece)
+    if problem or not closed:
+        where = f"inside element {out.n_rows}" if opened else "before the array starts"
+        cause = problem[0].split(";")[0] if problem else "the JSON array is never closed"
+        out.broken = (f"{source}: truncated file, refused (a broken download?): {cause}; the text ends "
+                      f"at byte {offset} {where}")
+        raw = raw_of(bytes(elem), opts.max_raw_chars) if elem.strip() else None
+        out.quarantine.append(_q(source, out.n_rows, None, f"truncated file: {cause} at byte {offset}", raw))
+        return out
+    if tail:
+        out.quarantine.append(_q(source, out.n_rows, None, "content after the array's closing ']'",
+                                 raw_of(tail, opts.max_raw_chars)))
     return out
 
 
@@ -283,19 +341,65 @@ def read_parquet(path: Path, source: str, opts: IngestOptions) -> RawRows:
     return _table_rows(table, source, "parquet")
 
 
-def read_csv(path: Path, source: str, opts: IngestOptions) -> RawRows:
-    import polars as pl
+class _PieceReader(io.RawIOBase):
+    """A file object over `_decompressed` pieces, so the CSV readers stream (gzip'd or not) like JSON Lines."""
 
-    data, truncated = _load(path)
-    sep = "\t" if path.name.removesuffix(".gz").endswith(".tsv") else ","
-    if truncated is None:
-        try:
-            df = pl.read_csv(io.BytesIO(data), separator=sep, infer_schema=False)
-            return _table_rows(df.to_arrow(), source, "csv")
-        except Exception:  # noqa: BLE001 - any polars failure means: parse row by row below
-            pass
+    def __init__(self, pieces: Iterator[bytes]) -> None:
+        self._pieces, self._buf = pieces, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # noqa: ANN001 - a writable buffer
+        if not self._buf:
+            self._buf = next(self._pieces, b"")
+        n = min(len(b), len(self._buf))
+        b[:n], self._buf = self._buf[:n], self._buf[n:]
+        return n
+
+
+def _csv_batches(path: Path, sep: str, problem: list[str]) -> Iterator[pa.RecordBatch]:
+    """Arrow's streaming CSV reader, every column read as text (empty cells null, as polars reads them)."""
+    import pyarrow.csv as pcsv
+
+    def open_(types: dict | None) -> pcsv.CSVStreamingReader:
+        stream = io.BufferedReader(_PieceReader(_decompressed(path, problem)), _CHUNK)
+        return pcsv.open_csv(stream, read_options=pcsv.ReadOptions(block_size=_CHUNK),
+                             parse_options=pcsv.ParseOptions(delimiter=sep),
+                             convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=True,
+                                                                 null_values=[""], quoted_strings_can_be_null=False))
+
+    names = open_(None).schema.names  # the header; a reader with every column typed as text reads the rows
+    yield from open_(dict.fromkeys(names, pa.string()))
+
+
+def _text_lines(path: Path, problem: list[str]) -> Iterator[str]:
+    """Decoded lines with their endings (the csv module joins quoted newlines), bad bytes as surrogates."""
+    dec = codecs.getincrementaldecoder("utf-8")("surrogateescape")
+    rest = ""
+    for piece in _decompressed(path, problem):
+        lines = (rest + dec.decode(piece)).splitlines(keepends=True)
+        rest = lines.pop() if lines and not lines[-1].endswith(("\n", "\r")) else ""
+        yield from lines
+    if rest := rest + dec.decode(b"", final=True):
+        yield rest
+
+
+def read_csv(path: Path, source: str, opts: IngestOptions) -> RawRows:
+    """CSV or TSV, streamed in 1 MiB batches by Arrow; a file Arrow refuses (ragged rows, bad bytes, a cut
+    gzip) is read again by the csv module, also streamed, so each bad row costs only itself."""
+    sep = "\t" if path.name.lower().removesuffix(".gz").endswith(".tsv") else ","
     out = RawRows(source, "csv")
-    reader = csv.reader(io.StringIO(data.decode("utf-8", "surrogateescape"), newline=""), delimiter=sep)
+    problem: list[str] = []
+    try:
+        for batch in _csv_batches(path, sep, problem):
+            out.records.extend(enumerate(batch.to_pylist(), start=len(out.records)))
+        if not problem:
+            return out
+    except (pa.ArrowException, OSError):
+        pass
+    out.records, problem = [], []
+    reader = csv.reader(_text_lines(path, problem), delimiter=sep)
     try:
         header = next(reader)
     except (StopIteration, csv.Error) as exc:
@@ -318,8 +422,8 @@ def read_csv(path: Path, source: str, opts: IngestOptions) -> RawRows:
             out.quarantine.append(_q(source, idx, None, error, clip(sep.join(cells), opts.max_raw_chars)))
             continue
         out.records.append((idx, dict(zip(header, cells, strict=True))))
-    if truncated:
-        out.quarantine.append(_q(source, idx, None, truncated, None))
+    if problem:
+        out.quarantine.append(_q(source, idx, None, problem[0], None))
     return out
 
 
@@ -389,4 +493,7 @@ def read_path(path: str | Path, opts: IngestOptions) -> list[RawRows]:
         if not files:
             raise ValueError(f"{source}: directory holds no data files (.jsonl/.json/.parquet/.csv[.gz])")
         return [rows for f in files for rows in read_path(f, opts)]
-    return [FILE_READERS[container_of(p)](p, source, opts)]
+    rows = FILE_READERS[container_of(p)](p, source, opts)
+    if not rows.n_rows:  # an empty or cut download must not pass as a dataset of 0 rows
+        rows.broken = f"{source}: no rows (the {rows.container} file is empty)"
+    return [rows]

@@ -105,10 +105,77 @@ def test_json_array_broken_element_and_truncation(tmp_path):
     blob = gzip.compress(json.dumps([{**GOOD, "chosen": f"c{i}" * 50} for i in range(300)]).encode())
     cut = tmp_path / "arr.json.gz"
     cut.write_bytes(blob[: len(blob) // 2])
-    res = ingest_files([cut], format="trl_standard")
+    # A cut array is a broken download: refused whole, naming the file and where its text ends.
+    with pytest.raises(ValueError, match=r"arr\.json\.gz: truncated file.*gzip stream is truncated.*at byte \d+"):
+        ingest_files([cut], format="trl_standard")
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ("[", "at byte 1 inside element 0"),
+    ('[{"prompt": "a", "chosen": "b", "rejected": "c"}, {"prompt": "a", "cho', "at byte 70 inside element 1"),
+    ('  [{"prompt": "a", "chosen": "b", "rejected": "c"},', "at byte 51 inside element 1"),
+])
+def test_truncated_json_array_is_refused(tmp_path, text, where):
+    path = tmp_path / "cut.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"cut\.json: truncated file.*never closed.*{where}"):
+        ingest_files([path], format="trl_standard")
+    # Told to keep what it can, the rows before the cut are kept and the cut is quarantined (nothing lost).
+    res = ingest_files([path], format="trl_standard", require_pairs=False)
     accounted(res, res.input_rows)
-    assert res.pairs.num_rows > 10 and res.quarantine.num_rows == 1
-    assert "truncated" in res.quarantine.column("error")[0].as_py()
+    assert "truncated file" in res.quarantine.column("error")[-1].as_py()
+
+
+@pytest.mark.parametrize(("name", "data"), [("e.jsonl", b""), ("e.json", b""), ("blank.jsonl", b"\n \n"),
+                                            ("e.json.gz", gzip.compress(b"")), ("arr.json", b" [ ] ")])
+def test_empty_file_is_refused(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=rf"{name.replace('.', '[.]')}: no rows"):
+        ingest_files([path])
+    assert ingest_files([path], require_pairs=False).input_rows == 0
+
+
+def test_too_deep_element_is_quarantined_as_that_row(tmp_path):
+    path = tmp_path / "deep.json"
+    rows = [line(GOOD).strip(), b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", line(GOOD).strip()]
+    path.write_bytes(b"[" + b",".join(rows) + b"]")
+    res = ingest_files([path], format="trl_standard")
+    accounted(res, 3)
+    q = quarantined(res)
+    assert list(q) == [1] and "nested deeper than" in q[1]["error"] and q[1]["raw"].startswith('{"prompt": [[[')
+
+
+def test_oversized_and_empty_elements(tmp_path):
+    big = json.dumps({**GOOD, "chosen": "x" * 5000})
+    path = tmp_path / "arr.json"
+    path.write_text(f'[{json.dumps(GOOD)}, {big},, {json.dumps(GOOD)}] ["after"]')
+    res = ingest_files([path], format="trl_standard", options=IngestOptions(max_line_bytes=1000))
+    accounted(res, 5)
+    q = quarantined(res)
+    assert res.pairs.column("source_row").to_pylist() == [0, 3]
+    assert "max_line_bytes limit of 1000 bytes" in q[1]["error"] and q[1]["raw"] is None
+    assert "empty array element" in q[2]["error"]
+    assert "after the array" in q[4]["error"] and q[4]["raw"] == '["after"]'
+
+
+def test_json_array_split_matches_whole_parse_at_every_piece_size(tmp_path, monkeypatch):
+    """Quotes, backslash runs, brackets and commas inside strings, cut at every piece boundary."""
+    import orjson
+
+    from data_quality.ingest import containers
+
+    tricky = ['a "quoted" [x], {y}', "ends in \\", "\\\\\"]", "tab\there", "caf\u00e9 \\\"", ",]}", ""]
+    value = [{"prompt": t, "chosen": [t, {"k": [1, 2.5, None, True]}], "n": i} for i, t in enumerate(tricky)]
+    value += [[1, [2, [3]]], "str,]", 12345678901234567890123, -0.0]
+    data = json.dumps(value, indent=1).encode()
+    path = tmp_path / "tricky.json"
+    path.write_bytes(data)
+    want = list(enumerate(orjson.loads(data)))  # today's whole-file parse
+    for chunk in (1, 2, 3, 5, 8, 13, 64, 1 << 20):
+        monkeypatch.setattr(containers, "_CHUNK", chunk)
+        rows = containers.read_json(path, "s", IngestOptions())
+        assert rows.quarantine == [] and rows.records == want, chunk
 
 
 def test_csv_bad_rows(tmp_path):
@@ -144,9 +211,11 @@ def test_empty_and_all_broken_files(tmp_path):
     empty.write_bytes(b"")
     broken = tmp_path / "broken.jsonl"
     broken.write_bytes(b"{nope\n{also nope\n")
-    res = ingest_files([empty, broken], require_pairs=False)
+    res = ingest_files([broken], require_pairs=False)
     accounted(res, 2)
     assert res.formats[str(broken.absolute())] == "unknown"
-    # By default a source of which nothing could be read fails, naming it (the empty file is no failure).
+    # By default a source of which nothing could be read fails, naming it; an empty file always does.
     with pytest.raises(IngestError, match=r"broken\.jsonl: format 'unknown' \(detected\) kept none of 2 rows"):
+        ingest_files([broken])
+    with pytest.raises(ValueError, match=r"empty\.jsonl: no rows \(the jsonl file is empty\)"):
         ingest_files([empty, broken])

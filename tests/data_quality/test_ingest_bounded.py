@@ -88,3 +88,36 @@ def test_multi_member_gzip_and_truncated_tail_still_read(tmp_path: Path) -> None
     cut.write_bytes(gzip.compress(ROW + b"\n" + ROW + b"\n")[:-12])
     rows = read_jsonl(cut, "s", IngestOptions())
     assert len(rows.records) >= 1 and "truncated" in rows.quarantine[-1]["error"]
+
+
+@pytest.mark.slow
+def test_gzip_json_array_is_streamed_and_a_huge_element_refused(tmp_path: Path) -> None:
+    # 20k rows, 60 MB of whitespace between elements and a 200 MB element (a gzip bomb of one row): the old
+    # reader held the whole decompressed text and parsed it whole (over 500 MB); now one piece and one element.
+    path = tmp_path / "bomb.json.gz"
+    body = [b"[", ROW] + [b"," + ROW] * 10_000 + [b" " * (1 << 20)] * 60
+    bomb = [b',{"prompt": "' + b"a" * (1 << 20)] + [b"a" * (1 << 20)] * 200 + [b'", "chosen": "x", "rejected": "y"}']
+    _gzip_stream(path, body + bomb + [b"," + ROW] * 10_000 + [b"]"])
+    assert path.stat().st_size < 2 << 20
+    got = _ingest(path, max_line_bytes=4 << 20)
+    assert got["pairs"] == 20_001 and got["input_rows"] == 20_002
+    assert got["rows"] == [10_001] and "max_line_bytes" in got["errors"][0]
+    assert got["growth_mb"] < 150, got["growth_mb"]
+
+
+@pytest.mark.slow
+def test_json_array_rows_equal_the_whole_file_parse_on_alpaca_eval() -> None:
+    """Every AlpacaEval annotation file (JSON arrays): the streamed reader gives exactly the rows the whole-file
+    parse gave, so the same pairs and pair ids."""
+    import orjson
+
+    from data_quality.ingest.containers import read_json
+    from data_quality.ingest.options import IngestOptions
+
+    files = sorted(Path("/work/shared/data/alpaca_eval/annotations").glob("*.json.gz"))
+    if not files:
+        pytest.skip("AlpacaEval annotations not present")
+    for f in files:
+        rows = read_json(f, str(f), IngestOptions())
+        assert rows.quarantine == [] and rows.broken is None, f
+        assert rows.records == list(enumerate(orjson.loads(gzip.decompress(f.read_bytes())))), f

@@ -62,8 +62,13 @@ def test_file_of_non_objects_is_quarantined_row_by_row(tmp_path):
 def test_deeply_nested_json_is_a_clear_error_not_a_traceback(tmp_path):
     array = tmp_path / "deep.json"
     array.write_text("[" + "[" * 5000 + "]" * 5000 + "]")
-    with pytest.raises(ValueError, match=r"deep\.json: JSON nested too deeply"):
+    with pytest.raises(IngestError, match=r"deep\.json: .* kept none of 1 rows.*nested deeper than JSON's 1024"):
         ingest_files([array])
+    # A JSON array streams element by element: only the deep element is lost, to quarantine.
+    array.write_text("[" + "[" * 5000 + "]" * 5000 + "," + json.dumps(STANDARD[0]) + "]")
+    res = ingest_files([array])
+    assert res.counts == {"input_rows": 2, "kept": 1, "rejected": 0, "quarantined": 1}
+    assert res.quarantine.column("source_row").to_pylist() == [0]
     lines = tmp_path / "deep.jsonl"
     lines.write_text("[" * 5000 + "]" * 5000 + "\n" + json.dumps(STANDARD[0]) + "\n")
     res = ingest_files([lines])  # JSON Lines: only the deep line is lost, to quarantine
@@ -207,3 +212,27 @@ def test_real_hh_rows_inside_a_trl_file_read_as_hh(tmp_path, shared_data):
     cols = ["prompt", "chosen", "rejected"]
     assert hh_pairs.select(cols).to_pylist() == alone.pairs.select(cols).to_pylist()  # same pairs as HH alone
     assert mixed.quarantine.num_rows == alone.quarantine.num_rows
+
+
+@pytest.mark.parametrize("name", ["rows.csv", "rows.tsv.gz"])
+def test_csv_streams_in_batches_with_the_rows_polars_read(tmp_path, name):
+    """Arrow's streaming reader (1 MiB blocks) gives exactly the rows the whole-file polars read gave: every cell
+    text, an empty cell null, a quoted empty cell "", "NA" and "null" kept as text, quoted separators and newlines."""
+    import gzip
+
+    import polars as pl
+
+    from data_quality.ingest.containers import _csv_batches, read_csv
+    from data_quality.ingest.options import IngestOptions
+
+    sep = "\t" if ".tsv" in name else ","
+    tricky = ['"a, ""quoted""\nanswer"', "", '""', "NA", "null", "3.5", "  padded  "]
+    lines = [sep.join(["prompt", "chosen", "rejected"])]
+    lines += [sep.join([f"p{i} " + "x" * 200, tricky[i % len(tricky)], f"r{i}"]) for i in range(20_000)]
+    data = ("\n".join(lines) + "\n").encode()
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    want = pl.read_csv(data, separator=sep, infer_schema=False).to_dicts()
+    rows = read_csv(path, str(path), IngestOptions())
+    assert rows.quarantine == [] and rows.records == list(enumerate(want))
+    assert sum(1 for _ in _csv_batches(path, sep, [])) > 2  # streamed: a 4 MB file comes in several batches
