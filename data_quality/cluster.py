@@ -72,6 +72,7 @@ class Gate:
 
     def __init__(self, client: Any, config: dict[str, Any], cfg: EngineConfig, spill: Path | None = None) -> None:
         self.client, self.config, self.spill = client, config, spill
+        self.spill_stage = engine._Spill(spill or Path("."))  # names the files under `spill`
         self.threads = max(1, sum(client.nthreads().values()))
         self.n_parts = cfg.partitions or 2 * self.threads
 
@@ -90,11 +91,12 @@ class Gate:
                     parts = self.shuffle(parts, _split_by_prompt)
                 outs = [self.submit(engine.run_steps, p, local) for p in parts]
                 parts = [self.submit(getattr, o, "kept") for o in outs]
-                got = self.client.gather([self.submit(_rejects_and_stats, o) for o in outs])
+                got = self.client.gather([self.submit(getattr, o, "stats") for o in outs])
                 for n in phase.names:
-                    rej = pa.concat_tables([conform(r[n], REJECTS_SCHEMA) for r, _ in got])
-                    rejects.append(engine.sorted_rejects(rej))
-                    per_check[n] = engine.merge_stats([st[n] for _, st in got])
+                    rej = self.files([self.submit(_step_rejects, o, n) for o in outs])
+                    keys = [(k, "ascending") for k in ("source", "source_row", "pair_id")]  # as engine.sorted_rejects
+                    rejects.append(self.ordered(rej, pc.sort_indices(pa.concat_tables(rej), sort_keys=keys)))
+                    per_check[n] = engine.merge_stats([st[n] for st in got])
                 continue
             for s in local:
                 if s.name not in GLOBAL:
@@ -110,27 +112,31 @@ class Gate:
         return res
 
     def kept(self, parts: list[Any]) -> pa.Table:
-        """The kept rows in input order; merged from the workers' files batch by batch when there is a spill."""
+        """The kept rows in input order."""
+        files = self.files(parts)
+        return self.ordered(files, np.argsort(np.concatenate([t.column(POS).to_numpy() for t in files]), kind="stable"))
+
+    def files(self, futures: list[Any]) -> list[pa.Table]:
+        """Tables on the workers as Arrow files the driver opens memory-mapped; gathered without a spill folder."""
         if self.spill is None:
-            kept = pa.concat_tables(self.client.gather(parts), promote_options="permissive")
-            return kept.take(pc.sort_indices(kept.column(POS)))
-        paths = self.client.gather([self.submit(_write_ipc, p, str(self.spill / f"kept-{k}.arrow"))
-                                    for k, p in enumerate(parts)])
-        files = [engine._Spill.open(Path(p)) for p in paths]
-        pos = [t.column(POS).to_numpy() for t in files]
-        order = np.sort(np.concatenate(pos))
-        spill = engine._Spill(self.spill)
+            return self.client.gather(futures)
+        paths = [str(self.spill_stage.path("part")) for _ in futures]
+        return [engine._Spill.open(Path(p)) for p in self.client.gather(
+            [self.submit(_write_ipc, f, p) for f, p in zip(futures, paths, strict=True)])]
+
+    def ordered(self, tables: list[pa.Table], order: Any) -> pa.Table:
+        """The rows of `tables` (one after another) in `order`; with a spill folder copied a batch at a time into
+        one more file, so the driver's heap holds one batch, not the rows."""
+        merged = pa.concat_tables(tables, promote_options="permissive")
+        if self.spill is None:
+            return merged.take(order)
+        order = np.asarray(order)
 
         def batches() -> Iterator[pa.RecordBatch]:
-            # Each file is in input order: a batch of positions is one zero-copy slice of each file, so only the
-            # batch's rows are copied (a take over the whole memory-mapped table would copy every column).
             for lo in range(0, order.size, _MERGE_BATCH):
-                a, b = order[lo], order[min(lo + _MERGE_BATCH, order.size) - 1] + 1
-                cut = [(t, np.searchsorted(p, a), np.searchsorted(p, b)) for t, p in zip(files, pos, strict=True)]
-                t = pa.concat_tables([t.slice(i, j - i) for t, i, j in cut], promote_options="permissive")
-                yield from t.take(pc.sort_indices(t.column(POS))).to_batches()
+                yield from merged.take(pa.array(order[lo:lo + _MERGE_BATCH])).to_batches()
                 pa.default_memory_pool().release_unused()  # else the allocator keeps every batch's pages
-        return spill.open(spill.write("kept", batches(), files[0].schema))
+        return self.spill_stage.open(self.spill_stage.write("ordered", batches(), merged.schema))
 
     def load(self, source: pa.Table | str | Path) -> tuple[list[Any], int]:
         """Row ranges as partitions; the workers read a Parquet file themselves (it must be reachable there)."""
@@ -168,10 +174,10 @@ class Gate:
 
     def collect(self, outs: list[Any]) -> tuple[list[Any], pa.Table]:
         """Kept partitions (left on the workers) and the rejects of a global step, in input order."""
-        got = self.client.gather([self.submit(operator.itemgetter(1, 2), o) for o in outs])
-        rejects = [conform(r, REJECTS_SCHEMA) for r, _ in got]
-        order = np.argsort(np.concatenate([p for _, p in got]), kind="stable")
-        return [self.submit(operator.itemgetter(0), o) for o in outs], pa.concat_tables(rejects).take(order)
+        drop_pos = self.client.gather([self.submit(operator.itemgetter(2), o) for o in outs])
+        rejects = self.files([self.submit(_conformed_rejects, o) for o in outs])
+        order = np.argsort(np.concatenate(drop_pos), kind="stable")
+        return [self.submit(operator.itemgetter(0), o) for o in outs], self.ordered(rejects, order)
 
 
 # -- global checks on the cluster ----------------------------------------------------------------------------
@@ -319,8 +325,12 @@ def _positions(t: pa.Table) -> np.ndarray:
     return t.column(POS).to_numpy()
 
 
-def _rejects_and_stats(o: PhaseOutput) -> tuple[dict[str, pa.Table], dict[str, dict[str, Any]]]:
-    return o.rejects, o.stats
+def _step_rejects(o: PhaseOutput, name: str) -> pa.Table:
+    return conform(o.rejects[name], REJECTS_SCHEMA)
+
+
+def _conformed_rejects(out: tuple[pa.Table, pa.Table, np.ndarray]) -> pa.Table:
+    return conform(out[1], REJECTS_SCHEMA)
 
 
 def _split_by_prompt(t: pa.Table, k: int) -> list[pa.Table]:
