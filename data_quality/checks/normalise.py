@@ -49,6 +49,9 @@ def key_text(arr: pa.Array | pa.ChunkedArray, cfg: NormaliseConfig = DEFAULT) ->
     Leading indentation is kept (it is content in code and in ASCII art); a run of spaces inside a line
     becomes one space, trailing spaces and runs of 3+ newlines go, and the ends are stripped.
     """
+    # 64-bit offsets: joining a column's chunks into one 32-bit string array fails past 2 GiB of text
+    # ("input array too large", seen at 1.6M rows).
+    arr = arr.cast(pa.large_string())
     if cfg.unicode_form:
         arr = pc.utf8_normalize(arr, form=cfg.unicode_form)
     if not cfg.collapse_whitespace:
@@ -66,16 +69,20 @@ def key_text(arr: pa.Array | pa.ChunkedArray, cfg: NormaliseConfig = DEFAULT) ->
                  .str.replace_all(r"(\S)[^\S\n]{2,}", "${1} ")
                  .str.replace_all(r"\n{3,}", "\n\n"))
         s = s.scatter(np.flatnonzero(dirty.to_numpy()), fixed)
-    return s.str.strip_chars().to_arrow().cast(pa.string())
+    return s.str.strip_chars().to_arrow().cast(pa.large_string())
 
 
-def _key_prompt(col: pa.ChunkedArray, cfg: NormaliseConfig) -> pa.ListArray:
-    chunk = col.combine_chunks()
-    values = chunk.flatten()  # respects slicing, so offsets must be rebased to 0
-    offsets = pc.subtract(chunk.offsets, chunk.offsets[0])
-    content = key_text(values.field("content"), cfg)
-    struct = pa.StructArray.from_arrays([values.field("role"), content], fields=list(MESSAGE_TYPE))
-    return pa.ListArray.from_arrays(offsets, struct, mask=chunk.is_null())
+def _key_prompt(col: pa.ChunkedArray, cfg: NormaliseConfig) -> pa.ChunkedArray:
+    """Chunk by chunk: combining the prompt column would join its message text into one 32-bit string array."""
+    fields = [MESSAGE_TYPE.field("role"), pa.field("content", pa.large_string())]
+    out = []
+    for chunk in col.chunks:
+        values = chunk.flatten()  # respects slicing, so offsets must be rebased to 0
+        offsets = pc.subtract(chunk.offsets, chunk.offsets[0])
+        struct = pa.StructArray.from_arrays([values.field("role"), key_text(values.field("content"), cfg)],
+                                            fields=fields)
+        out.append(pa.ListArray.from_arrays(offsets, struct, mask=chunk.is_null()))
+    return pa.chunked_array(out, pa.list_(pa.struct(fields)))
 
 
 def key_table(table: pa.Table, cfg: NormaliseConfig = DEFAULT) -> pa.Table:

@@ -121,3 +121,28 @@ def test_json_array_rows_equal_the_whole_file_parse_on_alpaca_eval() -> None:
         rows = read_json(f, str(f), IngestOptions())
         assert rows.quarantine == [] and rows.broken is None, f
         assert rows.records == list(enumerate(orjson.loads(gzip.decompress(f.read_bytes())))), f
+
+
+def test_normalise_keys_use_64_bit_offsets() -> None:
+    """Issue 11: key_text cast its keys to 32-bit `string`, which fails once a column holds over 2 GiB of text
+    ("input array too large" at 1.6M rows). Keys are large_string, from chunked string or large_string input, and
+    the prompt keys are built chunk by chunk (never one combined 32-bit array)."""
+    import pyarrow as pa
+
+    from data_quality.checks.normalise import NormaliseConfig, key_table, key_text
+    from storage.schema import build_pair_table
+
+    texts = ["a  b ", "caf\u0065\u0301\r\n", "x\n\n\n\ny", "plain"]
+    for typ in (pa.string(), pa.large_string()):
+        arr = pa.chunked_array([pa.array(texts[:2], typ), pa.array(texts[2:], typ)])
+        for cfg in (NormaliseConfig(), NormaliseConfig(collapse_whitespace=False, unicode_form=None)):
+            key = key_text(arr, cfg)
+            assert key.type == pa.large_string()
+        assert key_text(arr).to_pylist() == ["a b", "caf\u00e9", "x\n\ny", "plain"]
+    table = pa.concat_tables([build_pair_table({
+        "prompt": [[{"role": "user", "content": f" q{i}  x "}]], "chosen": ["c"], "rejected": ["r"],
+        "source": ["s"], "source_row": [i]}) for i in range(3)])
+    keys = key_table(table)
+    assert keys.column("prompt").num_chunks == 3
+    assert keys.column("prompt").type.value_type.field("content").type == pa.large_string()
+    assert [m[0]["content"] for m in keys.column("prompt").to_pylist()] == ["q0 x", "q1 x", "q2 x"]
