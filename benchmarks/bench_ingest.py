@@ -1,6 +1,8 @@
-"""Ingest throughput: 200k synthetic pairs per format, read from JSONL in a temp dir, on one core.
+"""Ingest throughput: 200k synthetic pairs per format, read from JSONL in a temp dir, on one core; also
+AlpacaEval's own shape (a gzip'd JSON array, streamed element by element) and a CSV of TRL standard rows
+(streamed in Arrow batches).
 
-    .venv/bin/python benchmarks/bench_ingest.py [--rows 200000]
+    .venv/bin/python benchmarks/bench_ingest.py [--rows 200000] [--gzip]
 
 Prints rows, seconds and rows/s per format (wall clock of `ingest_files`, file generation excluded).
 """
@@ -8,7 +10,9 @@ Prints rows, seconds and rows/s per format (wall clock of `ingest_files`, file g
 from __future__ import annotations
 
 import argparse
+import csv
 import gzip
+import io
 import json
 import os
 import random
@@ -48,6 +52,15 @@ ROWS: dict[str, Callable[[random.Random, int], dict]] = {
 }
 
 
+def _csv(jsonl: str) -> bytes:
+    rows = [json.loads(line) for line in jsonl.splitlines()]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue().encode()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=200_000)
@@ -70,6 +83,11 @@ def main() -> None:
             variants = [("jsonl", text.encode())]
             if args.gzip:
                 variants.append(("jsonl.gz", gzip.compress(text.encode(), compresslevel=1)))
+            if fmt == "alpaca_eval":  # the annotation files are JSON arrays, one element per line
+                array = "[\n" + ",\n".join(text.splitlines()) + "\n]"
+                variants.append(("json.gz", gzip.compress(array.encode(), compresslevel=1)))
+            if fmt == "trl_standard":
+                variants.append(("csv", _csv(text)))
             for ext, blob in variants:
                 path = Path(tmp) / f"{fmt}.{ext}"
                 path.write_bytes(blob)

@@ -181,10 +181,13 @@ def read_jsonl(path: Path, source: str, opts: IngestOptions) -> RawRows:
     return out
 
 
-_QUOTE, _BSLASH = ord('"'), ord("\\")
-_OPEN, _CLOSE, _COMMA = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8), ord(",")
-_STRUCT = np.zeros(256, bool)
-_STRUCT[np.frombuffer(b'[]{},"', np.uint8)] = True
+# Byte classes for the array splitter: everything else maps to 0, so one translate() and one nonzero() find them.
+_QUOTE, _BSLASH, _OPEN, _CLOSE, _COMMA = 1, 2, 3, 4, 5
+_CLASS = bytearray(256)
+for _chars, _cls in ((b'"', _QUOTE), (b"\\", _BSLASH), (b"[{", _OPEN), (b"]}", _CLOSE), (b",", _COMMA)):
+    for _b in _chars:
+        _CLASS[_b] = _cls
+_CLASS = bytes(_CLASS)
 
 
 class _Scan:
@@ -199,40 +202,37 @@ class _Scan:
 
     def cuts(self, piece: bytes) -> tuple[np.ndarray, np.ndarray]:
         """(positions, depth after) of every `[ ] { } ,` outside strings in `piece`, updating the state."""
-        a = np.frombuffer(piece, np.uint8)
-        pos = np.flatnonzero(_STRUCT[a])
-        if pos.size == 0:
-            self.odd_bs = _trailing_odd_backslashes(a, self.odd_bs)
-            return pos, pos
-        quote = a[pos] == _QUOTE
-        q = pos[quote]
-        if q.size:
-            # A quote is escaped by an odd run of backslashes right before it (the run may start in the last piece).
-            not_bs = np.where(a != _BSLASH, np.arange(a.size), -1)
-            last = np.maximum.accumulate(not_bs)
-            before = np.where(q > 0, last[np.maximum(q - 1, 0)], -1)
-            run = q - 1 - before
-            run = run + ((before < 0) & self.odd_bs)  # the run reaches back into the previous piece
-            q = q[run % 2 == 0]
-        self.odd_bs = _trailing_odd_backslashes(a, self.odd_bs)
-        s = pos[~quote]
+        a = np.frombuffer(piece.translate(_CLASS), np.uint8)
+        pos = np.flatnonzero(a)
+        cls = a[pos]
+        q = pos[cls == _QUOTE]
+        bs = pos[cls == _BSLASH]
+        carry, self.odd_bs = self.odd_bs, False
+        if bs.size:
+            # Runs of backslashes; a quote right after a run of odd length is escaped (a run at the start of
+            # the piece continues one from the last piece).
+            first = np.r_[True, np.diff(bs) != 1]
+            last = np.r_[first[1:], True]
+            length = bs[last] - bs[first] + 1
+            length[0] += carry and bs[0] == 0
+            odd_end = bs[last][length % 2 == 1]
+            self.odd_bs = bool(odd_end.size and odd_end[-1] == a.size - 1)
+            if q.size:
+                q = q[~np.isin(q - 1, odd_end)]
+        if carry and q.size and q[0] == 0:  # the last piece's odd run escapes this quote
+            q = q[1:]
+        keep = cls >= _OPEN
+        s, c = pos[keep], cls[keep]
         in_str = (np.searchsorted(q, s) + self.in_str) % 2 == 1
         self.in_str = bool((q.size + self.in_str) % 2)
-        s = s[~in_str]
-        c = a[s]
-        delta = np.isin(c, _OPEN).astype(np.int64) - np.isin(c, _CLOSE)
+        s, c = s[~in_str], c[~in_str]
+        delta = (c == _OPEN).astype(np.int64) - (c == _CLOSE)
         depth = self.depth + np.cumsum(delta)
         if depth.size:
             self.depth = int(depth[-1])
-        # Element boundaries: a comma at array level (depth 1), the opening and the closing bracket of the array.
-        top = ((c == _COMMA) & (depth == 1)) | ((delta != 0) & (depth - (delta > 0) == 0))
+        # Element boundaries: a comma at array level (depth 1), the array's opening and its closing bracket.
+        top = ((c == _COMMA) & (depth == 1)) | ((delta == 1) & (depth == 1)) | ((delta == -1) & (depth == 0))
         return s[top], depth[top]
-
-
-def _trailing_odd_backslashes(a: np.ndarray, carry: bool) -> bool:
-    nb = np.flatnonzero(a != _BSLASH)
-    run = a.size - 1 - nb[-1] if nb.size else a.size + carry
-    return bool(run % 2)
 
 
 def _parse_element(raw: bytes) -> object:
@@ -280,9 +280,14 @@ def read_json(path: Path, source: str, opts: IngestOptions) -> RawRows:
         else:
             elem += part
 
-    def finish(last: bool) -> None:
+    def finish(last: bool, part: bytes) -> None:
         nonlocal elem, size
-        raw = bytes(elem).strip()
+        if size:
+            add(part)
+            raw = bytes(elem).strip()
+        else:  # the common case, an element inside one piece: no copy into `elem`
+            raw = part.strip()
+            size = len(raw)
         if size > opts.max_line_bytes:
             error = f"element is over the max_line_bytes limit of {opts.max_line_bytes} bytes ({size} bytes)"
             out.quarantine.append(_q(source, out.n_rows, None, error, None))
@@ -302,9 +307,8 @@ def read_json(path: Path, source: str, opts: IngestOptions) -> RawRows:
             if closed:
                 break
             if opened:
-                add(piece[start:p])
                 closed = d == 0
-                finish(closed)
+                finish(closed, piece[start:p])
             opened, start = True, p + 1
         if closed:
             tail = tail or piece[start:].strip()
