@@ -39,6 +39,7 @@ class DemoSettings:
     n: int = 6
     max_new_tokens: int = 32
     round_steps: int = 16
+    round_batch: int = 4
     eval_samples: int = 8  # 96 held-out answers per round: a reward change shows above its standard error
 
     @classmethod
@@ -83,12 +84,13 @@ def train_with_progress(cfg_dict: dict[str, Any], ws: Workspace, label: str) -> 
         return result
 
 
-def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = False) -> dict[str, Any]:
+def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = False,
+             settings: DemoSettings | None = None) -> dict[str, Any]:
     from dpo_train.tiny import make_tiny_model
     from pipelines import steps
     from pipelines.iterate_config import parse_iterate_config
 
-    s = DemoSettings.quick() if quick else DemoSettings()
+    s = settings or (DemoSettings.quick() if quick else DemoSettings())
     tag = "-quick" if quick else ""  # the quick demo's runs and rounds never resume the full demo's
     t0 = time.perf_counter()
     ws = Workspace(workspace)
@@ -134,7 +136,7 @@ def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = F
         # Every ordered pair of different rewards: the lexicon reward is sparse, best-vs-worst would waste samples.
         "pairs": {"rule": "all_above_margin", "min_margin": 0.0},
         # A round trains its max_steps (several epochs of its few pairs if need be).
-        "train": {"max_steps": s.round_steps, "lr": 1e-3, "beta": 0.1, "per_device_batch_size": 4,
+        "train": {"max_steps": s.round_steps, "lr": 1e-3, "beta": 0.1, "per_device_batch_size": s.round_batch,
                   "max_length": 256, "max_prompt_length": 128, "save_steps": 0},
         "eval": {"samples": s.eval_samples},
     })
