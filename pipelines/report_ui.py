@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
+from storage import objects
 from storage.workspace import SnapshotInfo, Workspace
 
 DEFAULT_PORT = 8765
@@ -29,6 +30,8 @@ def report_base_url() -> str:
 
 
 def report_url(ws: Workspace, report: Path) -> str:
+    if objects.is_uri(report):  # a snapshot on object storage: `dpo report serve` serves local reports only
+        return str(report)
     rel = report.resolve().relative_to(ws.root.resolve())
     return f"{report_base_url()}/{quote(rel.as_posix())}"
 

@@ -46,3 +46,15 @@ def test_serves_reports_and_an_index_only(served):
 def test_markdown_cells_show_text_not_markup():
     lines = markdown_table([{"what": "rejected: dedup/a|b [x](y) *z*", "count": 3}])
     assert lines[2] == r"| rejected: dedup/a\|b \[x\](y) \*z\* | 3 |"
+
+
+def test_report_link_of_a_snapshot_on_object_storage_is_its_uri(tmp_path):
+    from pipelines.report_ui import report_url
+    from storage.objects import ObjectPath
+    from storage.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    report = ObjectPath("s3://bucket/dpo/snapshots/hh/v1-0123456789abcdef") / "report.html"
+    assert report_url(ws, report) == "s3://bucket/dpo/snapshots/hh/v1-0123456789abcdef/report.html"
+    local = ws.root / "snapshots" / "hh" / "v1" / "report.html"
+    assert report_url(ws, local).endswith("/snapshots/hh/v1/report.html")
