@@ -33,19 +33,21 @@ VERBOSE = "alpaca_eval/annotations/alpaca-7b_verbose__weighted_alpaca_eval_gpt4_
 class DemoSettings:
     sft_steps: int = 40
     dpo_steps: int = 30
-    rounds: int = 2
-    per_round: int = 16
-    eval_prompts: int = 12
-    n: int = 6
-    max_new_tokens: int = 32
-    round_steps: int = 16
-    round_batch: int = 4
-    eval_samples: int = 8  # 96 held-out answers per round: a reward change shows above its standard error
+    # Rounds start from the SFT policy (the reference) so their reward and KL climb from zero; 64 prompts x 8
+    # samples give each round ~hundreds of pairs, and 40 steps at batch 8 move the policy visibly per round.
+    rounds: int = 3
+    per_round: int = 64
+    eval_prompts: int = 24
+    n: int = 8
+    max_new_tokens: int = 24
+    round_steps: int = 40
+    round_batch: int = 8
+    eval_samples: int = 16  # 384 held-out answers per round: a reward change shows above its standard error
 
     @classmethod
     def quick(cls) -> DemoSettings:
-        return cls(sft_steps=6, dpo_steps=4, per_round=6, eval_prompts=3, n=3, max_new_tokens=24, round_steps=2,
-                   eval_samples=2)
+        return cls(sft_steps=6, dpo_steps=4, rounds=2, per_round=6, eval_prompts=3, n=3, max_new_tokens=24,
+                   round_steps=2, round_batch=4, eval_samples=2)
 
 
 def shared_data_dir() -> Path:
@@ -113,9 +115,9 @@ def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = F
     lc_clean = stage("clean concise + verbose", lambda: steps.clean(ws, lc.snapshot_id, {}))
     tiny = stage("build a tiny model + tokenizer locally", lambda: make_tiny_model(ws.path("models", "tiny")))
 
-    sft = train_with_progress({"mode": "sft", "snapshot": hh_clean.snapshot_id, "model": str(tiny),
+    sft = train_with_progress({"mode": "sft", "snapshot": alpaca_clean.snapshot_id, "model": str(tiny),
                                 "max_steps": s.sft_steps, "lr": 1e-3, "per_device_batch_size": 8,
-                                "max_length": 256, "max_prompt_length": 128, "run_id": f"demo-sft{tag}", "save_steps": 0}, ws,
+                                "max_length": 128, "max_prompt_length": 96, "run_id": f"demo-sft{tag}", "save_steps": 0}, ws,
                                "SFT on chosen answers (makes the reference)")
     # A few dozen steps see a fraction of the 2.3k pairs, so reference log-probs are computed per batch here
     # instead of precomputed for the whole snapshot (the rounds below show the cached path).
@@ -124,10 +126,10 @@ def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = F
                                 "max_length": 256, "max_prompt_length": 128, "run_id": f"demo-dpo{tag}", "save_steps": 0}, ws,
                                "DPO on the clean HH snapshot")
     cfg = parse_iterate_config({
-        "experiment": f"demo{tag}", "workspace": str(ws.root), "rounds": s.rounds, "policy": str(dpo.checkpoint),
+        "experiment": f"demo{tag}", "workspace": str(ws.root), "rounds": s.rounds, "policy": str(sft.checkpoint),
         "reference": "initial",
         "prompts": {"snapshot": alpaca_clean.snapshot_id, "per_round": s.per_round, "eval_prompts": s.eval_prompts,
-                    "max_prompt_chars": 600},
+                    "max_prompt_chars": 400},
         # Pure sampling (T=1, top-p 1): the pairs and the KL are the policy's own distribution.
         "generation": {"n": s.n, "max_new_tokens": s.max_new_tokens, "temperature": 1.0, "top_p": 1.0},
         # A known reward the policy never sees, so the rounds visibly optimise something (the report shows it
@@ -137,10 +139,10 @@ def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = F
         "pairs": {"rule": "all_above_margin", "min_margin": 0.0},
         # A round trains its max_steps (several epochs of its few pairs if need be).
         "train": {"max_steps": s.round_steps, "lr": 1e-3, "beta": 0.1, "per_device_batch_size": s.round_batch,
-                  "max_length": 256, "max_prompt_length": 128, "save_steps": 0},
+                  "max_length": 128, "max_prompt_length": 96, "save_steps": 0},
         "eval": {"samples": s.eval_samples},
     })
-    console.print("[bold]iterative DPO[/]: 2 rounds of generate -> judge -> pairs -> gate -> train -> evaluate")
+    console.print(f"[bold]iterative DPO[/]: {s.rounds} rounds of generate -> judge -> pairs -> gate -> train -> evaluate")
     from pipelines.round_flow import iterate_flow
 
     history = iterate_flow(cfg.model_dump())

@@ -132,3 +132,21 @@ def test_demo_quick_end_to_end(tmp_path, shared_data):
     assert {(r["round"], r["step"]) for r in rounds if r["status"] == "done"} >= {(1, "train"), (2, "evaluate")}
     runs = _sql(tmp_path / "ws", "select run_id, status from runs order by run_id")
     assert {"demo-sft-quick", "demo-dpo-quick"} <= {r["run_id"] for r in runs if r["status"] == "finished"}
+
+
+@pytest.mark.slow
+def test_full_demo_rounds_raise_the_reward_at_growing_positive_kl(tmp_path, shared_data):
+    """The README's first command: its rounds must visibly move (issue: the old demo's rounds trained 4 steps)."""
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "--workspace", str(tmp_path / "ws"), "demo"],
+                          env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    evals = [json.loads(p.read_text())
+             for p in sorted((tmp_path / "ws" / "rounds" / "demo").glob("round-*/evaluation.json"))]
+    assert [e["round"] for e in evals] == [0, 1, 2, 3]
+    first, last = evals[0]["score"]["current"], evals[-1]["score"]["current"]
+    se = (first["stderr"] ** 2 + last["stderr"] ** 2) ** 0.5  # fresh seeds per round: independent errors
+    assert last["mean"] - first["mean"] > 2 * se, (first, last)
+    kls = [e["kl"]["kl"] for e in evals[1:]]
+    assert all(e["kl"]["kl"] > 3 * e["kl"]["stderr"] for e in evals[1:]), kls
+    assert kls == sorted(kls), kls
