@@ -9,7 +9,7 @@ Every truncation, drop and template anomaly is counted in `TokenizeStats` and lo
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from dpo_train.logps import target_logps
-from dpo_train.templates import has_chat_template, render_prompt
+from dpo_train.templates import has_chat_template, render_prompt_rows
+from storage.templates import Labels
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,14 @@ class TokenizedPairs:
                          zip(self.prompt, self.chosen, self.rejected, strict=True)], dtype=np.int64)
 
 
-def render_prompts(tokenizer: Any, prompts: Sequence[Sequence[dict]]) -> tuple[list[str], bool]:
+def render_prompts(tokenizer: Any, prompts: Sequence[Sequence[dict]], sources: Sequence[str] | None = None,
+                   labels_by_source: Mapping[str, Labels] | None = None) -> tuple[list[str], bool]:
     """Prompt strings and whether the tokenizer should add its own special tokens (plain template only).
 
     The rendering rule lives in `dpo_train.templates`, shared with generation, judges and evaluation, so a
-    prompt is tokenised the same way everywhere."""
-    return [render_prompt(tokenizer, msgs) for msgs in prompts], not has_chat_template(tokenizer)
+    prompt is tokenised the same way everywhere; without a chat template a row's source may bring its own turn
+    labels (`labels_by_source`, from storage.templates.snapshot_turn_labels), as the TRL standard export does."""
+    return render_prompt_rows(tokenizer, prompts, sources, labels_by_source), not has_chat_template(tokenizer)
 
 
 def _encode(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
@@ -78,11 +81,14 @@ def _encode(tokenizer: Any, texts: list[str], special: bool) -> list[list[int]]:
     return [list(x) for x in tokenizer(texts, add_special_tokens=special)["input_ids"]]
 
 
-def _encode_text(table: pa.Table, tokenizer: Any, stats: TokenizeStats,
-                 check_prefix: bool) -> tuple[list[list[int]], dict[str, list[list[int]]]]:
+def _encode_text(
+    table: pa.Table, tokenizer: Any, stats: TokenizeStats, check_prefix: bool,
+    labels_by_source: Mapping[str, Labels] | None = None,
+) -> tuple[list[list[int]], dict[str, list[list[int]]]]:
     """Prompt and answer ids from the text (answer + EOS), counting template anomalies in `stats`."""
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    texts, special = render_prompts(tokenizer, table.column("prompt").to_pylist())
+    sources = table.column("source").to_pylist() if labels_by_source and "source" in table.column_names else None
+    texts, special = render_prompts(tokenizer, table.column("prompt").to_pylist(), sources, labels_by_source)
     prompts = _encode(tokenizer, texts, special)
     chosen_txt = table.column("chosen").to_pylist()
     rejected_txt = table.column("rejected").to_pylist()
@@ -117,12 +123,15 @@ def tokenize_pairs(
     truncation_mode: str = "keep_end",
     check_prefix: bool = True,
     encoded: tuple[list[list[int]], list[list[int]], list[list[int]]] | None = None,
+    labels_by_source: Mapping[str, Labels] | None = None,
 ) -> TokenizedPairs:
     """Tokenise a pair table; prompts beyond `max_prompt_length` are cut per `truncation_mode`, then answers
     are cut to fit `max_length`; a pair whose prompt leaves no room for an answer token is dropped.
 
     `encoded`: (prompt, chosen, rejected) ids to use as given instead of tokenising the text (sampled answers,
-    see dpo_train.sampled_pairs): no EOS is appended and no BOS fixed; only the length limits apply."""
+    see dpo_train.sampled_pairs): no EOS is appended and no BOS fixed; only the length limits apply.
+    `labels_by_source`: each source's plain-template turn labels (storage.templates.snapshot_turn_labels of the
+    snapshot the table was read from), so a model without a chat template trains on the text `dpo export` writes."""
     if truncation_mode not in TRUNCATION_MODES:
         raise ValueError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
     if max_prompt_length >= max_length:
@@ -132,7 +141,7 @@ def tokenize_pairs(
     if encoded is not None:
         prompts, answers = encoded[0], {"chosen": encoded[1], "rejected": encoded[2]}
     else:
-        prompts, answers = _encode_text(table, tokenizer, stats, check_prefix)
+        prompts, answers = _encode_text(table, tokenizer, stats, check_prefix, labels_by_source)
 
     weights = np.asarray(table.column("weight").to_numpy(zero_copy_only=False), dtype=np.float64) \
         if "weight" in table.column_names else np.ones(table.num_rows)

@@ -5,36 +5,54 @@ or log-probs are computed on a different string from the one the policy was trai
 tokenizer's chat template with `add_generation_prompt=True` (the template adds BOS itself, so the tokenizer
 adds no special tokens); without a template, fall back to `PLAIN_TEMPLATE` plus the tokenizer's own special
 tokens. A response is tokenised on its own and closed by EOS, which is what the sampler produces.
+
+The plain template's turn labels are the row's source's (`labels`, from storage.templates.snapshot_turn_labels:
+HH-RLHF keeps "Human:"), the same ones `dpo export` writes into the TRL standard prompt, so TRL trained on an
+export and `dpo train` see one text. A chat template ignores them: it has its own role markers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # Fallback when a tokenizer has no chat template: "User: ...\n\nAssistant: ..." turns. One definition, in
 # storage, because the TRL export renders prompts with the same template.
-from storage.templates import ROLE_PREFIX, render_plain
+from storage.templates import ROLE_PREFIX, Labels, render_plain, render_plain_rows
 
-__all__ = ["ROLE_PREFIX", "render_plain", "has_chat_template", "render_prompt", "encode_prompt",
-           "encode_response", "eos_token_ids"]
+__all__ = ["ROLE_PREFIX", "render_plain", "has_chat_template", "render_prompt", "render_prompt_rows",
+           "encode_prompt", "encode_response", "eos_token_ids"]
 
 
 def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def render_prompt(tokenizer: Any, messages: Sequence[dict]) -> str:
-    """The prompt string the policy sees before its answer (chat template, else the plain template)."""
-    msgs = [{"role": m["role"], "content": m["content"]} for m in messages]
+def _messages(messages: Sequence[dict]) -> list[dict]:
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def render_prompt(tokenizer: Any, messages: Sequence[dict], labels: Labels | None = None) -> str:
+    """The prompt string the policy sees before its answer (chat template, else the plain template with the
+    source's turn `labels`)."""
+    msgs = _messages(messages)
     if has_chat_template(tokenizer):
         return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    return render_plain(msgs)
+    return render_plain(msgs, labels)
 
 
-def encode_prompt(tokenizer: Any, messages: Sequence[dict]) -> list[int]:
+def render_prompt_rows(tokenizer: Any, prompts: Sequence[Sequence[dict]], sources: Sequence[str] | None = None,
+                       labels_by_source: Mapping[str, Labels] | None = None) -> list[str]:
+    """`render_prompt` of every row; without a chat template each row gets its source's labels
+    (storage.templates.render_plain_rows, which the TRL standard export writes)."""
+    if has_chat_template(tokenizer):
+        return [render_prompt(tokenizer, m) for m in prompts]
+    return render_plain_rows([_messages(m) for m in prompts], sources, labels_by_source)
+
+
+def encode_prompt(tokenizer: Any, messages: Sequence[dict], labels: Labels | None = None) -> list[int]:
     """Token ids of the rendered prompt; special tokens come from the template when there is one."""
-    text = render_prompt(tokenizer, messages)
+    text = render_prompt(tokenizer, messages, labels)
     ids = list(tokenizer(text, add_special_tokens=not has_chat_template(tokenizer))["input_ids"])
     bos = getattr(tokenizer, "bos_token_id", None)
     # A template that writes BOS plus a tokenizer that adds one gives two; training keeps one (batching.py).

@@ -1,10 +1,12 @@
 """Export snapshots in the formats trainers read: TRL standard / conversational (JSONL or Parquet), HF datasets.
 
 TRL's *standard* format has plain strings and TRL concatenates prompt + answer as they are, so the prompt is the
-conversation rendered with the template our trainer uses without a chat template (storage.templates): every turn
-with its marker, then the assistant cue. A multi-turn prompt never runs into the answer. Its *conversational*
-format keeps the messages (TRL applies the model's chat template, as our trainer does), with chosen/rejected as
-one assistant message each.
+conversation rendered with the template our trainer uses without a chat template (storage.templates, with each
+row's source turn labels): every turn with its marker, then the assistant cue. A multi-turn prompt never runs
+into the answer. With `keep_extra` it also carries the structured prompt as `prompt_messages` (a name TRL's
+DPOTrainer ignores), which the TRL standard reader uses instead of the string when the two agree, so the export
+re-ingests to the same pair ids. Its *conversational* format keeps the messages (TRL applies the model's chat
+template, as our trainer does), with chosen/rejected as one assistant message each.
 
 Exports never destroy: an existing target is refused unless `overwrite`, and even then only a previous export
 of ours is replaced (a folder carries the marker file EXPORT_MARKER, a file the hidden sidecar
@@ -25,11 +27,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.schema import MESSAGE_TYPE
-from storage.templates import render_plain
+from storage.templates import Labels, render_plain_rows
 
 EXPORT_FORMATS = ("trl-standard", "trl-conversational", "hf-dataset")
 EXPORT_MARKER = ".dpo-export.json"
 _KEEP = ("pair_id", "weight")
+# The standard export's structured prompt: not a key TRL reads (prompt/chosen/rejected/completion/messages/...),
+# so TRL trains on `prompt` alone; data_quality.ingest.trl reads it back.
+PROMPT_MESSAGES = "prompt_messages"
 _SLICE = 20_000
 
 
@@ -47,22 +52,25 @@ def _assistant_messages(texts: pa.ChunkedArray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, structs)
 
 
-def rendered_prompts(pairs: pa.Table, labels_by_source: Mapping[str, Mapping[str, str]] | None = None) -> pa.Array:
+def rendered_prompts(pairs: pa.Table, labels_by_source: Mapping[str, Labels] | None = None) -> pa.Array:
     """The plain-template prompt of every row; a row's source may bring its own turn labels ("Human")."""
-    labels_by_source = labels_by_source or {}
     out = []
     for lo in range(0, pairs.num_rows, _SLICE):  # Python objects for one slice at a time
         part = pairs.slice(lo, _SLICE)
-        out.extend(render_plain(m, labels_by_source.get(s))
-                   for m, s in zip(part.column("prompt").to_pylist(), part.column("source").to_pylist(), strict=True))
+        out.extend(render_plain_rows(part.column("prompt").to_pylist(), part.column("source").to_pylist(),
+                                     labels_by_source))
     return pa.array(out, pa.string())
 
 
 def to_trl(pairs: pa.Table, style: str = "standard", *, keep_extra: bool = True, with_reference: bool = False,
-           labels_by_source: Mapping[str, Mapping[str, str]] | None = None) -> pa.Table:
+           labels_by_source: Mapping[str, Labels] | None = None) -> pa.Table:
+    """The columns TRL reads (`style` standard or conversational); `keep_extra` adds pair_id, weight and, for
+    standard, `prompt_messages` (the structured prompt, so the export re-ingests to the same pairs)."""
     if style == "standard":
         out = pa.table({"prompt": rendered_prompts(pairs, labels_by_source), "chosen": pairs["chosen"],
                         "rejected": pairs["rejected"]})
+        if keep_extra:
+            out = out.append_column(PROMPT_MESSAGES, pairs["prompt"])
     elif style == "conversational":
         out = pa.table({
             "prompt": pairs["prompt"],
@@ -155,7 +163,7 @@ def _swap_in(tmp: Path, target: Path) -> None:
 
 def export(pairs: pa.Table, to: str | os.PathLike[str], fmt: str = "trl-standard", *, overwrite: bool = False,
            protect: Sequence[str | os.PathLike[str]] = (), with_reference: bool = False,
-           labels_by_source: Mapping[str, Mapping[str, str]] | None = None) -> Path:
+           labels_by_source: Mapping[str, Labels] | None = None) -> Path:
     """Write `pairs` to `to` atomically (temp sibling + rename). The file suffix picks JSONL or Parquet."""
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: choose one of {EXPORT_FORMATS}")

@@ -3,6 +3,12 @@
 
 Conversational rows are resolved uniformly: the full conversations prompt+chosen and prompt+rejected must share
 every message but the last, which must be an assistant message on both sides; its content is the answer.
+
+A standard row may carry its prompt's messages in `prompt_messages` (what `dpo export` writes beside the rendered
+`prompt`, storage.formats.PROMPT_MESSAGES): they are the prompt when rendering them with the plain template
+gives exactly `prompt` (with the default or a source's own turn labels), so an export re-ingests to the same
+pairs and pair ids. When they disagree (the prompt string was edited), the string is the prompt, as for any
+standard row: the text TRL trains on wins.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from data_quality.ingest._common import (
 )
 from data_quality.ingest.containers import RawRows
 from data_quality.ingest.options import IngestOptions
+from storage.formats import PROMPT_MESSAGES
+from storage.templates import is_plain_rendering
 
 
 def split_shared_prefix(chosen: str, rejected: str) -> tuple[str, str, str]:
@@ -38,6 +46,11 @@ def handle_standard(out: Collector, row: int, rec: dict) -> None:
     rejected = text_field(rec.get("rejected"), "rejected", opts)
     if rec.get("prompt") is not None:
         prompt = text_field(rec["prompt"], "prompt", opts)
+        if rec.get(PROMPT_MESSAGES) is not None:
+            messages = messages_field(rec[PROMPT_MESSAGES], PROMPT_MESSAGES, opts)
+            if is_plain_rendering(messages, prompt):
+                out.keep(row, messages, chosen, rejected)
+                return
     else:
         shared, chosen, rejected = split_shared_prefix(chosen, rejected)
         if not shared.strip():
