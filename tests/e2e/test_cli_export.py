@@ -152,3 +152,19 @@ def test_trl_standard_prompt_is_the_trainers_prompt(tmp_path, capsys):
     first = json.loads(conv.read_text().splitlines()[0])
     assert first["prompt"] == msgs[0] and first["chosen"] == [{"role": "assistant", "content": "a"}]
     assert "ref_chosen_logps" not in first  # only with --with-reference-logps
+
+
+def test_a_trl_standard_export_reingests_to_the_same_pairs(hh_ws, tmp_path, capsys):
+    """`dpo export` then `dpo ingest` of the file: same pair ids, same messages (the prompt_messages column)."""
+    from storage.workspace import Workspace
+
+    ws, _ = hh_ws
+    out = tmp_path / "hh.jsonl"
+    assert main(["-w", str(ws), "export", "hh", "--to", str(out)]) == 0
+    assert main(["-w", str(ws), "ingest", str(out), "--dataset", "again"]) == 0
+    assert "trl_standard" in capsys.readouterr().out
+    w = Workspace(ws)
+    cols = ("pair_id", "prompt", "chosen", "rejected")
+    before, after = (sorted(zip(*(w.read(d).column(c).to_pylist() for c in cols), strict=True), key=lambda r: r[0])
+                     for d in ("hh", "again"))
+    assert after == before and len(after) > 150
