@@ -172,13 +172,22 @@ def _run(workspace: str | os.PathLike[str] | None, quick: bool, settings: Experi
                    params={"pairing": res.stats, "judge": judge.label, "policy": sft})
     pairs = ws.resolve(f"{tag}-pairs")
     # Offline methods: the same pairs, steps, learning rate and batch size; only the objective differs.
+    # Each is also evaluated at half its steps, so the table has two points of each method's reward-vs-KL curve
+    # and DPO can be compared with Preferred-FT at equal or lower KL, not only at equal steps.
+    half = s.steps // 2
     offline = {"snapshot": pairs.snapshot_id, "model": sft, "max_steps": s.steps, "epochs": s.steps, "lr": s.lr,
-               "per_device_batch_size": s.batch_size}
+               "per_device_batch_size": s.batch_size, "save_steps": half if 0 < half < s.steps else 0,
+               "save_total_limit": 0}
     policies = {"reference (SFT)": sft}
-    for beta in s.betas:
-        policies[f"DPO beta={beta:g}"] = str(_train(ws, f"{tag}-dpo-b{beta:g}", mode="dpo", beta=beta,
-                                                    **offline).checkpoint)
-    policies["Preferred-FT"] = str(_train(ws, f"{tag}-pft", mode="sft", **offline).checkpoint)
+    methods = {f"DPO beta={beta:g}": {"run_id": f"{tag}-dpo-b{beta:g}", "mode": "dpo", "beta": beta}
+               for beta in s.betas}
+    methods["Preferred-FT"] = {"run_id": f"{tag}-pft", "mode": "sft"}
+    for name, kw in methods.items():
+        final = _train(ws, **kw, **offline).checkpoint
+        halfway = final.parent / f"checkpoint-{half:06d}"
+        if offline["save_steps"] and halfway.exists():
+            policies[f"{name} at step {half}"] = str(halfway)
+        policies[name] = str(final)
     iterate(icfg, ws)
     for r in ws.get_rounds(icfg.experiment):
         if r["step"] == "train" and r["status"] == "done":
@@ -195,20 +204,38 @@ def _run(workspace: str | os.PathLike[str] | None, quick: bool, settings: Experi
     return result
 
 
+def _family(method: str) -> str:
+    """The curve a row belongs to: a method at several steps, or the iterative rounds."""
+    return "iterative DPO" if method.startswith("iterative round") else method.split(" at step ")[0]
+
+
 def plot_png(rows: list[dict[str, Any]]) -> str:
+    """Each method's points joined from the reference in order of KL, so their reward-vs-KL curves compare."""
     from storage.figures import png_base64
 
+    reference = rows[0]
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for r in rows[1:]:
+        curves.setdefault(_family(r["method"]), []).append(r)
+
     def draw(ax: Any) -> None:
-        for r in rows:
-            ax.errorbar([r["kl"]], [r["reward"]], xerr=[r["kl_se"] or 0.0], yerr=[r["reward_se"] or 0.0],
-                        marker="o", capsize=3, label=r["method"])
+        ax.errorbar([reference["kl"]], [reference["reward"]], yerr=[reference["reward_se"] or 0.0], marker="o",
+                    color="black", capsize=3, label=reference["method"])
+        for name, pts in curves.items():
+            # best-of-n is not a trained policy: its point stands alone
+            pts = sorted(pts, key=lambda r: r["kl"]) if name.startswith("best-of") else \
+                [reference, *sorted(pts, key=lambda r: r["kl"])]
+            ax.errorbar([r["kl"] for r in pts], [r["reward"] for r in pts],
+                        xerr=[r["kl_se"] or 0.0 for r in pts], yerr=[r["reward_se"] or 0.0 for r in pts],
+                        marker="o", capsize=3, label=name, linestyle="none" if name.startswith("best-of") else "-")
         ax.set_xlabel("KL(policy || reference), nats per answer (sampled ids)")
         ax.set_ylabel("true reward (mean ± s.e.)")
-        ax.set_title("controlled experiment: reward vs KL", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.set_title("controlled experiment: reward vs KL (each curve starts at the reference)",
+                     fontsize=8)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         ax.grid(alpha=0.3)
 
-    return png_base64(draw, 6, 4, dpi=100)
+    return png_base64(draw, 8, 4, dpi=100)
 
 
 def format_table(rows: list[dict[str, Any]]) -> list[list[str]]:

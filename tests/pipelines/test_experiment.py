@@ -20,6 +20,8 @@ def test_experiment_quick_prints_the_reward_vs_kl_table(tmp_path, shared_data, c
     methods = [r["method"] for r in rows]
     assert methods[:2] == ["reference (SFT)", "best-of-3"]
     assert {"DPO beta=0.1", "DPO beta=0.5", "Preferred-FT", "iterative round 1"} <= set(methods)
+    # each offline method also at half its steps: two points of its reward-vs-KL curve
+    assert {"DPO beta=0.1 at step 1", "DPO beta=0.5 at step 1", "Preferred-FT at step 1"} <= set(methods)
     results = json.loads((ws / "experiments" / "experiment-quick" / "results.json").read_text())
     by = {r["method"]: r for r in results["rows"]}
     assert by["reference (SFT)"]["kl"] == 0.0  # the reference measured against itself
