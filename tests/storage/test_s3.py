@@ -83,6 +83,10 @@ def test_s3_workspace_ingests_cleans_answers_sql_and_trains(s3_endpoint, tmp_pat
     assert (clean.path / "report.html").exists() and _keys(f"{storage}/.staging") == set()
     assert {k.rsplit("/", 1)[1] for k in _keys(str(clean.path))} >= {"pairs.parquet", "rejects.parquet",
                                                                      "manifest.json", "report.html"}
+    # The Prefect artifact of a flow run links the report object itself (`dpo report serve` is local only).
+    from pipelines.report_ui import report_markdown
+
+    assert f"({clean.path}/report.html)" in report_markdown(ws, clean, [{"input": clean.input_rows}])
 
     # The same data in a local workspace: the same content hashes and the same rows.
     local = Workspace(tmp_path / "local")
