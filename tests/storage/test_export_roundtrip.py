@@ -159,3 +159,18 @@ def test_without_extra_columns_the_standard_export_is_trls_three_columns(small_p
     assert to_trl(small_pairs, "standard", keep_extra=False).column_names == ["prompt", "chosen", "rejected"]
     assert to_trl(small_pairs, "standard").column_names == ["prompt", "chosen", "rejected", PROMPT_MESSAGES,
                                                             "pair_id", "weight"]
+
+
+def test_turn_markers_inside_content_still_round_trip(workspace, tmp_path):
+    """Why a column and not parsing: content holding a blank line and a turn marker stays one message."""
+    from pipelines.export import export_snapshot
+    from storage.schema import build_pair_table
+
+    msgs = [[{"role": "system", "content": "Quote:\n\nUser: hi\n\nAssistant: yo"}, {"role": "user", "content": "ok?"}]]
+    workspace.publish("q", build_pair_table({"prompt": msgs, "chosen": ["a"], "rejected": ["b"], "source": ["x"],
+                                             "source_row": [0]}))
+    out = export_snapshot(workspace, "q", tmp_path / "q.jsonl").path
+    assert _jsonl(out)[0]["prompt"] == "System: Quote:\n\nUser: hi\n\nAssistant: yo\n\nUser: ok?\n\nAssistant:"
+    _ingest(workspace, out, "again")
+    assert workspace.read("again").column("prompt").to_pylist() == msgs
+    assert workspace.read("again").column("pair_id").to_pylist() == workspace.read("q").column("pair_id").to_pylist()
