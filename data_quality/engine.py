@@ -18,8 +18,11 @@ group" decisions, the kept table and its content hash are those of the in-memory
 
 from __future__ import annotations
 
+import mmap
 import tempfile
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_quality.checks.base import CheckResult
+from data_quality.checks.base import CheckResult, Decision, apply
 from data_quality.checks.tables import stats_tables
 from storage.schema import PAIR_SCHEMA, REJECTS_SCHEMA, conform
 
@@ -38,6 +41,11 @@ POS = "__gate_pos"
 EXECUTORS = ("auto", "memory", "out_of_core", "cluster")
 _BATCH = 50_000
 _WORK_FACTOR = 7  # peak RSS of an in-memory run / Arrow size of its input (bench_scale, AlpacaEval copies: ~6.8)
+# A local-phase partition holds budget / _PART_FACTOR of Arrow input: the hungriest local check (repetition)
+# peaked at ~5x its partition's Arrow size on top of the process (435k AlpacaEval-copy rows, 3 partitions:
+# +2 GB for 145k rows), so 20 leaves room for the process and the stages' recently touched pages.
+_PART_FACTOR = 20
+_PAGE_RETURN_S = 0.2  # how often touched pages of the memory-mapped stages go back to the page cache
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,11 @@ class Step:
     fn: Callable[[pa.Table], CheckResult]
     scope: str  # row | prompt | global
     rewrites_prompt_id: bool = False
+    # The check's decision alone (fn == apply(table, decide(table), rule, params)): lets the out-of-core engine
+    # write kept rows and rejects batch by batch instead of taking every dropped row's text into the heap.
+    decide: Callable[[pa.Table], Decision] | None = None
+    rule: str = ""
+    params: Any = None
 
 
 @dataclass
@@ -266,7 +279,56 @@ class _Spill:
 
     @staticmethod
     def open(p: Path) -> pa.Table:
-        return pa.ipc.open_file(pa.memory_map(str(p))).read_all()
+        # Mapped by Python's mmap (not pa.memory_map) so the pages a check touched can be handed back (madvise);
+        # the Arrow buffers keep the mapping alive, and it leaves the page returner when they are gone.
+        with open(p, "rb") as f:
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        PAGES.add(mm)
+        return pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mm))).read_all()
+
+
+class PageReturner:
+    """Hands the touched pages of the read-only stage mappings back to the page cache, every `interval` s.
+
+    A memory-mapped stage keeps every page a check has read in the process's resident set (file pages, but
+    counted in RSS and in the kernel's view of the process), so a scan over a 5 GB stage would hold 5 GB.
+    MADV_DONTNEED on a read-only shared file mapping only drops this process's page-table entries: the data
+    stays in the page cache (evictable) and a later read faults it back in, unchanged. So it is safe at any
+    moment, also while a check reads the same pages, and RSS then holds the heap plus recently read pages.
+    The thread runs while some mapping is alive.
+    """
+
+    def __init__(self, interval: float = _PAGE_RETURN_S) -> None:
+        self.interval = interval
+        self.maps: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    def add(self, mm: mmap.mmap) -> None:
+        with self.lock:
+            self.maps.add(mm)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="dpo-gate-pages", daemon=True)
+                self.thread.start()
+
+    def release(self) -> None:
+        for mm in list(self.maps):
+            try:
+                mm.madvise(mmap.MADV_DONTNEED)
+            except (ValueError, OSError):  # closed meanwhile
+                pass
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            with self.lock:
+                if not self.maps:
+                    self.thread = None
+                    return
+            self.release()
+
+
+PAGES = PageReturner()
 
 
 def _source_batches(source: pa.Table | str | Path) -> Iterator[pa.Table]:
@@ -300,7 +362,7 @@ def run_out_of_core(source: pa.Table | str | Path, steps: Sequence[Step], config
                 nbytes += t.nbytes
                 yield from t.cast(schema).to_batches()
         cur = spill.open(spill.write("input", staged(), schema))
-        parts = cfg.partitions or max(1, int(np.ceil(_WORK_FACTOR * nbytes / (cfg.memory_budget_mb * 2**20))))
+        parts = cfg.partitions or partitions_for(nbytes, cfg.memory_budget_mb)
         rejects: list[pa.Table] = []
         per_check: dict[str, dict[str, Any]] = {}
         for phase in plan(steps):
@@ -310,15 +372,72 @@ def run_out_of_core(source: pa.Table | str | Path, steps: Sequence[Step], config
                 rejects += rej
                 per_check.update(st)
             else:
-                out = run_steps(cur, [by_name[n] for n in names])
-                for n in names:
-                    rejects.append(spill.open(spill.write(f"rejects-{n}", _conformed(out.rejects[n]), REJECTS_SCHEMA)))
-                    per_check[n] = {**out.stats[n], **({"shards": 1} if phase.sharded else {})}
-                cur = spill.open(spill.write("kept", _conformed(out.kept, schema), schema))
+                for n in names:  # one step at a time, each writing its kept rows and rejects to the spill
+                    cur, rej, st = _whole_step(cur, by_name[n], spill, schema)
+                    rejects.append(rej)
+                    per_check[n] = {**st, **({"shards": 1} if phase.sharded else {})}
             pa.default_memory_pool().release_unused()
         # The folder is removed on return; the memory-mapped files stay readable until the tables are released
         # (POSIX unlink semantics), so the kept rows and rejects are handed back without a copy.
         return finish(n_in, cur, rejects, per_check, config, "out_of_core")
+
+
+def partitions_for(nbytes: int, budget_mb: int) -> int:
+    """Local-phase partitions for an input of `nbytes` (Arrow) under the budget (see _PART_FACTOR)."""
+    return max(1, int(np.ceil(_PART_FACTOR * nbytes / (budget_mb * 2**20))))
+
+
+def decision_stats(n: int, d: Decision) -> dict[str, Any]:
+    """The statistics `apply` records for a decision over n rows, without splitting a table."""
+    dropped = d.counts() if d.drop.any() else {}
+    return {"rows_in": n, **d.stats, "rows_out": int(n - d.drop.sum()), "dropped": dropped}
+
+
+def _whole_step(cur: pa.Table, step: Step, spill: _Spill, schema: pa.Schema
+                ) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+    """One step on the whole (memory-mapped) table; kept rows and rejects go to spill files.
+
+    With the step's decision at hand, the split is applied batch by batch with the check's own `apply`, so
+    neither the rejects' text nor a copy of the kept rows is ever whole in the heap; the rows and their order
+    are those of `apply` on the whole table.
+    """
+    pa.default_memory_pool().release_unused()
+    t0, c0 = time.perf_counter(), time.process_time()
+    if step.decide is None:
+        res = step.fn(cur)
+        stats = res.stats
+        kept = res.kept if res.kept is cur else spill.open(spill.write("kept", _conformed(res.kept, schema), schema))
+        rej = spill.open(spill.write(f"rejects-{step.name}", _conformed(res.rejects), REJECTS_SCHEMA))
+        del res
+    else:
+        d = step.decide(cur)
+        stats = decision_stats(cur.num_rows, d)
+        kept, rej = cur, REJECTS_SCHEMA.empty_table()
+        if d.drop.any():
+            kept, rej = _split_streamed(cur, d, step, spill, schema)
+        del d
+    pa.default_memory_pool().release_unused()
+    stats = {**stats, "seconds": round(time.perf_counter() - t0, 4), "cpu_seconds": round(time.process_time() - c0, 4)}
+    return kept, rej, stats
+
+
+def _split_streamed(cur: pa.Table, d: Decision, step: Step, spill: _Spill, schema: pa.Schema
+                    ) -> tuple[pa.Table, pa.Table]:
+    kp, rp = spill.path("kept"), spill.path(f"rejects-{step.name}")
+    with pa.OSFile(str(kp), "wb") as ks, pa.ipc.new_file(ks, schema) as kw, \
+            pa.OSFile(str(rp), "wb") as rs, pa.ipc.new_file(rs, REJECTS_SCHEMA) as rw:
+        for lo in range(0, cur.num_rows, _BATCH):
+            hi = min(lo + _BATCH, cur.num_rows)
+            dup = d.duplicate_of[lo:hi] if d.duplicate_of is not None else None
+            part = apply(cur.slice(lo, hi - lo), Decision(d.drop[lo:hi], d.reason[lo:hi], dup), step.rule,
+                         step.params)
+            for b in part.kept.select(schema.names).cast(schema).to_batches():
+                if b.num_rows:
+                    kw.write_batch(b)
+            for b in conform(part.rejects, REJECTS_SCHEMA).to_batches():
+                if b.num_rows:
+                    rw.write_batch(b)
+    return spill.open(kp), spill.open(rp)
 
 
 def _conformed(t: pa.Table, schema: pa.Schema = REJECTS_SCHEMA) -> Iterator[pa.RecordBatch]:
@@ -349,17 +468,25 @@ def _local_phase(cur: pa.Table, steps: Sequence[Step], parts: int, spill: _Spill
         for s in steps:
             rejects[s.name].append(out.rejects[s.name])
             stats[s.name].append(out.stats[s.name])
+        del out  # else this partition's rows stay in the heap while the next one runs
         pa.default_memory_pool().release_unused()
-    merged = pa.concat_tables(kept)
-    order = np.argsort(merged.column(POS).to_numpy(), kind="stable")
-
-    def ordered() -> Iterator[pa.RecordBatch]:
-        for lo in range(0, order.size, _BATCH):
-            yield from merged.take(pa.array(order[lo:lo + _BATCH])).to_batches()
-    cur = spill.open(spill.write("merged", ordered(), schema))
+    cur = spill.open(spill.write("merged", _merge_by_position(kept), schema))
     rej = [spill.open(spill.write(f"rejects-{s.name}", _conformed(sorted_rejects(pa.concat_tables(
         [conform(r, REJECTS_SCHEMA) for r in rejects[s.name]]))), REJECTS_SCHEMA)) for s in steps]
     return cur, rej, {s.name: merge_stats(stats[s.name]) for s in steps}
+
+
+def _merge_by_position(parts: Sequence[pa.Table]) -> Iterator[pa.RecordBatch]:
+    """The rows of `parts` (each in ascending POS) in POS order, a batch at a time: the rows of one range of
+    positions are a slice of every part, so a batch is put together from slices (a take over the whole merged
+    table would first concatenate each of its columns)."""
+    pos = [np.asarray(p.column(POS).to_numpy()) for p in parts]
+    every = np.sort(np.concatenate(pos)) if pos else np.zeros(0, np.int64)
+    for lo in range(0, every.size, _BATCH):
+        first, last = every[lo], every[min(lo + _BATCH, every.size) - 1]
+        cuts = [(int(np.searchsorted(q, first)), int(np.searchsorted(q, last, side="right"))) for q in pos]
+        batch = pa.concat_tables([p.slice(a, b - a) for p, (a, b) in zip(parts, cuts, strict=True) if b > a])
+        yield from batch.take(pa.array(np.argsort(batch.column(POS).to_numpy(), kind="stable"))).to_batches()
 
 
 def choose_executor(source: pa.Table | str | Path, cfg: EngineConfig) -> str:

@@ -32,7 +32,7 @@ from data_quality.checks import (
     repetition,
     script,
 )
-from data_quality.checks.base import CheckResult, apply
+from data_quality.checks.base import CheckResult, Decision, apply
 from data_quality.engine import EngineConfig, GateResult, Step, execute
 from data_quality.examples import drop_examples
 
@@ -130,7 +130,15 @@ def steps(cfg: GateConfig, eval_prompts: Sequence[str] | None = None) -> list[St
         ("near_dup", cfg.near_dup.enabled, lambda t: near_dup.run(t, cfg.near_dup)),
         ("length_bias", cfg.length_bias.enabled, lambda t: length_bias.run(t, cfg.length_bias)),
     ]
-    return [Step(name, fn, scope(name), name in REWRITES_PROMPT_ID) for name, on, fn in pipeline if on]
+    # Global checks whose result is `apply(table, decide(table))`: the out-of-core engine applies their decision
+    # batch by batch (same rows, same order) rather than holding every dropped row's text at once.
+    deciders: dict[str, tuple[Callable[[pa.Table], Decision], str, Any]] = {
+        "repeated_answer": (lambda t: repeated_answer.decide(t, cfg.repeated_answer), repeated_answer.RULE,
+                            cfg.repeated_answer),
+        "near_dup": (lambda t: near_dup.decide(t, cfg.near_dup), near_dup.RULE, cfg.near_dup),
+    }
+    return [Step(name, fn, scope(name), name in REWRITES_PROMPT_ID, *deciders.get(name, (None, "", None)))
+            for name, on, fn in pipeline if on]
 
 
 def scope(name: str) -> str:

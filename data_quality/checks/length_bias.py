@@ -262,9 +262,19 @@ def diff_histogram(diff: np.ndarray, weights: np.ndarray, bins: int) -> dict:
             "weighted": np.histogram(clipped, edges, weights=weights)[0].tolist()}
 
 
+_CHUNK = 25_000  # rows whose features are computed at once (the loop/echo flags copy their text)
+
+
 def features(table: pa.Table, cfg: LengthBiasConfig) -> dict[str, np.ndarray]:
     """Everything the check needs of each row, as numbers (and model names): computed where the rows live, then
-    `decide_features` works on these columns alone (the cluster executor gathers them, never the text)."""
+    `decide_features` works on these columns alone (the cluster executor gathers them, never the text).
+    Every feature is a function of its own row, so they are computed a chunk of rows at a time: memory follows
+    the chunk, not the table."""
+    parts = [_features(table.slice(lo, _CHUNK), cfg) for lo in range(0, max(table.num_rows, 1), _CHUNK)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _features(table: pa.Table, cfg: LengthBiasConfig) -> dict[str, np.ndarray]:
     def num(name: str) -> np.ndarray:
         return np.asarray(table.column(name).to_numpy(zero_copy_only=False), dtype=np.float64)
 

@@ -16,6 +16,9 @@ smaller set's shingles in the larger one's, batched over text pairs).
 
 Drops are decided greedily in input order against *kept* rows only: a row is dropped as a duplicate of the
 first kept row it was verified against, never through a chain (A~B and B~C never drop C against A).
+
+Modules: near_dup_sets (shingle stores per distinct text, exact overlaps), near_dup_lsh (signatures, bands,
+buckets, candidate pairs); this one holds the rule: verification, the greedy decision and the check itself.
 """
 
 from __future__ import annotations
@@ -28,12 +31,21 @@ import polars as pl
 import pyarrow as pa
 
 from .base import CheckResult, Decision, apply
-from .text import mix64, shingles, sorted_unique, tokens
+from .columns import take_rows
+from .near_dup_lsh import (  # noqa: F401 - the stage functions the cluster executor and benchmarks call
+    band_codes,
+    band_groups,
+    band_key,
+    band_plan,
+    candidates,
+    choose_bands,
+    decode_pairs,
+    group_keys,
+)
+from .near_dup_sets import Field, distinct, field_overlap, intersections, text_hashes  # noqa: F401
 
 RULE = "near_dup"
 ANSWER_FIELDS = ("chosen", "rejected")
-_EMPTY32 = np.uint32(0xFFFFFFFF)
-_M = np.uint64(0x9E3779B97F4A7C15)
 
 
 @dataclass(frozen=True)
@@ -63,22 +75,6 @@ class NearDupConfig:
             raise ValueError("near_dup.bucket_links must be >= 1")
 
 
-def choose_bands(threshold: float, num_perm: int, target_recall: float, groups: int = 1) -> tuple[int, int]:
-    """(bands, rows per signature): the most selective banding whose candidate probability is on target for a
-    pair that is `threshold` similar in each of `groups` signatures (a band takes `rows` bins of each)."""
-    best = (num_perm, 1)
-    for r in range(1, num_perm + 1):
-        b = num_perm // r
-        if 1 - (1 - threshold ** (r * groups)) ** b >= target_recall:
-            best = (b, r)
-    return best
-
-
-def band_groups(cfg: NearDupConfig) -> list[tuple[str, ...]]:
-    """Signatures a band is made of: each answer alone when both must agree, else the tagged union of `fields`."""
-    return [("chosen",), ("rejected",)] if cfg.min_answer_jaccard > 0 else [tuple(cfg.fields)]
-
-
 # -- text sources -------------------------------------------------------------------------------------------
 class TableTexts:
     """Row texts of an in-memory pair table (the out-of-core engine provides the same two methods over Parquet)."""
@@ -87,271 +83,16 @@ class TableTexts:
         self.table = table
         self.n = table.num_rows
 
-    def hashes(self, field: str) -> np.ndarray:
-        return text_hashes(pl.Series(self.table.column(field)))
+    def hashes(self, field: str, chunk: int = 50_000) -> np.ndarray:
+        # A chunk at a time: a whole column as a Polars Series would copy its text (the table may be mapped).
+        col = self.table.column(field)
+        return np.concatenate([text_hashes(pl.Series(col.slice(lo, chunk))) for lo in range(0, max(self.n, 1), chunk)])
 
     def texts(self, field: str, rows: np.ndarray) -> pl.Series:
-        return pl.Series(self.table.column(field).take(pa.array(rows)))
-
-
-def text_hashes(s: pl.Series) -> np.ndarray:
-    """64-bit identity of each text (equal texts, equal hashes), the key distinct texts are grouped by."""
-    return s.fill_null("").hash(0x7E57).to_numpy()
-
-
-def distinct(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(first row of each distinct value, inverse: the distinct index of every row), by one stable sort."""
-    order = np.argsort(h, kind="stable")
-    hs = h[order]
-    new = np.concatenate([[True], hs[1:] != hs[:-1]]) if h.size else np.zeros(0, bool)
-    inv = np.empty(h.size, np.int64)
-    inv[order] = np.cumsum(new) - 1
-    first = order[new]
-    # Number distinct texts by first appearance so the ids, like the rows, follow input order.
-    rank = np.argsort(first, kind="stable")
-    relabel = np.empty_like(rank)
-    relabel[rank] = np.arange(rank.size)
-    return first[rank], relabel[inv]
-
-
-# -- shingles and signatures, once per distinct text -------------------------------------------------------
-_TAGS = {"prompt_text": 0x51ED27D3A8F3C1B5, "chosen": 0x2545F4914F6CDD1D, "rejected": 0x9E6C63D0676A9A99}
-_LOW32 = np.uint64(0xFFFFFFFF)
-
-
-def mix32(x: np.ndarray) -> np.ndarray:
-    """lowbias32 finaliser on uint32 (wrapping on purpose): a seeded permutation of shingle hashes."""
-    x = x.astype(np.uint32)
-    x ^= x >> np.uint32(16)
-    x *= np.uint32(0x7FEB352D)
-    x ^= x >> np.uint32(15)
-    x *= np.uint32(0x846CA68B)
-    return x ^ (x >> np.uint32(16))
-
-
-class Field:
-    """One field's distinct texts (first row of each, each row's distinct id, each text's 64-bit identity) and
-    their shingle sets: sorted unique 32-bit hashes (tagged by field), back to back. Each distinct text is
-    tokenised exactly once. A Field can also be cut to some rows (`take`) and put back together from such
-    pieces (`concat`, texts made one by their identity): how the cluster executor moves only the shingles a
-    verification needs between workers."""
-
-    def __init__(self, src: TableTexts, name: str, cfg: NearDupConfig) -> None:
-        h = src.hashes(name)
-        first, inv = distinct(h)
-        values, sizes = [], np.zeros(first.size, np.int64)
-        tag = np.uint64(_TAGS[name])
-        for lo in range(0, first.size, cfg.chunk_rows):
-            sel = first[lo:lo + cfg.chunk_rows]
-            sh, row = shingles(*tokens(src.texts(name, sel)), cfg.ngram)
-            key = sorted_unique((row.astype(np.uint64) << np.uint64(32)) | (mix64(sh ^ tag) >> np.uint64(32)))
-            sizes[lo:lo + sel.size] = np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=sel.size)
-            values.append((key & _LOW32).astype(np.uint32))
-        self._set(name, h[first], first, inv, np.concatenate(values) if values else np.zeros(0, np.uint32), sizes)
-
-    def _set(self, name: str, text_hash: np.ndarray, first: np.ndarray, inv: np.ndarray, values: np.ndarray,
-             sizes: np.ndarray) -> None:
-        self.name, self.text_hash, self.first, self.inv = name, text_hash, first, inv
-        self.values, self.sizes = values, sizes
-        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
-
-    @classmethod
-    def of(cls, name: str, text_hash: np.ndarray, inv: np.ndarray, values: np.ndarray, sizes: np.ndarray) -> Field:
-        """A Field from its parts; distinct ids must follow first appearance in `inv` (as `distinct` numbers them)."""
-        f = cls.__new__(cls)
-        first = np.full(text_hash.size, inv.size, np.int64)
-        np.minimum.at(first, inv, np.arange(inv.size))
-        f._set(name, text_hash, first, inv, values, sizes)
-        return f
-
-    def take(self, rows: np.ndarray) -> Field:
-        """The Field of these rows only (their texts' shingles, nothing else)."""
-        first, inv = distinct(self.inv[rows])
-        texts = self.inv[rows][first]
-        return Field.of(self.name, self.text_hash[texts], inv, self.gather(texts)[0], self.sizes[texts])
-
-    @staticmethod
-    def concat(parts: Sequence[Field]) -> Field:
-        """Rows of the parts one after another; a text in several parts (same identity) becomes one text."""
-        h = np.concatenate([p.text_hash for p in parts])
-        whole = Field.of(parts[0].name, h, np.arange(h.size), np.concatenate([p.values for p in parts]),
-                         np.concatenate([p.sizes for p in parts]))
-        first, same = distinct(h)
-        base = np.cumsum([0] + [p.text_hash.size for p in parts])[:-1]
-        rows = np.concatenate([p.inv + b for p, b in zip(parts, base, strict=True)])
-        return whole.take(first[same[rows]])
-
-    def gather(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(values of the texts `ids` back to back, text position per value)."""
-        ln = self.sizes[ids]
-        pos = np.repeat(np.arange(ids.size), ln)
-        return self.values[np.repeat(self.offsets[ids] - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))], pos
-
-
-def raw_signatures(fields: Sequence[Field], ids: Sequence[np.ndarray], cfg: NearDupConfig) -> np.ndarray:
-    """(m, num_perm) uint32 one-permutation MinHash bins of the union of the given texts of each field
-    (row j: text ids[f][j] of every field f), _EMPTY32 where a bin got no shingle."""
-    k, m = cfg.num_perm, ids[0].size
-    sig = np.full(m * k, _EMPTY32, dtype=np.uint32)
-    seed = np.uint32(cfg.seed * 0x9E3779B9 % 2**32)
-    for f, sel in zip(fields, ids, strict=True):
-        vals, pos = f.gather(sel)
-        x = mix32(vals ^ seed)
-        bins = ((x.astype(np.uint64) * np.uint64(k)) >> np.uint64(32)).astype(np.int64)
-        np.minimum.at(sig, pos * k + bins, np.minimum(x, np.uint32(0xFFFFFFFE)))
-    return sig.reshape(m, k)
-
-
-def densify(raw: np.ndarray) -> np.ndarray:
-    """Rotation densification: an empty bin takes the next non-empty bin to its right (circularly), offset by the
-    distance so borrowed values never equal native ones; rows without any shingle stay all-empty (uint64)."""
-    n, k = raw.shape
-    sig = raw.astype(np.uint64).ravel()
-    empty = np.uint64(_EMPTY32)
-    pending = np.flatnonzero(sig == empty)
-    if pending.size:
-        native = sig.copy()
-        row_base, col = pending - pending % k, pending % k
-        for dist in range(1, k):  # one step per round over the still-empty slots only; runs are short
-            src = native[row_base + (col + dist) % k]
-            found = src != empty
-            sig[pending[found]] = src[found] + (np.uint64(dist) << np.uint64(32))
-            keep = ~found
-            pending, row_base, col = pending[keep], row_base[keep], col[keep]
-            if not pending.size:
-                break
-    return sig.reshape(n, k)
-
-
-def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """(n, bands) uint64 keys: the `rows` bins of each band folded together, then mixed."""
-    n = sig.shape[0]
-    blocks = sig[:, : bands * rows].reshape(n, bands, rows)
-    with np.errstate(over="ignore"):
-        acc = np.broadcast_to(np.arange(1, bands + 1, dtype=np.uint64), (n, bands)).copy()
-        for r in range(rows):
-            acc = (acc ^ blocks[:, :, r]) * _M
-        return mix64(acc)
-
-
-def _group_keys(fields: dict[str, Field], group: tuple[str, ...], n: int, cfg: NearDupConfig,
-                bands: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, index): band keys (uint32, one row per signed unit) and the key row of every pair row.
-
-    A one-field group is signed per distinct text; a union of fields per distinct combination of its texts.
-    """
-    if len(group) == 1:
-        index = fields[group[0]].inv
-        units = np.arange(fields[group[0]].first.size)
-        text_ids = [units]
-    else:
-        combo = np.zeros(n, np.uint64)
-        for name in group:
-            combo = mix64(combo ^ fields[name].inv.astype(np.uint64) * _M)
-        rep_rows, index = distinct(combo)
-        text_ids = [fields[name].inv[rep_rows] for name in group]
-    m = text_ids[0].size
-    keys = np.empty((m, bands), np.uint32)
-    for lo in range(0, m, cfg.chunk_rows):
-        raw = raw_signatures([fields[g] for g in group], [t[lo:lo + cfg.chunk_rows] for t in text_ids], cfg)
-        keys[lo:lo + raw.shape[0]] = band_keys(densify(raw), bands, rows).astype(np.uint32)
-    return keys, index
-
-
-def bucket_pairs(key: np.ndarray, links: int) -> np.ndarray:
-    """(m, 2) row pairs (i < j): every row with each of the first `links` rows of its bucket (equal keys)."""
-    order = np.argsort(key, kind="stable")  # stable: members of a bucket stay in row order
-    srt = key[order]
-    start = np.flatnonzero(np.concatenate([[True], srt[1:] != srt[:-1]]))
-    size = np.diff(np.concatenate([start, [srt.size]]))
-    pos = np.arange(srt.size) - np.repeat(start, size)  # position of each row inside its bucket
-    out = []
-    for p in range(min(links, int(size.max()) if size.size else 0)):
-        anchor = np.repeat(start + p, size)
-        later = pos > p
-        out.append(np.stack([order[anchor[later]], order[later]], axis=1))
-    return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
-
-
-def group_keys(fields: dict[str, Field], n: int, cfg: NearDupConfig) -> tuple[list, dict]:
-    """Band keys of every band signature (see `_group_keys`), and how the bands were chosen."""
-    groups, bands, rows, info = band_plan(cfg)
-    return [_group_keys(fields, g, n, cfg, bands, rows) for g in groups], info
-
-
-def band_plan(cfg: NearDupConfig) -> tuple[list[tuple[str, ...]], int, int, dict]:
-    groups = band_groups(cfg)
-    bands, rows = choose_bands(cfg.threshold, cfg.num_perm, cfg.target_recall, len(groups))
-    return groups, bands, rows, {"bands": bands, "rows_per_band": rows,
-                                 "band_signatures": ["+".join(g) for g in groups]}
-
-
-def band_key(parts: list, b: int, n: int) -> np.ndarray:
-    """uint64 key of band `b` for every row: a function of the row's texts only, so any partition of the rows
-    computes the same key for a row as the whole table does."""
-    key = np.zeros(n, np.uint64)
-    for keys, index in parts:
-        key = mix64(key ^ keys[index, b].astype(np.uint64))
-    return key
-
-
-def band_codes(key: np.ndarray, ids: np.ndarray, n: int, links: int) -> np.ndarray:
-    """Sorted unique codes a * n + b of the candidate pairs (ids a < b) one band's buckets give; `ids` ascending
-    (bucket members are taken in id order) and holding every member of each bucket present in `key`."""
-    pairs = bucket_pairs(key, links)
-    return sorted_unique(ids[pairs[:, 0]].astype(np.uint64) * np.uint64(n) + ids[pairs[:, 1]].astype(np.uint64))
-
-
-def decode_pairs(code: np.ndarray, n: int) -> np.ndarray:
-    return np.stack([(code // np.uint64(n)).astype(np.int64), (code % np.uint64(n)).astype(np.int64)], axis=1)
-
-
-def candidates(fields: dict[str, Field], n: int, cfg: NearDupConfig) -> tuple[np.ndarray, dict]:
-    parts, info = group_keys(fields, n, cfg)
-    ids = np.arange(n)
-    codes = [band_codes(band_key(parts, b, n), ids, n, cfg.bucket_links) for b in range(info["bands"])]
-    code = sorted_unique(np.concatenate(codes)) if codes else np.zeros(0, np.uint64)
-    return decode_pairs(code, n), info
+        return pl.Series(take_rows(self.table.column(field), rows))
 
 
 # -- exact verification -------------------------------------------------------------------------------------
-def intersections(f: Field, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """|S_a & S_b| for text ids a, b: each value of the smaller set is looked up in the larger one (only the
-    larger sets of the batch are laid out as one sorted key array; no per-pair merge sort)."""
-    if a.size == 0:
-        return np.zeros(0, np.int64)
-    small = np.where(f.sizes[a] <= f.sizes[b], a, b)
-    large = np.where(f.sizes[a] <= f.sizes[b], b, a)
-    lg = sorted_unique(large)
-    lv, lpos = f.gather(lg)
-    keys = (lpos.astype(np.uint64) << np.uint64(32)) | lv  # sorted: by text, values sorted within a text
-    sv, spos = f.gather(small)
-    query = (np.searchsorted(lg, large)[spos].astype(np.uint64) << np.uint64(32)) | sv
-    at = np.minimum(np.searchsorted(keys, query), max(keys.size - 1, 0))
-    hit = keys[at] == query if keys.size else np.zeros(query.size, bool)
-    return np.bincount(spos[hit], minlength=a.size)
-
-
-def field_overlap(f: Field, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(intersection, union) of the field's shingle sets for pairs of rows, computed once per text pair.
-
-    Identical texts need no lookup. Two different texts without shingles (emoji-only answers) have union 0
-    and intersection 0: they are not called similar.
-    """
-    ta, tb = f.inv[pairs[:, 0]], f.inv[pairs[:, 1]]
-    inter = f.sizes[ta].copy()
-    diff = np.flatnonzero(ta != tb)
-    if diff.size:
-        code = ta[diff].astype(np.uint64) << np.uint64(32) | tb[diff].astype(np.uint64)
-        uniq, back = np.unique(code, return_inverse=True)
-        ua, ub = (uniq >> np.uint64(32)).astype(np.int64), (uniq & _LOW32).astype(np.int64)
-        inter[diff] = intersections(f, ua, ub)[back]
-    union = f.sizes[ta] + f.sizes[tb] - inter
-    same = ta == tb
-    inter[same] = union[same] = np.maximum(f.sizes[ta][same], 1)
-    return inter, union
-
-
 def _ratio(i: np.ndarray, u: np.ndarray) -> np.ndarray:
     return np.divide(i, u, out=np.zeros(i.size), where=u > 0)
 
@@ -450,8 +191,8 @@ def decide(table: pa.Table, cfg: NearDupConfig) -> Decision:
     rep, stats = find_duplicates(TableTexts(table), cfg)
     dup = rep >= 0
     d.mark(dup, "near_duplicate")
-    ids = np.asarray(table.column("pair_id").to_numpy(zero_copy_only=False), dtype=object)
-    d.duplicate_of = np.where(dup, ids[np.maximum(rep, 0)], None).astype(object)
+    d.duplicate_of = np.full(n, None, dtype=object)  # pair ids of the named rows only, not of every row
+    d.duplicate_of[dup] = take_rows(table.column("pair_id"), rep[dup]).to_numpy(zero_copy_only=False)
     stats.update(cluster_stats(rep, table.column("source")))
     d.stats = stats
     return d

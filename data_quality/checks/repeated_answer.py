@@ -18,6 +18,7 @@ import polars as pl
 import pyarrow as pa
 
 from .base import CheckResult, Decision, apply
+from .columns import take_rows
 from .normalise import key_text
 
 RULE = "repeated_answer"
@@ -35,11 +36,21 @@ class RepeatedAnswerConfig:
             raise ValueError("repeated_answer.min_prompts must be >= 2")
 
 
+_CHUNK = 50_000  # rows whose answer keys are built at once: a whole column's keys would be a copy of its text
+
+
 def answer_frame(table: pa.Table, side: str, rows: np.ndarray | None = None) -> pl.DataFrame:
-    """Per row: the answer's key hash, its length, the prompt and the row's id (its position unless given)."""
-    key = pl.Series(key_text(table.column(side)))
-    return pl.DataFrame({"h": key.hash(13), "chars": key.str.len_chars(), "pid": pl.Series(table.column("prompt_id")),
-                         "row": np.arange(table.num_rows) if rows is None else rows})
+    """Per row: the answer's key hash, its length, the prompt and the row's id (its position unless given).
+
+    Keys are built and hashed a chunk of rows at a time (a key depends on its own text only), so only numbers
+    stay: memory follows the chunk, not the column."""
+    parts = []
+    for lo in range(0, max(table.num_rows, 1), _CHUNK):
+        key = pl.Series(key_text(table.column(side).slice(lo, _CHUNK)))
+        parts.append(pl.DataFrame({"h": key.hash(13), "chars": key.str.len_chars()}))
+        del key
+    return pl.concat(parts).with_columns(pid=pl.Series(table.column("prompt_id")),
+                                         row=np.arange(table.num_rows) if rows is None else rows)
 
 
 def group_stats(df: pl.DataFrame) -> pl.DataFrame:
@@ -76,7 +87,7 @@ def top_entries(texts: list[str], heads_df: pl.DataFrame) -> list[dict]:
 
 def _top(df: pl.DataFrame, table: pa.Table, side: str, cfg: RepeatedAnswerConfig) -> list[dict]:
     top = heads(df, cfg)
-    return top_entries(table.column(side).take(pa.array(top.get_column("row").to_numpy())).to_pylist(), top)
+    return top_entries(take_rows(table.column(side), top.get_column("row").to_numpy()).to_pylist(), top)
 
 
 def decide(table: pa.Table, cfg: RepeatedAnswerConfig) -> Decision:

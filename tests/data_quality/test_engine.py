@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from data_quality import engine
+from data_quality.checks.columns import take_rows
 from data_quality.gate import GateConfig, run_gate, steps
 from storage.workspace import content_hash
 
@@ -89,3 +92,63 @@ def test_every_executor_gives_the_in_memory_result(real_pairs: pa.Table, tmp_pat
         assert _reject_keys(other.rejects) == _reject_keys(mem.rejects)
         assert other.stats["drops_by_reason"] == mem.stats["drops_by_reason"]
     assert list(tmp_path.glob("dpo-gate-*")) == []  # spill files are gone
+
+
+def test_global_checks_give_the_in_memory_statistics(real_pairs: pa.Table, tmp_path: Path) -> None:
+    # The out-of-core engine applies repeated_answer's and near_dup's decisions batch by batch (engine._whole_step);
+    # the statistics it records must be those the check's own `apply` records on the whole table.
+    mem = run_gate(real_pairs, GateConfig.from_dict({"engine": {"executor": "memory"}}))
+    ooc = run_gate(real_pairs, GateConfig.from_dict({"engine": {"executor": "out_of_core", "partitions": 3,
+                                                                "spill_dir": str(tmp_path)}}))
+    assert ooc.kept.equals(mem.kept) and _reject_keys(ooc.rejects) == _reject_keys(mem.rejects)
+    for name in ("repeated_answer", "near_dup", "length_bias"):
+        drop = {"seconds", "cpu_seconds"}
+        assert {k: v for k, v in ooc.stats["checks"][name].items() if k not in drop} == \
+            {k: v for k, v in mem.stats["checks"][name].items() if k not in drop}, name
+    assert mem.stats["checks"]["near_dup"]["dropped"] and mem.stats["checks"]["repeated_answer"]["rows_in"]
+
+
+def test_take_rows_equals_arrow_take_without_concatenating() -> None:
+    rng = np.random.default_rng(0)
+    col = pa.chunked_array([pa.array([f"t{i}-{j}" for j in range(n)], pa.string()) for i, n in enumerate([5, 0, 7, 3, 11])])
+    for rows in (rng.integers(0, len(col), 40), np.arange(len(col)), np.array([25, 0, 25, 6]), np.array([], int)):
+        assert take_rows(col, rows).to_pylist() == col.take(pa.array(rows, pa.int64())).to_pylist()
+    assert take_rows(col.chunk(0), np.array([4, 1])).to_pylist() == ["t0-4", "t0-1"]
+    with pytest.raises(IndexError):
+        take_rows(col, np.array([len(col)]))
+    big = pa.chunked_array([pa.array(["x" * 1000] * 2000) for _ in range(20)])  # 40 MB in 20 chunks
+    pool = pa.default_memory_pool()
+    pool.release_unused()
+    before = pa.total_allocated_bytes()
+    got = take_rows(big, np.array([5, 39_999, 20_000]))
+    assert got.to_pylist() == ["x" * 1000] * 3 and pa.total_allocated_bytes() - before < 1 << 20
+
+
+def _rss_file_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+def test_read_pages_of_a_mapped_stage_go_back_to_the_page_cache(tmp_path: Path) -> None:
+    spill = engine._Spill(tmp_path)
+    t = pa.table({"text": pa.array(["y" * 4000] * 20_000)})  # 80 MB
+    stage = engine._Spill.open(spill.write("stage", t.to_batches(max_chunksize=2_000), t.schema))
+    base = _rss_file_mb()
+    assert pc.sum(pc.utf8_length(stage.column("text"))).as_py() == 80_000_000  # reads every page
+    touched = _rss_file_mb()
+    engine.PAGES.release()
+    after = _rss_file_mb()
+    assert touched - base > 60 and touched - after > 60, (base, touched, after)
+    assert stage.equals(t)  # and the rows read back unchanged
+
+
+def test_partitions_merge_back_in_input_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "_BATCH", 4)
+    parts = [pa.table({"v": [p * 100 + i for i in range(len(ps))], engine.POS: ps})
+             for p, ps in enumerate([[0, 3, 4, 9, 10, 11], [1, 2, 12], [], [5, 6, 7, 8, 13]])]
+    batches = list(engine._merge_by_position(parts))
+    got = pa.Table.from_batches(batches)
+    assert got.column(engine.POS).to_pylist() == list(range(14)) and max(b.num_rows for b in batches) <= 4
+    assert got.column("v").to_pylist()[:4] == [0, 100, 101, 1]

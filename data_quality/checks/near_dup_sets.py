@@ -1,0 +1,151 @@
+"""near_dup's shingle stores: per field, each distinct text's shingle set once, and exact set overlaps.
+
+A `Field` keeps the sorted unique 32-bit shingle hashes of every distinct text of one column back to back
+(texts are told apart by a 64-bit hash of their content). Overlaps of candidate pairs are counted per distinct
+text pair (a sorted lookup of the smaller set's values in the larger one's), never per row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+
+from .text import mix64, shingles, sorted_unique, tokens
+
+if TYPE_CHECKING:  # annotations only: near_dup imports this module
+    from .near_dup import NearDupConfig, TableTexts
+
+
+def text_hashes(s: pl.Series) -> np.ndarray:
+    """64-bit identity of each text (equal texts, equal hashes), the key distinct texts are grouped by."""
+    return s.fill_null("").hash(0x7E57).to_numpy()
+
+
+def distinct(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(first row of each distinct value, inverse: the distinct index of every row), by one stable sort."""
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    new = np.concatenate([[True], hs[1:] != hs[:-1]]) if h.size else np.zeros(0, bool)
+    inv = np.empty(h.size, np.int64)
+    inv[order] = np.cumsum(new) - 1
+    first = order[new]
+    # Number distinct texts by first appearance so the ids, like the rows, follow input order.
+    rank = np.argsort(first, kind="stable")
+    relabel = np.empty_like(rank)
+    relabel[rank] = np.arange(rank.size)
+    return first[rank], relabel[inv]
+
+
+# -- shingles and signatures, once per distinct text -------------------------------------------------------
+_TAGS = {"prompt_text": 0x51ED27D3A8F3C1B5, "chosen": 0x2545F4914F6CDD1D, "rejected": 0x9E6C63D0676A9A99}
+_LOW32 = np.uint64(0xFFFFFFFF)
+
+
+def mix32(x: np.ndarray) -> np.ndarray:
+    """lowbias32 finaliser on uint32 (wrapping on purpose): a seeded permutation of shingle hashes."""
+    x = x.astype(np.uint32)
+    x ^= x >> np.uint32(16)
+    x *= np.uint32(0x7FEB352D)
+    x ^= x >> np.uint32(15)
+    x *= np.uint32(0x846CA68B)
+    return x ^ (x >> np.uint32(16))
+
+
+class Field:
+    """One field's distinct texts (first row of each, each row's distinct id, each text's 64-bit identity) and
+    their shingle sets: sorted unique 32-bit hashes (tagged by field), back to back. Each distinct text is
+    tokenised exactly once. A Field can also be cut to some rows (`take`) and put back together from such
+    pieces (`concat`, texts made one by their identity): how the cluster executor moves only the shingles a
+    verification needs between workers."""
+
+    def __init__(self, src: TableTexts, name: str, cfg: NearDupConfig) -> None:
+        h = src.hashes(name)
+        first, inv = distinct(h)
+        values, sizes = [], np.zeros(first.size, np.int64)
+        tag = np.uint64(_TAGS[name])
+        for lo in range(0, first.size, cfg.chunk_rows):
+            sel = first[lo:lo + cfg.chunk_rows]
+            sh, row = shingles(*tokens(src.texts(name, sel)), cfg.ngram)
+            key = sorted_unique((row.astype(np.uint64) << np.uint64(32)) | (mix64(sh ^ tag) >> np.uint64(32)))
+            sizes[lo:lo + sel.size] = np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=sel.size)
+            values.append((key & _LOW32).astype(np.uint32))
+        self._set(name, h[first], first, inv, np.concatenate(values) if values else np.zeros(0, np.uint32), sizes)
+
+    def _set(self, name: str, text_hash: np.ndarray, first: np.ndarray, inv: np.ndarray, values: np.ndarray,
+             sizes: np.ndarray) -> None:
+        self.name, self.text_hash, self.first, self.inv = name, text_hash, first, inv
+        self.values, self.sizes = values, sizes
+        self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+
+    @classmethod
+    def of(cls, name: str, text_hash: np.ndarray, inv: np.ndarray, values: np.ndarray, sizes: np.ndarray) -> Field:
+        """A Field from its parts; distinct ids must follow first appearance in `inv` (as `distinct` numbers them)."""
+        f = cls.__new__(cls)
+        first = np.full(text_hash.size, inv.size, np.int64)
+        np.minimum.at(first, inv, np.arange(inv.size))
+        f._set(name, text_hash, first, inv, values, sizes)
+        return f
+
+    def take(self, rows: np.ndarray) -> Field:
+        """The Field of these rows only (their texts' shingles, nothing else)."""
+        first, inv = distinct(self.inv[rows])
+        texts = self.inv[rows][first]
+        return Field.of(self.name, self.text_hash[texts], inv, self.gather(texts)[0], self.sizes[texts])
+
+    @staticmethod
+    def concat(parts: Sequence[Field]) -> Field:
+        """Rows of the parts one after another; a text in several parts (same identity) becomes one text."""
+        h = np.concatenate([p.text_hash for p in parts])
+        whole = Field.of(parts[0].name, h, np.arange(h.size), np.concatenate([p.values for p in parts]),
+                         np.concatenate([p.sizes for p in parts]))
+        first, same = distinct(h)
+        base = np.cumsum([0] + [p.text_hash.size for p in parts])[:-1]
+        rows = np.concatenate([p.inv + b for p, b in zip(parts, base, strict=True)])
+        return whole.take(first[same[rows]])
+
+    def gather(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(values of the texts `ids` back to back, text position per value)."""
+        ln = self.sizes[ids]
+        pos = np.repeat(np.arange(ids.size), ln)
+        return self.values[np.repeat(self.offsets[ids] - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))], pos
+
+
+# -- exact overlaps ----------------------------------------------------------------------------------------
+def intersections(f: Field, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|S_a & S_b| for text ids a, b: each value of the smaller set is looked up in the larger one (only the
+    larger sets of the batch are laid out as one sorted key array; no per-pair merge sort)."""
+    if a.size == 0:
+        return np.zeros(0, np.int64)
+    small = np.where(f.sizes[a] <= f.sizes[b], a, b)
+    large = np.where(f.sizes[a] <= f.sizes[b], b, a)
+    lg = sorted_unique(large)
+    lv, lpos = f.gather(lg)
+    keys = (lpos.astype(np.uint64) << np.uint64(32)) | lv  # sorted: by text, values sorted within a text
+    sv, spos = f.gather(small)
+    query = (np.searchsorted(lg, large)[spos].astype(np.uint64) << np.uint64(32)) | sv
+    at = np.minimum(np.searchsorted(keys, query), max(keys.size - 1, 0))
+    hit = keys[at] == query if keys.size else np.zeros(query.size, bool)
+    return np.bincount(spos[hit], minlength=a.size)
+
+
+def field_overlap(f: Field, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(intersection, union) of the field's shingle sets for pairs of rows, computed once per text pair.
+
+    Identical texts need no lookup. Two different texts without shingles (emoji-only answers) have union 0
+    and intersection 0: they are not called similar.
+    """
+    ta, tb = f.inv[pairs[:, 0]], f.inv[pairs[:, 1]]
+    inter = f.sizes[ta].copy()
+    diff = np.flatnonzero(ta != tb)
+    if diff.size:
+        code = ta[diff].astype(np.uint64) << np.uint64(32) | tb[diff].astype(np.uint64)
+        uniq, back = np.unique(code, return_inverse=True)
+        ua, ub = (uniq >> np.uint64(32)).astype(np.int64), (uniq & _LOW32).astype(np.int64)
+        inter[diff] = intersections(f, ua, ub)[back]
+    union = f.sizes[ta] + f.sizes[tb] - inter
+    same = ta == tb
+    inter[same] = union[same] = np.maximum(f.sizes[ta][same], 1)
+    return inter, union
