@@ -160,6 +160,7 @@ def decode_pairs(code: np.ndarray, n: int) -> np.ndarray:
 def candidates(fields: dict[str, Field], n: int, cfg: NearDupConfig) -> tuple[np.ndarray, dict]:
     parts, info = group_keys(fields, n, cfg)
     ids = np.arange(n)
-    codes = [band_codes(band_key(parts, b, n), ids, n, cfg.bucket_links) for b in range(info["bands"])]
-    code = sorted_unique(np.concatenate(codes)) if codes else np.zeros(0, np.uint64)
+    code = np.zeros(0, np.uint64)
+    for b in range(info["bands"]):  # the union grows band by band: most pairs recur in many bands
+        code = sorted_unique(np.concatenate([code, band_codes(band_key(parts, b, n), ids, n, cfg.bucket_links)]))
     return decode_pairs(code, n), info

@@ -54,6 +54,18 @@ def mix32(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint32(16))
 
 
+def _joined(chunks: list[np.ndarray]) -> np.ndarray:
+    """np.concatenate(chunks), each chunk freed once copied: the peak is the result plus one chunk, not twice."""
+    out = np.empty(sum(c.size for c in chunks), np.uint32)
+    at = 0
+    chunks.reverse()
+    while chunks:
+        c = chunks.pop()
+        out[at:at + c.size] = c
+        at += c.size
+    return out
+
+
 class Field:
     """One field's distinct texts (first row of each, each row's distinct id, each text's 64-bit identity) and
     their shingle sets: sorted unique 32-bit hashes (tagged by field), back to back. Each distinct text is
@@ -72,7 +84,7 @@ class Field:
             key = sorted_unique((row.astype(np.uint64) << np.uint64(32)) | (mix64(sh ^ tag) >> np.uint64(32)))
             sizes[lo:lo + sel.size] = np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=sel.size)
             values.append((key & _LOW32).astype(np.uint32))
-        self._set(name, h[first], first, inv, np.concatenate(values) if values else np.zeros(0, np.uint32), sizes)
+        self._set(name, h[first], first, inv, _joined(values), sizes)
 
     def _set(self, name: str, text_hash: np.ndarray, first: np.ndarray, inv: np.ndarray, values: np.ndarray,
              sizes: np.ndarray) -> None:
