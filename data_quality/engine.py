@@ -286,6 +286,13 @@ class _Spill:
         PAGES.add(mm)
         return pa.ipc.open_file(pa.BufferReader(pa.py_buffer(mm))).read_all()
 
+    def stage(self, p: Path) -> pa.Table:
+        """`open`, then unlink the file: nothing opens a stage twice, so its disk space goes back as soon as its
+        table is released (POSIX keeps a mapped file's data until it is unmapped), not at the end of the run."""
+        t = self.open(p)
+        p.unlink()
+        return t
+
 
 class PageReturner:
     """Hands the touched pages of the read-only stage mappings back to the page cache, every `interval` s.
@@ -361,7 +368,7 @@ def run_out_of_core(source: pa.Table | str | Path, steps: Sequence[Step], config
                 n_in += t.num_rows
                 nbytes += t.nbytes
                 yield from t.cast(schema).to_batches()
-        cur = spill.open(spill.write("input", staged(), schema))
+        cur = spill.stage(spill.write("input", staged(), schema))
         parts = cfg.partitions or partitions_for(nbytes, cfg.memory_budget_mb)
         rejects: list[pa.Table] = []
         per_check: dict[str, dict[str, Any]] = {}
@@ -406,8 +413,8 @@ def _whole_step(cur: pa.Table, step: Step, spill: _Spill, schema: pa.Schema
     if step.decide is None:
         res = step.fn(cur)
         stats = res.stats
-        kept = res.kept if res.kept is cur else spill.open(spill.write("kept", _conformed(res.kept, schema), schema))
-        rej = spill.open(spill.write(f"rejects-{step.name}", _conformed(res.rejects), REJECTS_SCHEMA))
+        kept = res.kept if res.kept is cur else spill.stage(spill.write("kept", _conformed(res.kept, schema), schema))
+        rej = spill.stage(spill.write(f"rejects-{step.name}", _conformed(res.rejects), REJECTS_SCHEMA))
         del res
     else:
         d = step.decide(cur)
@@ -437,7 +444,7 @@ def _split_streamed(cur: pa.Table, d: Decision, step: Step, spill: _Spill, schem
             for b in conform(part.rejects, REJECTS_SCHEMA).to_batches():
                 if b.num_rows:
                     rw.write_batch(b)
-    return spill.open(kp), spill.open(rp)
+    return spill.stage(kp), spill.stage(rp)
 
 
 def _conformed(t: pa.Table, schema: pa.Schema = REJECTS_SCHEMA) -> Iterator[pa.RecordBatch]:
@@ -463,15 +470,15 @@ def _local_phase(cur: pa.Table, steps: Sequence[Step], parts: int, spill: _Spill
         s.close()
     kept, rejects, stats = [], {s.name: [] for s in steps}, {s.name: [] for s in steps}
     for p in paths:
-        out = run_steps(_Spill.open(p), steps)
-        kept.append(spill.open(spill.write("kept-part", _conformed(out.kept, schema), schema)))
+        out = run_steps(spill.stage(p), steps)
+        kept.append(spill.stage(spill.write("kept-part", _conformed(out.kept, schema), schema)))
         for s in steps:
             rejects[s.name].append(out.rejects[s.name])
             stats[s.name].append(out.stats[s.name])
         del out  # else this partition's rows stay in the heap while the next one runs
         pa.default_memory_pool().release_unused()
-    cur = spill.open(spill.write("merged", _merge_by_position(kept), schema))
-    rej = [spill.open(spill.write(f"rejects-{s.name}", _conformed(sorted_rejects(pa.concat_tables(
+    cur = spill.stage(spill.write("merged", _merge_by_position(kept), schema))
+    rej = [spill.stage(spill.write(f"rejects-{s.name}", _conformed(sorted_rejects(pa.concat_tables(
         [conform(r, REJECTS_SCHEMA) for r in rejects[s.name]]))), REJECTS_SCHEMA)) for s in steps]
     return cur, rej, {s.name: merge_stats(stats[s.name]) for s in steps}
 
