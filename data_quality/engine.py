@@ -6,7 +6,10 @@ Each check is written once, over an Arrow table. The engine decides where the ro
   in evictable file pages). Steps are grouped, in order, into phases by the scope the gate declares: a *local*
   phase (row- or prompt-local checks) splits the rows by a hash of the current prompt_id into spill partitions
   and runs them one at a time, so memory follows a partition, not the table; a *global* phase (near_dup,
-  length_bias, any check of unknown scope) runs on the memory-mapped table. Rejects are spilled per phase.
+  length_bias, any check of unknown scope) runs on the memory-mapped table, one step at a time, and a step that
+  exposes its decision (Step.decide) has it applied a batch at a time straight into the next stage and its
+  rejects file. Pages a check read from a stage are handed back to the page cache (`PageReturner`), and a
+  stage's file is unlinked once mapped, so neither RSS nor disk holds every stage until the end.
 - `sharded`: the same phases over in-memory shards, with hooks that let a flow put shards on a task runner
   (Prefect/Dask).
 - `cluster` (data_quality.cluster): every phase on a Dask cluster, rows in partitions on the workers, global
