@@ -10,12 +10,14 @@ path, with the same template rule (dpo_train.templates).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pyarrow as pa
 
 from dpo_train.batching import TokenizedPairs, tokenize_pairs
 from dpo_train.templates import encode_prompt, encode_response
+from storage.templates import Labels, row_labels
 
 ID_COLUMNS = ("prompt_token_ids", "chosen_token_ids", "rejected_token_ids")
 
@@ -25,8 +27,9 @@ def has_sampled_ids(table: pa.Table) -> bool:
         < table.num_rows
 
 
-def sampled_encoding(table: pa.Table, tokenizer: Any) -> tuple[list[list[int]], list[list[int]], list[list[int]],
-                                                              int, int]:
+def sampled_encoding(
+    table: pa.Table, tokenizer: Any, labels_by_source: Mapping[str, Labels] | None = None,
+) -> tuple[list[list[int]], list[list[int]], list[list[int]], int, int]:
     """(prompt, chosen, rejected) ids per row: the sampled ids where the row has all three, else the text path
     (templated prompt; answer + EOS); plus the number of sampled rows and of sampled answers without EOS."""
     cols = [table.column(c).to_pylist() for c in ID_COLUMNS]
@@ -36,6 +39,8 @@ def sampled_encoding(table: pa.Table, tokenizer: Any) -> tuple[list[list[int]], 
     rejected: list[list[int]] = []
     sampled = without_eos = 0
     msgs, ch_txt, rj_txt = (table.column(c).to_pylist() for c in ("prompt", "chosen", "rejected"))
+    labels = row_labels(table.column("source").to_pylist() if labels_by_source else None, labels_by_source,
+                        table.num_rows)
     for i, (p, c, r) in enumerate(zip(*cols, strict=True)):
         if p and c is not None and r is not None:
             sampled += 1
@@ -44,7 +49,7 @@ def sampled_encoding(table: pa.Table, tokenizer: Any) -> tuple[list[list[int]], 
             chosen.append(list(c))
             rejected.append(list(r))
         else:
-            prompts.append(encode_prompt(tokenizer, msgs[i]))
+            prompts.append(encode_prompt(tokenizer, msgs[i], labels[i]))
             chosen.append(encode_response(tokenizer, ch_txt[i]))
             rejected.append(encode_response(tokenizer, rj_txt[i]))
     return prompts, chosen, rejected, sampled, without_eos
@@ -54,7 +59,7 @@ def tokenize_table(table: pa.Table, tokenizer: Any, **kw: Any) -> TokenizedPairs
     """`batching.tokenize_pairs`, using the sampled ids of generated pairs as they are (see module doc)."""
     if not has_sampled_ids(table):
         return tokenize_pairs(table, tokenizer, **kw)
-    p, c, r, sampled, without_eos = sampled_encoding(table, tokenizer)
+    p, c, r, sampled, without_eos = sampled_encoding(table, tokenizer, kw.get("labels_by_source"))
     data = tokenize_pairs(table, tokenizer, encoded=(p, c, r), **kw)
     data.stats.sampled_rows, data.stats.answers_without_eos = sampled, without_eos
     return data

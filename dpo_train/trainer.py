@@ -34,6 +34,7 @@ from dpo_train.report import write_report
 from dpo_train.run_identity import open_run, run_identity
 from dpo_train.sampled_pairs import tokenize_table
 from storage import runs as run_log
+from storage.templates import snapshot_turn_labels
 
 log = logging.getLogger(__name__)
 __all__ = ["TrainConfig", "RunResult", "train"]
@@ -116,8 +117,9 @@ def _train(cfg: TrainConfig, ws: Any, on_step: Callable[[int, dict[str, float]],
     tokenizer = AutoTokenizer.from_pretrained(plan.model, trust_remote_code=cfg.trust_remote_code)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     # Generated pairs train on their sampled token ids, offline pairs on their text (dpo_train.sampled_pairs).
+    # Without a chat template each row keeps its source's turn labels, the text `dpo export` writes for TRL.
     data = tokenize_table(table, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                          truncation_mode=cfg.truncation_mode)
+                          truncation_mode=cfg.truncation_mode, labels_by_source=snapshot_turn_labels(ws, info))
     if len(data) == 0:
         raise ValueError(f"no trainable pairs in {info.snapshot_id}: {data.stats.as_dict()}")
     if not cfg.use_weights:
