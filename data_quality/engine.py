@@ -43,6 +43,8 @@ from storage.schema import PAIR_SCHEMA, REJECTS_SCHEMA, conform
 POS = "__gate_pos"
 EXECUTORS = ("auto", "memory", "out_of_core", "cluster")
 _BATCH = 50_000
+_READ_BUFFER = 8 << 20  # Parquet input read through an 8 MiB buffer, page by page
+_SIZE_SAMPLE = 10_000  # rows read to estimate the Arrow size of a Parquet input
 _WORK_FACTOR = 7  # peak RSS of an in-memory run / Arrow size of its input (bench_scale, AlpacaEval copies: ~6.8)
 # A local-phase partition holds budget / _PART_FACTOR of Arrow input: the hungriest local check (repetition)
 # peaked at ~5x its partition's Arrow size on top of the process (435k AlpacaEval-copy rows, 3 partitions:
@@ -346,9 +348,14 @@ def _source_batches(source: pa.Table | str | Path) -> Iterator[pa.Table]:
         for lo in range(0, source.num_rows, _BATCH):
             yield source.slice(lo, _BATCH)
         return
-    # pre_buffer would keep every row group's I/O buffers alive while iterating: memory grows with the file.
-    for b in pq.ParquetFile(str(source), pre_buffer=False).iter_batches(batch_size=_BATCH):
+    # pre_buffer would keep every row group's I/O buffers alive while iterating: memory grows with the file; and
+    # unbuffered, a column chunk is read whole (a snapshot's row groups hold ~1M rows: GBs of text at once).
+    for b in _parquet(source).iter_batches(batch_size=_BATCH):
         yield pa.Table.from_batches([b])
+
+
+def _parquet(path: str | Path) -> pq.ParquetFile:
+    return pq.ParquetFile(str(path), pre_buffer=False, buffer_size=_READ_BUFFER)
 
 
 def _with_pos_schema() -> pa.Schema:
@@ -506,14 +513,15 @@ def choose_executor(source: pa.Table | str | Path, cfg: EngineConfig) -> str:
 
 
 def arrow_size(source: pa.Table | str | Path) -> int:
-    """Bytes the input takes as Arrow in memory; for Parquet, estimated from its first row group (Parquet's own
-    sizes count dictionary-encoded text, far smaller than the decoded strings when answers repeat)."""
+    """Bytes the input takes as Arrow in memory; for Parquet, estimated from its first rows (Parquet's own sizes
+    count dictionary-encoded text, far smaller than the decoded strings when answers repeat). Not from a whole
+    row group: a snapshot's first row group holds ~1M rows, GBs once decoded."""
     if isinstance(source, pa.Table):
         return source.nbytes
-    f = pq.ParquetFile(str(source))
+    f = _parquet(source)
     if f.metadata.num_rows == 0:
         return 0
-    first = f.read_row_group(0)
+    first = next(f.iter_batches(batch_size=_SIZE_SAMPLE))
     return int(first.nbytes / max(first.num_rows, 1) * f.metadata.num_rows)
 
 
