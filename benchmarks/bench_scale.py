@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_scale.py                     # 1, 2, 5, 10 copies (54k .. 544k rows)
     .venv/bin/python benchmarks/bench_scale.py --copies 2 5 20 37  # up to ~2M rows (long; run it once)
+    .venv/bin/python benchmarks/bench_scale.py --executor out_of_core --copies 2 5 20 37  # the executor forced
 
 The data: all AlpacaEval annotation files in ../shared/data (~54k pairs, ~70 per prompt, one reference answer
 shared by most), then copies of them in which one answer of every row has one word inserted (a distinct pair,
@@ -98,6 +99,9 @@ def main() -> None:
             subprocess.run([sys.executable, __file__, "--child", str(inp), str(out), str(args.budget_mb),
                             args.executor], check=True, env=env, cwd=ROOT)
             results.append(json.loads(out.read_text()))
+            r = results[-1]  # each point as it comes: the big ones take long, and a later failure keeps them
+            print(f"{r['rows']:,} rows: CPU {r['cpu']:.0f} s, wall {r['wall']:.0f} s, peak {r['peak_mb']:,.0f} MB, "
+                  f"kept {r['kept']:,}", file=sys.stderr)
             inp.unlink()
     names = list(dict.fromkeys(k for r in results for k in r["checks"]))
     top = sorted(names, key=lambda k: -max(r["checks"].get(k) or 0 for r in results))[:5]
