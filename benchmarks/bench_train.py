@@ -203,6 +203,8 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=512)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--runs", nargs="+", choices=RUNS, default=list(RUNS),
+                    help="which setups to run (e.g. `ours trl_default` for the end-to-end ratio alone)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")  # TRL's reference-pass bar ignores disable_tqdm
@@ -230,18 +232,28 @@ def main() -> None:
     check = first_batch_check(model_dir, ref_dir, tok, table, work / "trl-check")
     found: dict[str, list[dict]] = {k: [] for k in RUNS}
     notes = []
+    setups = {
+        "ours": lambda r: run_ours(model_dir, table, work / f"ws{r}"),
+        "trl_default": lambda r: run_trl(model_dir, tok, table, work / f"trl-default{r}", precompute=False),
+        "trl_precomputed": lambda r: run_trl(model_dir, tok, table, work / f"trl-pre{r}", precompute=True),
+        "trl_fast": lambda r: run_trl(model_dir, tok, table, work / f"trl-fast{r}", precompute=True, **TRL_FAST),
+        "plain": lambda r: run_plain(model_dir, tok, table),
+    }
+    chosen = [k for k in RUNS if k in args.runs]
     for r in range(args.repeats):
-        found["ours"].append(run_ours(model_dir, table, work / f"ws{r}"))
-        found["trl_default"].append(run_trl(model_dir, tok, table, work / f"trl-default{r}", precompute=False))
-        found["trl_precomputed"].append(run_trl(model_dir, tok, table, work / f"trl-pre{r}", precompute=True))
-        try:
-            found["trl_fast"].append(run_trl(model_dir, tok, table, work / f"trl-fast{r}", precompute=True,
-                                             **TRL_FAST))
-        except Exception as exc:  # noqa: BLE001 - an option this TRL or attention kernel refuses: say so
-            note = f"TRL fast options {TRL_FAST} failed: {type(exc).__name__}: {str(exc)[:160]}"
-            if note not in notes:
-                notes.append(note)
-        found["plain"].append(run_plain(model_dir, tok, table))
+        # The order rotates every repeat: no setup always runs first in a cold process or last on a warm one.
+        for run in chosen[r % len(chosen):] + chosen[:r % len(chosen)]:
+            try:
+                found[run].append(setups[run](r))
+            except Exception as exc:  # noqa: BLE001 - an option this TRL or attention kernel refuses: say so
+                if run != "trl_fast":
+                    raise
+                note = f"TRL fast options {TRL_FAST} failed: {type(exc).__name__}: {str(exc)[:160]}"
+                if note not in notes:
+                    notes.append(note)
+                continue
+            print(f"repeat {r} {run}: " + ", ".join(f"{k} {v:.2f}" for k, v in found[run][-1].items()
+                                                   if isinstance(v, float)), flush=True)
     load_after = os.getloadavg()
 
     def col(run: str, key: str) -> list[float]:
@@ -274,12 +286,18 @@ def main() -> None:
         print(f"| {label} | {_stat(col(run, 'e2e'))} | {_stat(col(run, 'train_pps'))} |")
     print(f"| plain forward+backward (same tokens) | | {_stat(col('plain', 'train_pps'))} |")
     best = max(("trl_precomputed", "trl_fast"), key=lambda k: med(k, "train_pps") if found[k] else 0.0)
+    paired = [t["e2e"] / o["e2e"] for o, t in zip(found["ours"], found["trl_default"], strict=False)]
+    if paired:
+        print(f"\nend-to-end TRL default / ours per repeat: {', '.join(f'{x:.2f}x' for x in paired)}")
     rows = [("end-to-end: TRL default / ours", med("trl_default", "e2e") / med("ours", "e2e"), 2.0, True),
             (f"train pairs/s: ours / TRL best ({best})", med("ours", "train_pps") / med(best, "train_pps"), 1.5, True),
             ("train pairs/s: plain fwd+bwd / ours", med("plain", "train_pps") / med("ours", "train_pps"), 1.1, False)]
     print("\n| ratio (of medians) | value | target | met |")
     print("| --- | ---: | --- | --- |")
     for name, value, target, at_least in rows:
+        if value != value:  # a setup of the ratio was not run (--runs)
+            print(f"| {name} | - | {'>=' if at_least else '<='} {target}x | not run |")
+            continue
         met = value >= target if at_least else value <= target
         print(f"| {name} | {value:.2f}x | {'>=' if at_least else '<='} {target}x | {'yes' if met else 'MISS'} |")
     for note in notes:
