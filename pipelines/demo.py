@@ -88,6 +88,19 @@ def train_with_progress(cfg_dict: dict[str, Any], ws: Workspace, label: str) -> 
 
 def run_demo(workspace: str | os.PathLike[str] | None = None, *, quick: bool = False,
              settings: DemoSettings | None = None) -> dict[str, Any]:
+    import torch
+
+    threads = torch.get_num_threads()
+    # One thread, as `dpo experiment`: the tiny model gains nothing from more, and on a shared machine extra
+    # threads spin against other processes (the full demo ran past 15 min with 2 threads under CI load).
+    torch.set_num_threads(1)
+    try:
+        return _run_demo(workspace, quick, settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(workspace: str | os.PathLike[str] | None, quick: bool, settings: DemoSettings | None) -> dict[str, Any]:
     from dpo_train.tiny import make_tiny_model
     from pipelines import steps
     from pipelines.iterate_config import parse_iterate_config

@@ -135,6 +135,7 @@ def test_demo_quick_end_to_end(tmp_path, shared_data):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~140 s on a quiet core; CI runs it beside another worker on 2 cores
 def test_full_demo_rounds_raise_the_reward_at_growing_positive_kl(tmp_path, shared_data):
     """The README's first command: its rounds must visibly move (issue: the old demo's rounds trained 4 steps)."""
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
