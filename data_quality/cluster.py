@@ -32,12 +32,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_quality import cluster_tasks as tasks
 from data_quality import engine
 from data_quality.checks import length_bias, near_dup, repeated_answer
-from data_quality.checks.base import CheckResult, Decision, apply
 from data_quality.checks.text import sorted_unique
-from data_quality.engine import POS, EngineConfig, GateResult, PhaseOutput, Step
-from storage.schema import REJECTS_SCHEMA, conform
+from data_quality.engine import POS, EngineConfig, GateResult, Step
+from storage.schema import REJECTS_SCHEMA
 
 _MERGE_BATCH = 8_192  # kept rows copied per step of the final in-order merge
 _VERIFY_BATCH = 50_000  # candidate pairs per verification task (near_dup.check_pairs' own batch)
@@ -88,12 +88,12 @@ class Gate:
             local = [by_name[n] for n in phase.names]
             if phase.sharded:
                 if any(s.scope == "prompt" for s in local):  # rows of a prompt must meet: shuffle by prompt
-                    parts = self.shuffle(parts, _split_by_prompt)
+                    parts = self.shuffle(parts, tasks.split_by_prompt)
                 outs = [self.submit(engine.run_steps, p, local) for p in parts]
                 parts = [self.submit(getattr, o, "kept") for o in outs]
                 got = self.client.gather([self.submit(getattr, o, "stats") for o in outs])
                 for n in phase.names:
-                    rej = self.files([self.submit(_step_rejects, o, n) for o in outs])
+                    rej = self.files([self.submit(tasks.step_rejects, o, n) for o in outs])
                     keys = [(k, "ascending") for k in ("source", "source_row", "pair_id")]  # as engine.sorted_rejects
                     rejects.append(self.ordered(rej, pc.sort_indices(pa.concat_tables(rej), sort_keys=keys)))
                     per_check[n] = engine.merge_stats([st[n] for st in got])
@@ -122,7 +122,7 @@ class Gate:
             return self.client.gather(futures)
         paths = [str(self.spill_stage.path("part")) for _ in futures]
         return [engine._Spill.open(Path(p)) for p in self.client.gather(
-            [self.submit(_write_ipc, f, p) for f, p in zip(futures, paths, strict=True)])]
+            [self.submit(tasks.write_ipc, f, p) for f, p in zip(futures, paths, strict=True)])]
 
     def ordered(self, tables: list[pa.Table], order: Any) -> pa.Table:
         """The rows of `tables` (one after another) in `order`; with a spill folder copied a batch at a time into
@@ -142,40 +142,40 @@ class Gate:
         """Row ranges as partitions; the workers read a Parquet file themselves (it must be reachable there)."""
         if isinstance(source, pa.Table):
             n = source.num_rows
-            bounds = _ranges(n, self.n_parts)
-            tables = [_with_pos(source.slice(lo, hi - lo), lo) for lo, hi in bounds]
+            bounds = tasks.ranges(n, self.n_parts)
+            tables = [tasks.with_pos(source.slice(lo, hi - lo), lo) for lo, hi in bounds]
             return self.client.scatter(tables), n
         path = str(Path(source).resolve())
         n = pq.ParquetFile(path).metadata.num_rows
-        return [self.submit(_read_range, path, lo, hi) for lo, hi in _ranges(n, self.n_parts)], n
+        return [self.submit(tasks.read_range, path, lo, hi) for lo, hi in tasks.ranges(n, self.n_parts)], n
 
     def shuffle(self, parts: list[Any], split: Callable[[pa.Table, int], list[pa.Table]]) -> list[Any]:
         """All-to-all: piece k of every partition goes to new partition k (rows in input order again)."""
         pieces = [self.submit(split, p, self.n_parts) for p in parts]
-        return [self.submit(_concat_by_pos, *[self.submit(operator.getitem, pc_, k) for pc_ in pieces])
+        return [self.submit(tasks.concat_by_pos, *[self.submit(operator.getitem, pc_, k) for pc_ in pieces])
                 for k in range(self.n_parts)]
 
     def positions(self, parts: list[Any]) -> list[np.ndarray]:
-        return self.client.gather([self.submit(_positions, p) for p in parts])
+        return self.client.gather([self.submit(tasks.positions, p) for p in parts])
 
     def apply_rows(self, parts: list[Any], pos: list[np.ndarray], drop_pos: np.ndarray, other_pos: np.ndarray,
                    reason: str, rule: str, cfg: Any) -> tuple[list[Any], pa.Table, int]:
         """Drop the rows at `drop_pos` (sorted), each naming the pair id of the row at `other_pos`; the pair ids
         are looked up in the partitions that own those rows, worker to worker."""
         owner = Owners(pos).of(other_pos)
-        lookups = {p: self.submit(_column_at, parts[p], np.unique(other_pos[owner == p]), "pair_id")
+        lookups = {p: self.submit(tasks.column_at, parts[p], np.unique(other_pos[owner == p]), "pair_id")
                    for p in np.unique(owner)}
         outs = []
         for q, part in enumerate(parts):
             mine = np.isin(drop_pos, pos[q])
             need = [lookups[p] for p in np.unique(owner[mine])]
-            outs.append(self.submit(_apply_rows, part, drop_pos[mine], other_pos[mine], reason, rule, cfg, *need))
+            outs.append(self.submit(tasks.apply_rows, part, drop_pos[mine], other_pos[mine], reason, rule, cfg, *need))
         return self.collect(outs) + (int(drop_pos.size),)
 
     def collect(self, outs: list[Any]) -> tuple[list[Any], pa.Table]:
         """Kept partitions (left on the workers) and the rejects of a global step, in input order."""
         drop_pos = self.client.gather([self.submit(operator.itemgetter(2), o) for o in outs])
-        rejects = self.files([self.submit(_conformed_rejects, o) for o in outs])
+        rejects = self.files([self.submit(tasks.conformed_rejects, o) for o in outs])
         order = np.argsort(np.concatenate(drop_pos), kind="stable")
         return [self.submit(operator.itemgetter(0), o) for o in outs], self.ordered(rejects, order)
 
@@ -209,7 +209,7 @@ def repeated_answer_step(g: Gate, parts: list[Any], d: dict[str, Any]) -> tuple[
     stats: dict[str, Any] = {}
     drop = np.zeros(0, np.int64), np.zeros(0, np.int64)
     if n:
-        pieces = [g.submit(_answer_pieces, p, g.n_parts) for p in parts]
+        pieces = [g.submit(tasks.answer_pieces, p, g.n_parts) for p in parts]
         got = g.client.gather([g.submit(repeated_answer.decide_bucket, cfg, *[g.submit(operator.getitem, pc_, k)
                                                                                for pc_ in pieces])
                                for k in range(g.n_parts)])
@@ -222,7 +222,7 @@ def repeated_answer_step(g: Gate, parts: list[Any], d: dict[str, Any]) -> tuple[
             top = heads.get_column("row").to_numpy()
             own = owners.of(top)
             texts: dict[int, str] = {}
-            for r, t in g.client.gather([g.submit(_column_at, parts[p], top[own == p], side)
+            for r, t in g.client.gather([g.submit(tasks.column_at, parts[p], top[own == p], side)
                                          for p in np.unique(own)]):
                 texts.update(zip(r.tolist(), t, strict=True))
             stats[f"top_{side}"] = repeated_answer.top_entries([texts[int(r)] for r in top], heads)
@@ -238,10 +238,10 @@ def near_dup_step(g: Gate, parts: list[Any], d: dict[str, Any]) -> tuple[list[An
     reason = "near_duplicate"
     if n == 0:
         return parts, REJECTS_SCHEMA.empty_table(), _step_stats(0, {}, reason, 0)
-    preps = [g.submit(_nd_prepare, p, cfg) for p in parts]
+    preps = [g.submit(tasks.nd_prepare, p, cfg) for p in parts]
     space = int(max(int(p.max()) for p in pos if p.size)) + 1  # candidate codes a * space + b, by position
-    pieces = [g.submit(_nd_key_pieces, pr, cfg, g.n_parts) for pr in preps]
-    codes = g.client.gather([g.submit(_nd_bucket, space, cfg.bucket_links,
+    pieces = [g.submit(tasks.nd_key_pieces, pr, cfg, g.n_parts) for pr in preps]
+    codes = g.client.gather([g.submit(tasks.nd_bucket, space, cfg.bucket_links,
                                       *[g.submit(operator.getitem, pc_, k) for pc_ in pieces])
                              for k in range(g.n_parts)])
     present = np.sort(np.concatenate(pos))
@@ -257,13 +257,13 @@ def near_dup_step(g: Gate, parts: list[Any], d: dict[str, Any]) -> tuple[list[An
             chunk = at[lo:lo + size]
             rows = sorted_unique(chunk.ravel())
             own = owners.of(rows)
-            exports = [g.submit(_nd_export, preps[p], rows[own == p]) for p in np.unique(own)]
-            futures.append(g.submit(_nd_verify, chunk, cfg, *exports))
+            exports = [g.submit(tasks.nd_export, preps[p], rows[own == p]) for p in np.unique(own)]
+            futures.append(g.submit(tasks.nd_verify, chunk, cfg, *exports))
         got = g.client.gather(futures)
         return np.concatenate([x[0] for x in got]), np.concatenate([x[1] for x in got])
 
     rep, gstats = near_dup.greedy(cand, n, check)
-    meta = g.client.gather([g.submit(_nd_meta, pr) for pr in preps])
+    meta = g.client.gather([g.submit(tasks.nd_meta, pr) for pr in preps])
     distinct = {name: int(sorted_unique(np.concatenate([m[0][name] for m in meta])).size)
                 for name in near_dup.field_names(cfg)}
     order = np.argsort(np.concatenate(pos), kind="stable")
@@ -276,13 +276,13 @@ def near_dup_step(g: Gate, parts: list[Any], d: dict[str, Any]) -> tuple[list[An
 
 def length_bias_step(g: Gate, parts: list[Any], d: dict[str, Any]) -> tuple[list[Any], pa.Table, dict]:
     cfg = _config(length_bias.LengthBiasConfig, d)
-    got = g.client.gather([g.submit(_lb_features, p, cfg) for p in parts])
+    got = g.client.gather([g.submit(tasks.lb_features, p, cfg) for p in parts])
     order = np.argsort(np.concatenate([p for p, _ in got]), kind="stable")
     # The fit sees the features in input order: the same floats summed in the same order as in one process.
     feats = {k: np.concatenate([f[k] for _, f in got])[order] for k in got[0][1]}
     weights, keep, stats = length_bias.decide_features(feats, cfg)
     back = np.split(np.argsort(order), np.cumsum([p.size for p, _ in got])[:-1])  # each partition's rows
-    parts, rej = g.collect([g.submit(_lb_apply, part, weights[b], keep[b], cfg) for part, b in zip(parts, back,
+    parts, rej = g.collect([g.submit(tasks.lb_apply, part, weights[b], keep[b], cfg) for part, b in zip(parts, back,
                                                                                                   strict=True)])
     dropped = int((~keep).sum()) if cfg.mode != "stats" else 0
     return parts, rej, _step_stats(order.size, stats, "length_balance_subsample", dropped)
@@ -293,130 +293,3 @@ GLOBAL: dict[str, Callable[[Gate, list[Any], dict[str, Any]], tuple[list[Any], p
 
 
 # -- worker tasks (module functions: a worker imports this module, nothing is pickled by value) ---------------
-def _ranges(n: int, k: int) -> list[tuple[int, int]]:
-    edges = np.linspace(0, n, max(1, min(k, n)) + 1).astype(np.int64)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-
-
-def _with_pos(t: pa.Table, start: int) -> pa.Table:
-    return conform(t).append_column(POS, pa.array(np.arange(start, start + t.num_rows, dtype=np.int64)))
-
-
-def _read_range(path: str, lo: int, hi: int) -> pa.Table:
-    """Rows [lo, hi) of a Parquet file, reading only the row groups that hold them."""
-    f = pq.ParquetFile(path, pre_buffer=False)
-    parts, start = [], 0
-    for g in range(f.metadata.num_row_groups):
-        m = f.metadata.row_group(g).num_rows
-        if start < hi and start + m > lo:
-            t = f.read_row_group(g)
-            parts.append(t.slice(max(lo - start, 0), min(hi, start + m) - max(lo, start)))
-        start += m
-    return _with_pos(pa.concat_tables(parts) if parts else f.schema_arrow.empty_table(), lo)
-
-
-def _write_ipc(t: pa.Table, path: str) -> str:
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, t.schema) as w:
-        w.write_table(t)
-    return path
-
-
-def _positions(t: pa.Table) -> np.ndarray:
-    return t.column(POS).to_numpy()
-
-
-def _step_rejects(o: PhaseOutput, name: str) -> pa.Table:
-    return conform(o.rejects[name], REJECTS_SCHEMA)
-
-
-def _conformed_rejects(out: tuple[pa.Table, pa.Table, np.ndarray]) -> pa.Table:
-    return conform(out[1], REJECTS_SCHEMA)
-
-
-def _split_by_prompt(t: pa.Table, k: int) -> list[pa.Table]:
-    sid = engine.shard_ids(t.column("prompt_id"), k)
-    return [t.take(pa.array(np.flatnonzero(sid == i))) for i in range(k)]
-
-
-def _concat_by_pos(*tables: pa.Table) -> pa.Table:
-    t = pa.concat_tables(tables, promote_options="permissive")
-    return t.take(pc.sort_indices(t.column(POS)))
-
-
-def _column_at(t: pa.Table, rows: np.ndarray, name: str) -> tuple[np.ndarray, list[Any]]:
-    """Values of one column at the given input positions (pair ids, the few texts statistics quote)."""
-    return rows, t.column(name).take(pa.array(np.searchsorted(_positions(t), rows))).to_pylist()
-
-
-def _apply_rows(t: pa.Table, drop_pos: np.ndarray, other_pos: np.ndarray, reason: str, rule: str, cfg: Any,
-                *lookups: tuple[np.ndarray, np.ndarray]) -> tuple[pa.Table, pa.Table, np.ndarray]:
-    pos = _positions(t)
-    idx = np.searchsorted(pos, drop_pos)
-    d = Decision.keep_all(t.num_rows)
-    d.mark(np.isin(np.arange(t.num_rows), idx), reason)
-    d.duplicate_of = np.full(t.num_rows, None, dtype=object)
-    if idx.size:
-        lp = np.concatenate([lk[0] for lk in lookups])
-        ids = np.array([i for lk in lookups for i in lk[1]], dtype=object)
-        order = np.argsort(lp, kind="stable")
-        d.duplicate_of[idx] = ids[order][np.searchsorted(lp[order], other_pos)]
-    res: CheckResult = apply(t, d, rule, cfg)
-    return res.kept, res.rejects, pos[idx]
-
-
-def _answer_pieces(t: pa.Table, k: int) -> list[tuple[pl.DataFrame, pl.DataFrame]]:
-    return repeated_answer.bucket_frames(t, _positions(t), k)
-
-
-def _nd_prepare(t: pa.Table, cfg: Any) -> dict[str, Any]:
-    src = near_dup.TableTexts(t)
-    return {"pos": _positions(t), "source": pl.Series(t.column("source")).hash(0).to_numpy(),
-            "fields": {name: near_dup.Field(src, name, cfg) for name in near_dup.field_names(cfg)}}
-
-
-def _nd_key_pieces(prep: dict[str, Any], cfg: Any, k: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(band, key, position) of every row and band, split by key into k pieces: a bucket lands in one piece."""
-    pos = prep["pos"]
-    parts, info = near_dup.group_keys(prep["fields"], pos.size, cfg)
-    key = np.concatenate([near_dup.band_key(parts, b, pos.size) for b in range(info["bands"])])
-    band, ids = np.repeat(np.arange(info["bands"], dtype=np.int16), pos.size), np.tile(pos, info["bands"])
-    dest = key % np.uint64(k)
-    return [(band[dest == i], key[dest == i], ids[dest == i]) for i in range(k)]
-
-
-def _nd_bucket(space: int, links: int, *pieces: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-    """Candidate codes of the buckets whose keys hash here, band by band, members in position order."""
-    band, key, ids = (np.concatenate(c) for c in zip(*pieces, strict=True))
-    order = np.lexsort((ids, band))
-    band, key, ids = band[order], key[order], ids[order]
-    cuts = np.flatnonzero(np.diff(band)) + 1
-    codes = [near_dup.band_codes(k_, i_, space, links) for k_, i_ in zip(np.split(key, cuts), np.split(ids, cuts),
-                                                                         strict=True) if k_.size]
-    return sorted_unique(np.concatenate(codes)) if codes else np.zeros(0, np.uint64)
-
-
-def _nd_export(prep: dict[str, Any], rows: np.ndarray) -> tuple[np.ndarray, dict[str, near_dup.Field]]:
-    local = np.searchsorted(prep["pos"], rows)
-    return rows, {name: f.take(local) for name, f in prep["fields"].items()}
-
-
-def _nd_verify(pairs: np.ndarray, cfg: Any, *exports: tuple[np.ndarray, dict[str, near_dup.Field]]
-               ) -> tuple[np.ndarray, np.ndarray]:
-    rows = np.concatenate([e[0] for e in exports])
-    fields = {name: near_dup.Field.concat([e[1][name] for e in exports]) for name in exports[0][1]}
-    order = np.argsort(rows, kind="stable")
-    return near_dup.check_pairs(fields, order[np.searchsorted(rows[order], pairs)], cfg)
-
-
-def _nd_meta(prep: dict[str, Any]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    return {name: f.text_hash for name, f in prep["fields"].items()}, prep["source"]
-
-
-def _lb_features(t: pa.Table, cfg: Any) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    return _positions(t), length_bias.features(t, cfg)
-
-
-def _lb_apply(t: pa.Table, weights: np.ndarray, keep: np.ndarray, cfg: Any) -> tuple[pa.Table, pa.Table, np.ndarray]:
-    res = length_bias.apply_weights(t, weights, keep, {}, cfg)
-    drop = ~keep if cfg.mode != "stats" else np.zeros(keep.size, bool)
-    return res.kept, res.rejects, _positions(t)[drop]
