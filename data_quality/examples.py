@@ -17,6 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_quality.checks.columns import take_rows
+
 _COLS = ["pair_id", "prompt_text", "chosen", "rejected", "source", "source_row"]
 
 
@@ -43,7 +45,9 @@ def drop_examples(rejects: pa.Table, kept: pa.Table, per_reason: int = 3, max_ch
         rows = np.flatnonzero(keys == key)
         picked[key] = rows[np.unique(np.linspace(0, rows.size - 1, min(per_reason, rows.size)).round().astype(int))]
     take = np.concatenate(list(picked.values()))
-    sample = rejects.take(pa.array(take)).select([*_COLS, "duplicate_of"]).to_pylist()
+    # Column by column and chunk by chunk: Arrow's take on a chunked string column concatenates it first, which
+    # fails past 2 GiB of text ("offset overflow") on the rejects of a 2M-row gate.
+    sample = pa.table({c: take_rows(rejects.column(c), take) for c in [*_COLS, "duplicate_of"]}).to_pylist()
     by_pos = dict(zip(take.tolist(), sample, strict=True))
     named = sorted({r["duplicate_of"] for r in sample if r["duplicate_of"] and not r["duplicate_of"].startswith("eval:")})
     found: dict[str, dict] = {}
