@@ -37,6 +37,7 @@ from data_quality import engine
 from data_quality.checks import length_bias, near_dup, repeated_answer
 from data_quality.checks.text import sorted_unique
 from data_quality.engine import POS, EngineConfig, GateResult, Step
+from data_quality.spill import Spill
 from storage.schema import REJECTS_SCHEMA
 
 _MERGE_BATCH = 8_192  # kept rows copied per step of the final in-order merge
@@ -72,7 +73,7 @@ class Gate:
 
     def __init__(self, client: Any, config: dict[str, Any], cfg: EngineConfig, spill: Path | None = None) -> None:
         self.client, self.config, self.spill = client, config, spill
-        self.spill_stage = engine._Spill(spill or Path("."))  # names the files under `spill`
+        self.spill_stage = Spill(spill or Path("."))  # names the files under `spill`
         self.threads = max(1, sum(client.nthreads().values()))
         self.n_parts = cfg.partitions or 2 * self.threads
 
@@ -121,7 +122,7 @@ class Gate:
         if self.spill is None:
             return self.client.gather(futures)
         paths = [str(self.spill_stage.path("part")) for _ in futures]
-        return [engine._Spill.open(Path(p)) for p in self.client.gather(
+        return [Spill.open(Path(p)) for p in self.client.gather(
             [self.submit(tasks.write_ipc, f, p) for f, p in zip(futures, paths, strict=True)])]
 
     def ordered(self, tables: list[pa.Table], order: Any) -> pa.Table:

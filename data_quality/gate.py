@@ -33,8 +33,9 @@ from data_quality.checks import (
     script,
 )
 from data_quality.checks.base import CheckResult, Decision, apply
-from data_quality.engine import EngineConfig, GateResult, Step, execute
+from data_quality.engine import EngineConfig, GateResult, Step
 from data_quality.examples import drop_examples
+from data_quality.executors import execute
 
 __all__ = ["GateConfig", "GateResult", "Step", "run_gate", "steps"]
 

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from data_quality import engine
+from data_quality import engine, executors
 from data_quality.checks import near_dup
 from data_quality.gate import GateConfig, run_gate
 from storage.workspace import content_hash
@@ -124,7 +124,7 @@ def test_a_global_check_without_a_cluster_form_is_refused(small_pairs: pa.Table,
 
     cfg = engine.EngineConfig(executor="cluster", address=scheduler)
     with pytest.raises(ValueError, match="'odd' is global and has no cluster form"):
-        engine.execute(small_pairs, [engine.Step("odd", odd, "global")], {}, cfg)
+        executors.execute(small_pairs, [engine.Step("odd", odd, "global")], {}, cfg)
 
 
 @pytest.mark.slow

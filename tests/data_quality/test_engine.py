@@ -10,7 +10,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from data_quality import engine
+from data_quality import engine, executors, out_of_core
+from data_quality import spill as spill_mod
 from data_quality.checks.columns import take_rows
 from data_quality.gate import GateConfig, run_gate, steps
 from storage.workspace import content_hash
@@ -57,7 +58,7 @@ def test_engine_config_is_checked() -> None:
         GateConfig.from_dict({"engine": {"executor": "cluster", "n_workers": 0}})
     remote = GateConfig.from_dict({"engine": {"executor": "cluster", "address": "tcp://scheduler:8786"}}).engine
     assert (remote.executor, remote.address) == ("cluster", "tcp://scheduler:8786")
-    assert engine.choose_executor(pa.table({"a": [1]}), engine.EngineConfig()) == "memory"  # auto never picks it
+    assert executors.choose_executor(pa.table({"a": [1]}), engine.EngineConfig()) == "memory"  # auto never picks it
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_every_executor_gives_the_in_memory_result(real_pairs: pa.Table, tmp_pat
 
 
 def test_global_checks_give_the_in_memory_statistics(real_pairs: pa.Table, tmp_path: Path) -> None:
-    # The out-of-core engine applies repeated_answer's and near_dup's decisions batch by batch (engine._whole_step);
+    # The out-of-core engine applies repeated_answer's and near_dup's decisions batch by batch (out_of_core._whole_step);
     # the statistics it records must be those the check's own `apply` records on the whole table.
     mem = run_gate(real_pairs, GateConfig.from_dict({"engine": {"executor": "memory"}}))
     ooc = run_gate(real_pairs, GateConfig.from_dict({"engine": {"executor": "out_of_core", "partitions": 3,
@@ -132,23 +133,23 @@ def _rss_file_mb() -> float:
 
 
 def test_read_pages_of_a_mapped_stage_go_back_to_the_page_cache(tmp_path: Path) -> None:
-    spill = engine._Spill(tmp_path)
+    spill = spill_mod.Spill(tmp_path)
     t = pa.table({"text": pa.array(["y" * 4000] * 20_000)})  # 80 MB
-    stage = engine._Spill.open(spill.write("stage", t.to_batches(max_chunksize=2_000), t.schema))
+    stage = spill_mod.Spill.open(spill.write("stage", t.to_batches(max_chunksize=2_000), t.schema))
     base = _rss_file_mb()
     assert pc.sum(pc.utf8_length(stage.column("text"))).as_py() == 80_000_000  # reads every page
     touched = _rss_file_mb()
-    engine.PAGES.release()
+    spill_mod.PAGES.release()
     after = _rss_file_mb()
     assert touched - base > 60 and touched - after > 60, (base, touched, after)
     assert stage.equals(t)  # and the rows read back unchanged
 
 
 def test_partitions_merge_back_in_input_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine, "_BATCH", 4)
+    monkeypatch.setattr(out_of_core, "_BATCH", 4)
     parts = [pa.table({"v": [p * 100 + i for i in range(len(ps))], engine.POS: ps})
              for p, ps in enumerate([[0, 3, 4, 9, 10, 11], [1, 2, 12], [], [5, 6, 7, 8, 13]])]
-    batches = list(engine._merge_by_position(parts))
+    batches = list(out_of_core._merge_by_position(parts))
     got = pa.Table.from_batches(batches)
     assert got.column(engine.POS).to_pylist() == list(range(14)) and max(b.num_rows for b in batches) <= 4
     assert got.column("v").to_pylist()[:4] == [0, 100, 101, 1]
