@@ -28,7 +28,7 @@ from data_quality.engine import (
     shard_ids,
     sorted_rejects,
 )
-from data_quality.spill import Spill
+from data_quality.spill import Spill, parking
 from storage.schema import PAIR_SCHEMA, REJECTS_SCHEMA, conform
 
 _BATCH = 50_000
@@ -62,7 +62,7 @@ def run_out_of_core(source: pa.Table | str | Path, steps: Sequence[Step], config
                     cfg: EngineConfig) -> GateResult:
     """Spilled, memory-mapped stages; local phases one partition at a time (see the module docstring)."""
     by_name = {s.name: s for s in steps}
-    with tempfile.TemporaryDirectory(prefix="dpo-gate-", dir=cfg.spill_dir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="dpo-gate-", dir=cfg.spill_dir) as tmp, parking(Path(tmp)):
         spill = Spill(Path(tmp))
         schema = _with_pos_schema()
         n_in, nbytes = 0, 0

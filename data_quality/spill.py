@@ -1,15 +1,24 @@
 """Spill files of the out-of-core gate: Arrow IPC stages on disk, read back memory-mapped (zero-copy), and the
-thread that hands the pages a check touched back to the page cache so RSS holds the heap, not every stage."""
+thread that hands the pages a check touched back to the page cache so RSS holds the heap, not every stage.
+
+`ArrayStore` lets a check keep a large working array (near_dup's shingle store) the same way while the gate runs
+out of core (`parking`): built chunk by chunk straight into an unlinked spill file and read back memory-mapped.
+Outside `parking` it is a plain in-memory array, so the check's code and results do not depend on where it runs.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import mmap
+import tempfile
 import threading
 import time
 import weakref
 from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 _PAGE_RETURN_S = 0.2  # how often touched pages of the memory-mapped stages go back to the page cache
@@ -94,3 +103,58 @@ class PageReturner:
 
 
 PAGES = PageReturner()
+
+
+_PARKING: ContextVar[Path | None] = ContextVar("dpo_gate_parking", default=None)
+
+
+@contextlib.contextmanager
+def parking(root: Path) -> Iterator[None]:
+    """While active (in this thread/context), `ArrayStore`s are spilled under `root`."""
+    token = _PARKING.set(root)
+    try:
+        yield
+    finally:
+        _PARKING.reset(token)
+
+
+class ArrayStore:
+    """A 1-d array built by appending chunks: in memory, or under `parking` in an unlinked spill file that is
+    read back memory-mapped (pages handed back by PAGES), so it never sits whole in the heap.
+
+    In memory, each chunk is freed as soon as it is copied into the result, so the peak is the result plus one
+    chunk, not twice the result.
+    """
+
+    def __init__(self, dtype: np.dtype | type) -> None:
+        self.dtype = np.dtype(dtype)
+        root = _PARKING.get()
+        self.file = tempfile.TemporaryFile(dir=root, prefix="dpo-array-") if root is not None else None
+        self.chunks: list[np.ndarray] = []
+        self.size = 0
+
+    def append(self, chunk: np.ndarray) -> None:
+        chunk = np.ascontiguousarray(chunk, dtype=self.dtype)
+        self.size += chunk.size
+        if self.file is not None:
+            self.file.write(chunk.data)
+        else:
+            self.chunks.append(chunk)
+
+    def finish(self) -> np.ndarray:
+        if self.file is None:
+            out = np.empty(self.size, self.dtype)
+            at = 0
+            self.chunks.reverse()
+            while self.chunks:
+                c = self.chunks.pop()
+                out[at:at + c.size] = c
+                at += c.size
+            return out
+        with self.file:
+            self.file.flush()
+            if self.size == 0:
+                return np.empty(0, self.dtype)
+            mm = mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ)
+        PAGES.add(mm)
+        return np.frombuffer(mm, dtype=self.dtype, count=self.size)

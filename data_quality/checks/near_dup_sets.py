@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
+from data_quality.spill import ArrayStore
+
 from .text import mix64, shingles, sorted_unique, tokens
 
 if TYPE_CHECKING:  # annotations only: near_dup imports this module
@@ -54,18 +56,6 @@ def mix32(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint32(16))
 
 
-def _joined(chunks: list[np.ndarray]) -> np.ndarray:
-    """np.concatenate(chunks), each chunk freed once copied: the peak is the result plus one chunk, not twice."""
-    out = np.empty(sum(c.size for c in chunks), np.uint32)
-    at = 0
-    chunks.reverse()
-    while chunks:
-        c = chunks.pop()
-        out[at:at + c.size] = c
-        at += c.size
-    return out
-
-
 class Field:
     """One field's distinct texts (first row of each, each row's distinct id, each text's 64-bit identity) and
     their shingle sets: sorted unique 32-bit hashes (tagged by field), back to back. Each distinct text is
@@ -76,7 +66,9 @@ class Field:
     def __init__(self, src: TableTexts, name: str, cfg: NearDupConfig) -> None:
         h = src.hashes(name)
         first, inv = distinct(h)
-        values, sizes = [], np.zeros(first.size, np.int64)
+        # The store of every distinct text's shingles is the check's largest array (~1 KB a text): out of core
+        # it lives in a spill file, read back memory-mapped (data_quality.spill.ArrayStore).
+        values, sizes = ArrayStore(np.uint32), np.zeros(first.size, np.int64)
         tag = np.uint64(_TAGS[name])
         for lo in range(0, first.size, cfg.chunk_rows):
             sel = first[lo:lo + cfg.chunk_rows]
@@ -84,7 +76,7 @@ class Field:
             key = sorted_unique((row.astype(np.uint64) << np.uint64(32)) | (mix64(sh ^ tag) >> np.uint64(32)))
             sizes[lo:lo + sel.size] = np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=sel.size)
             values.append((key & _LOW32).astype(np.uint32))
-        self._set(name, h[first], first, inv, _joined(values), sizes)
+        self._set(name, h[first], first, inv, values.finish(), sizes)
 
     def _set(self, name: str, text_hash: np.ndarray, first: np.ndarray, inv: np.ndarray, values: np.ndarray,
              sizes: np.ndarray) -> None:

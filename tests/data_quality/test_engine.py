@@ -153,3 +153,44 @@ def test_partitions_merge_back_in_input_order(monkeypatch: pytest.MonkeyPatch) -
     got = pa.Table.from_batches(batches)
     assert got.column(engine.POS).to_pylist() == list(range(14)) and max(b.num_rows for b in batches) <= 4
     assert got.column("v").to_pylist()[:4] == [0, 100, 101, 1]
+
+
+def _rss_anon_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no RssAnon in /proc/self/status")
+
+
+def test_an_array_store_under_parking_lives_in_a_mapped_spill_file_not_the_heap(tmp_path: Path) -> None:
+    chunks = [np.arange(k * 5_000_000, (k + 1) * 5_000_000, dtype=np.uint32) for k in range(4)]  # 80 MB
+    plain = spill_mod.ArrayStore(np.uint32)
+    for c in chunks:
+        plain.append(c)
+    in_heap = plain.finish()
+    assert in_heap.flags.owndata
+    base = _rss_anon_mb()
+    with spill_mod.parking(tmp_path):
+        store = spill_mod.ArrayStore(np.uint32)
+        for c in chunks:
+            store.append(c)
+        parked = store.finish()
+    assert not parked.flags.owndata and not parked.flags.writeable  # a read-only view of the mapping
+    assert _rss_anon_mb() - base < 20  # nothing of the 80 MB in the heap
+    assert np.array_equal(parked, in_heap) and np.array_equal(parked[[7, 19_999_999]], [7, 19_999_999])
+    assert list(tmp_path.iterdir()) == []  # the spill file is unlinked: its space goes back with the mapping
+
+
+def test_near_dup_out_of_core_keeps_its_shingle_store_in_the_spill(real_pairs: pa.Table, tmp_path: Path) -> None:
+    from data_quality.checks import near_dup
+
+    cfg = near_dup.NearDupConfig()
+    src = near_dup.TableTexts(real_pairs)
+    heap = near_dup.Field(src, "chosen", cfg)
+    with spill_mod.parking(tmp_path):
+        parked = near_dup.Field(src, "chosen", cfg)
+        rep_parked, _ = near_dup.find_duplicates(src, cfg)
+    assert heap.values.flags.owndata and not parked.values.flags.owndata
+    assert np.array_equal(heap.values, parked.values)
+    rep, _ = near_dup.find_duplicates(src, cfg)
+    assert np.array_equal(rep, rep_parked) and (rep >= 0).any()
