@@ -125,22 +125,22 @@ def test_take_rows_equals_arrow_take_without_concatenating() -> None:
     assert got.to_pylist() == ["x" * 1000] * 3 and pa.total_allocated_bytes() - before < 1 << 20
 
 
-def _rss_file_mb() -> float:
+def _rss_mb(kind: str = "RssFile") -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssFile:"):
+        if line.startswith(f"{kind}:"):
             return int(line.split()[1]) / 1024
-    pytest.skip("no RssFile in /proc/self/status")
+    pytest.skip(f"no {kind} in /proc/self/status")
 
 
 def test_read_pages_of_a_mapped_stage_go_back_to_the_page_cache(tmp_path: Path) -> None:
     spill = spill_mod.Spill(tmp_path)
     t = pa.table({"text": pa.array(["y" * 4000] * 20_000)})  # 80 MB
     stage = spill_mod.Spill.open(spill.write("stage", t.to_batches(max_chunksize=2_000), t.schema))
-    base = _rss_file_mb()
+    base = _rss_mb()
     assert pc.sum(pc.utf8_length(stage.column("text"))).as_py() == 80_000_000  # reads every page
-    touched = _rss_file_mb()
+    touched = _rss_mb()
     spill_mod.PAGES.release()
-    after = _rss_file_mb()
+    after = _rss_mb()
     assert touched - base > 60 and touched - after > 60, (base, touched, after)
     assert stage.equals(t)  # and the rows read back unchanged
 
@@ -155,13 +155,6 @@ def test_partitions_merge_back_in_input_order(monkeypatch: pytest.MonkeyPatch) -
     assert got.column("v").to_pylist()[:4] == [0, 100, 101, 1]
 
 
-def _rss_anon_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) / 1024
-    pytest.skip("no RssAnon in /proc/self/status")
-
-
 def test_an_array_store_under_parking_lives_in_a_mapped_spill_file_not_the_heap(tmp_path: Path) -> None:
     chunks = [np.arange(k * 5_000_000, (k + 1) * 5_000_000, dtype=np.uint32) for k in range(4)]  # 80 MB
     plain = spill_mod.ArrayStore(np.uint32)
@@ -169,14 +162,14 @@ def test_an_array_store_under_parking_lives_in_a_mapped_spill_file_not_the_heap(
         plain.append(c)
     in_heap = plain.finish()
     assert in_heap.flags.owndata
-    base = _rss_anon_mb()
+    base = _rss_mb("RssAnon")
     with spill_mod.parking(tmp_path):
         store = spill_mod.ArrayStore(np.uint32)
         for c in chunks:
             store.append(c)
         parked = store.finish()
     assert not parked.flags.owndata and not parked.flags.writeable  # a read-only view of the mapping
-    assert _rss_anon_mb() - base < 20  # nothing of the 80 MB in the heap
+    assert _rss_mb("RssAnon") - base < 20  # nothing of the 80 MB in the heap
     assert np.array_equal(parked, in_heap) and np.array_equal(parked[[7, 19_999_999]], [7, 19_999_999])
     assert list(tmp_path.iterdir()) == []  # the spill file is unlinked: its space goes back with the mapping
 
