@@ -26,7 +26,7 @@ import xxhash
 from storage import catalog, objects
 from storage.errors import DiskFullError, ObjectStorageError
 from storage.names import check_name, check_new_name
-from storage.schema import QUARANTINE_SCHEMA, REJECTS_SCHEMA, SCHEMA_VERSION, conform
+from storage.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA, SCHEMA_VERSION, conform
 
 TRASH_PREFIX = "uncatalogued-"
 
@@ -34,13 +34,34 @@ TRASH_PREFIX = "uncatalogued-"
 def content_hash(pairs: pa.Table) -> str:
     """Hash of what training sees: ids in order plus weights and cached reference log-probs."""
     h = xxhash.xxh3_128()
-    for name in ("pair_id", "weight", "ref_chosen_logp", "ref_rejected_logp"):
+    for name in _HASHED:
         col = pairs.column(name).combine_chunks()
         for buf in col.buffers():
             if buf is not None:
                 h.update(memoryview(buf))
     h.update(str(pairs.num_rows).encode())
     return h.hexdigest()
+
+
+_HASHED = ("pair_id", "weight", "ref_chosen_logp", "ref_rejected_logp")
+
+
+def file_pairs(path: Path) -> tuple[int, str]:
+    """(rows, content hash) of a pairs Parquet file written with PAIR_SCHEMA (an ingest's spill), reading only
+    the hashed columns: the hash equals `content_hash` of the same rows as a table."""
+    schema = pq.read_schema(path)
+    if not schema.equals(PAIR_SCHEMA):
+        raise ValueError(f"{path}: a pairs file must have the pair schema exactly (got {schema})")
+    hashed = pq.read_table(path, columns=list(_HASHED))
+    return hashed.num_rows, content_hash(hashed)
+
+
+def _place(src: Path, dst: Path) -> None:
+    """`src` at `dst` without reading it into memory: a hard link when both share a file system, else a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def fsync_file(path: Path) -> None:
@@ -84,7 +105,7 @@ class _Writing:
 def publish(
     root: Path,
     dataset: str,
-    pairs: pa.Table,
+    pairs: pa.Table | Path,
     *,
     rejects: pa.Table | None,
     quarantine: pa.Table | None,
@@ -101,15 +122,22 @@ def publish(
 ) -> str:
     """Publish and return the new snapshot id (or, for a cache_key already published, that snapshot's id).
 
-    `storage`: an s3:// prefix for the snapshot's files (storage/objects.py); None keeps them in `snapshots/`."""
+    `storage`: an s3:// prefix for the snapshot's files (storage/objects.py); None keeps them in `snapshots/`.
+    `pairs` may be a Parquet file with PAIR_SCHEMA (an ingest's spill): it becomes pairs.parquet as it is, so
+    a publish of millions of rows never holds them in memory."""
     check_name(dataset)
-    pairs = conform(pairs)
+    pairs_path = Path(pairs) if isinstance(pairs, str | os.PathLike) else None
+    if pairs_path is not None:
+        kept, chash = file_pairs(pairs_path)
+    else:
+        pairs = conform(pairs)
+        kept = pairs.num_rows
     rejects = conform(rejects, REJECTS_SCHEMA) if rejects is not None else REJECTS_SCHEMA.empty_table()
     quarantine = conform(quarantine, QUARANTINE_SCHEMA) if quarantine is not None else QUARANTINE_SCHEMA.empty_table()
-    total = pairs.num_rows + rejects.num_rows + quarantine.num_rows
+    total = kept + rejects.num_rows + quarantine.num_rows
     if input_rows is not None and input_rows != total:
         raise ValueError(
-            f"row accounting broken for dataset {dataset!r}: input {input_rows} != kept {pairs.num_rows} + "
+            f"row accounting broken for dataset {dataset!r}: input {input_rows} != kept {kept} + "
             f"rejected {rejects.num_rows} + quarantined {quarantine.num_rows}"
         )
     for name in tables:
@@ -124,9 +152,12 @@ def publish(
     remote = _Remote(storage) if storage else None
     try:
         with writing:
-            chash = content_hash(pairs)
             with writing.at(tmp / "pairs.parquet"):
-                pq.write_table(pairs, tmp / "pairs.parquet", compression="zstd")
+                if pairs_path is not None:
+                    _place(pairs_path, tmp / "pairs.parquet")
+                else:
+                    chash = content_hash(pairs)
+                    pq.write_table(pairs, tmp / "pairs.parquet", compression="zstd")
             # Side tables carry their snapshot_id, known only inside the commit: they are written there, once.
             side = {"rejects": rejects, "quarantine": quarantine, **dict(sorted(tables.items()))}
             written = ["pairs.parquet", *(f"{name}.parquet" for name in side)]
@@ -143,7 +174,7 @@ def publish(
             if remote is not None:  # the big uploads happen before the catalog's write lock is taken
                 remote.stage(tmp, ["pairs.parquet", *files])
             return _commit(
-                root, tmp, written, side, writing, remote, dataset=dataset, pairs=pairs, rejects=rejects,
+                root, tmp, written, side, writing, remote, dataset=dataset, kept=kept, rejects=rejects,
                 quarantine=quarantine, parents=list(parents), params=params, meta=meta, kind=kind,
                 flow_run=flow_run, cache_key=cache_key, input_rows=total, chash=chash,
             )
@@ -235,7 +266,7 @@ def _commit(root: Path, tmp: Path, written: list[str], side: dict[str, pa.Table]
                 "snapshot_id": snapshot_id, "schema_version": SCHEMA_VERSION, "kind": kw["kind"],
                 "parents": kw["parents"], "params": kw["params"], "meta": kw["meta"],
                 "content_hash": kw["chash"], "created_at": created.isoformat(), "files": written,
-                "counts": {"input": kw["input_rows"], "kept": kw["pairs"].num_rows,
+                "counts": {"input": kw["input_rows"], "kept": kw["kept"],
                            "rejected": kw["rejects"].num_rows, "quarantined": kw["quarantine"].num_rows},
             }
             with writing.at(tmp / "manifest.json"):
@@ -259,7 +290,7 @@ def _commit(root: Path, tmp: Path, written: list[str], side: dict[str, pa.Table]
                 con.execute(
                     "INSERT INTO snapshot_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [snapshot_id, dataset, version, kw["kind"], kw["parents"], created, kw["flow_run"],
-                     to_json(kw["params"]), to_json(kw["meta"]), kw["input_rows"], kw["pairs"].num_rows,
+                     to_json(kw["params"]), to_json(kw["meta"]), kw["input_rows"], kw["kept"],
                      kw["rejects"].num_rows, kw["quarantine"].num_rows, SCHEMA_VERSION, kw["chash"],
                      kw["cache_key"], location, list(side)],
                 )

@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from data_quality.ingest.containers import RawRows, raw_of, safe_text
 from data_quality.ingest.options import IngestOptions
+from data_quality.ingest.pair_spill import PairSpill
 from storage.schema import REJECTS_SCHEMA, build_pair_table, quarantine_table, rejects_table
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -108,19 +109,23 @@ def user_prompt(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
 
 
-_FLUSH_ROWS = 20_000
+_FLUSH_ROWS = 5_000
 
 
 class Collector:
-    """Accumulates one source's outcome as plain column lists; tables are built once at the end."""
+    """Accumulates one source's outcome as plain column lists, turned into Arrow every `_FLUSH_ROWS` kept rows;
+    with a `sink` (ingest's PairSpill) those tables go to disk as they are made instead of staying in memory."""
 
-    def __init__(self, rows: RawRows, opts: IngestOptions) -> None:
+    def __init__(self, rows: RawRows, opts: IngestOptions, sink: PairSpill | None = None) -> None:
         self.source = rows.source
+        self.sink = sink
         self.opts = opts
         self.kept: dict[str, list] = {k: [] for k in ("prompt", "chosen", "rejected", "source", "source_row",
                                                       *_EVIDENCE)}
         self.dropped: dict[str, list] = {k: [] for k in (*self.kept, "rule", "reason", "params")}
-        self.quarantine: list[dict] = list(rows.quarantine)
+        # Parse failures fill the container's list while its stream is read; they come first, as they always did.
+        self._parse_quarantine = rows.quarantine
+        self._bad: list[dict] = []
         self._kept_tables: list[pa.Table] = []
         self._kept_count = 0
 
@@ -128,9 +133,20 @@ class Collector:
         self._append(self.kept, row, prompt, chosen, rejected, evidence)
         if len(self.kept["chosen"]) >= _FLUSH_ROWS:
             # Python lists of messages and strings cost several times their Arrow size: convert as we go.
-            self._kept_tables.append(self._table(self.kept))
-            self._kept_count += len(self.kept["chosen"])
-            self.kept = {k: [] for k in self.kept}
+            self._flush()
+
+    def _flush(self) -> None:
+        table = self._table(self.kept)
+        if self.sink is not None:
+            self.sink.write(table)
+        else:
+            self._kept_tables.append(table)
+        self._kept_count += len(self.kept["chosen"])
+        self.kept = {k: [] for k in self.kept}
+
+    @property
+    def quarantine(self) -> list[dict]:
+        return [*self._parse_quarantine, *self._bad]
 
     def reject(self, rule: str, reason: str, params: dict | None, row: int, prompt: list[dict], chosen: str,
                rejected: str, **evidence: object) -> None:
@@ -154,7 +170,7 @@ class Collector:
     def bad_row(self, row: int, record: object, exc: Exception, source: str | None = None) -> None:
         fld = safe_text(exc.field) if isinstance(exc, RowError) and exc.field else None
         error = str(exc) if isinstance(exc, RowError) else f"invalid row ({type(exc).__name__}: {exc})"
-        self.quarantine.append({"source": source or self.source, "source_row": row, "field": fld,
+        self._bad.append({"source": source or self.source, "source_row": row, "field": fld,
                                 "error": safe_text(error), "raw": raw_of(record, self.opts.max_raw_chars),
                                 "stage": "validate"})
 
@@ -163,6 +179,11 @@ class Collector:
                                                       *_EVIDENCE)})
 
     def pairs(self) -> pa.Table:
+        """The kept pairs (with a sink: an empty table, the rows having gone to the sink)."""
+        if self.sink is not None:
+            if self.kept["chosen"]:
+                self._flush()
+            return self._table(self.kept)
         return pa.concat_tables([*self._kept_tables, self._table(self.kept)])
 
     def rejects(self) -> pa.Table:
@@ -184,17 +205,18 @@ class Collector:
 
     @property
     def counts(self) -> tuple[int, int, int]:
-        return self._kept_count + len(self.kept["chosen"]), len(self.dropped["chosen"]), len(self.quarantine)
+        quarantined = len(self._parse_quarantine) + len(self._bad)
+        return self._kept_count + len(self.kept["chosen"]), len(self.dropped["chosen"]), quarantined
 
 
 RowHandler = Callable[[Collector, int, dict], None]
 
 
-def run_rows(rows: RawRows, opts: IngestOptions, handle: RowHandler) -> Collector:
-    """Apply a per-row handler; any failure of one row quarantines that row only."""
-    out = Collector(rows, opts)
-    for i, (row, record) in enumerate(rows.records):
-        rows.records[i] = (row, None)  # the parsed record is released as soon as it has been handled
+def run_rows(rows: RawRows, opts: IngestOptions, handle: RowHandler, sink: PairSpill | None = None) -> Collector:
+    """Apply a per-row handler to the rows' stream (read once, each record released once handled); any failure
+    of one row quarantines that row only."""
+    out = Collector(rows, opts, sink)
+    for row, record in rows:
         if not isinstance(record, dict):
             out.bad_row(row, record, RowError(None, f"row is a {type(record).__name__}, expected an object"))
             continue

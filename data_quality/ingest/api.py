@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 
 from data_quality.ingest import hub
 from data_quality.ingest._common import Collector, RowHandler, run_rows
-from data_quality.ingest.containers import RawRows, read_path
+from data_quality.ingest.containers import RawRows
 from data_quality.ingest.formats import FORMATS, MAPPED, REGISTRY, detect_row, format_hint
 from data_quality.ingest.options import IngestOptions
+from data_quality.ingest.pair_spill import PairSpill
+from data_quality.ingest.sources import read_path
 from storage.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA
 
 Reader = Callable[[RawRows, IngestOptions], Collector]
@@ -34,34 +35,45 @@ class IngestError(ValueError):
         self.result = result
 
 
-@dataclass
 class IngestResult:
-    pairs: pa.Table
-    quarantine: pa.Table
-    rejects: pa.Table
-    input_rows: int
-    per_source: list[dict] = field(default_factory=list)
-    formats: dict[str, str] = field(default_factory=dict)
+    """What an ingest produced. The kept pairs are either a table (`pairs`) or, from `ingest_files`, a Parquet
+    file written as rows were read (`pairs_file`, PAIR_SCHEMA): `pairs` then reads that file on first use, and a
+    publish given `pairs_file` copies it without ever holding the table."""
+
+    def __init__(self, pairs: pa.Table | None = None, *, quarantine: pa.Table, rejects: pa.Table, input_rows: int,
+                 per_source: list[dict] | None = None, formats: dict[str, str] | None = None,
+                 spill: PairSpill | None = None) -> None:
+        self._pairs = pairs
+        self._spill = spill  # owns the temporary folder of `pairs_file`: deleted with this result
+        self.quarantine, self.rejects, self.input_rows = quarantine, rejects, input_rows
+        self.per_source = per_source or []
+        self.formats = formats or {}
+
+    @property
+    def pairs_file(self) -> Path | None:
+        return self._spill.close() if self._spill is not None else None
+
+    @property
+    def pairs(self) -> pa.Table:
+        if self._pairs is None:
+            import pyarrow.parquet as pq
+
+            self._pairs = pq.read_table(self.pairs_file) if self._spill is not None else PAIR_SCHEMA.empty_table()
+        return self._pairs
+
+    @property
+    def kept_rows(self) -> int:
+        return self._pairs.num_rows if self._pairs is not None or self._spill is None else self._spill.rows
 
     @property
     def counts(self) -> dict[str, int]:
-        return {"input_rows": self.input_rows, "kept": self.pairs.num_rows, "rejected": self.rejects.num_rows,
+        return {"input_rows": self.input_rows, "kept": self.kept_rows, "rejected": self.rejects.num_rows,
                 "quarantined": self.quarantine.num_rows}
-
-
-def _dicts(rows: RawRows, limit: int) -> list[dict]:
-    out: list[dict] = []
-    for _, r in rows.records:
-        if isinstance(r, dict):
-            out.append(r)
-            if len(out) >= limit:
-                break
-    return out
 
 
 def detect_format(rows: RawRows, opts: IngestOptions) -> str | None:
     """The format most of the first parsed rows look like; None when no row is an object at all."""
-    sample = _dicts(rows, opts.detect_rows)
+    sample = rows.peek(opts.detect_rows)
     if not sample:
         return None
     votes = Counter(f for f in map(detect_row, sample) if f is not None)
@@ -97,12 +109,13 @@ def _sources(path: str | Path, opts: IngestOptions) -> list[RawRows]:
                          "this is not a file of preference rows") from None
 
 
-def _read_one(rows: RawRows, format: str | None, opts: IngestOptions) -> tuple[Collector, str, dict]:
+def _read_one(rows: RawRows, format: str | None, opts: IngestOptions, sink: PairSpill | None = None
+              ) -> tuple[Collector, str, dict]:
     """One source through its reader: (collector, format name, rows per format when a file mixes them)."""
     if format == MAPPED or (format is None and opts.columns):
         from data_quality.ingest.mapping import mapped_handler
 
-        return run_rows(rows, opts, mapped_handler(opts.columns or {})), MAPPED, {}
+        return run_rows(rows, opts, mapped_handler(opts.columns or {}), sink), MAPPED, {}
     if format is not None:
         # Forced: every row is read as `format`, but rows whose fields say otherwise are counted for a warning.
         other: Counter[str] = Counter()
@@ -114,13 +127,13 @@ def _read_one(rows: RawRows, format: str | None, opts: IngestOptions) -> tuple[C
                 other[seen] += 1
             handle(out, row, rec)
 
-        return run_rows(rows, opts, forced), format, dict(other)
+        return run_rows(rows, opts, forced, sink), format, dict(other)
     main = detect_format(rows, opts)
     if main is None:  # no row is an object: each one is quarantined as such
-        out = run_rows(rows, opts, lambda out, row, rec: None)
+        out = run_rows(rows, opts, lambda out, row, rec: None, sink)
         return out, "unknown", {}
     used: Counter[str] = Counter()
-    out = run_rows(rows, opts, _per_row(main, used))
+    out = run_rows(rows, opts, _per_row(main, used), sink)
     name = "+".join(sorted(used)) if len(used) > 1 else main
     return out, name, dict(used) if len(used) > 1 else {}
 
@@ -146,34 +159,40 @@ def ingest_files(paths: Sequence[str | Path], format: str | None = None,
         raise ValueError(f"--format {MAPPED} needs a column map (--map prompt=...,chosen=...,rejected=...)")
     if isinstance(paths, str | Path):
         paths = [paths]
-    pairs, rejects, quarantine = [], [], []
+    rejects, quarantine = [], []
     per_source: list[dict] = []
     fmts: dict[str, str] = {}
     failed: list[str] = []
-    for path in paths:
-        for rows in _sources(path, opts):
-            if require_pairs and rows.broken:
-                raise ValueError(rows.broken)
-            sample = _dicts(rows, opts.detect_rows)  # kept for the hint: the reader releases rows as it goes
-            records = rows.n_rows
-            out, fmt, used = _read_one(rows, format, opts)
-            fmts[rows.source] = fmt
-            pairs.append(out.pairs())
-            rejects.append(out.rejects())
-            quarantine.append(out.quarantined())
-            kept, rejected, quarantined = out.counts
-            entry = {"source": rows.source, "container": rows.container, "format": fmt, "records": records,
-                     "input_rows": kept + rejected + quarantined, "kept": kept, "rejected": rejected,
-                     "quarantined": quarantined}
-            if used and format is None:
-                entry["format_rows"] = used  # a file read row by row: rows per format
-            elif used:
-                entry["rows_like"] = used  # forced, yet these rows' fields say another format
-            per_source.append(entry)
-            if require_pairs and quarantined and not kept and not rejected:
-                failed.append(_nothing_kept(entry, quarantine[-1], sample, format))
+    spill = PairSpill()  # every source's kept pairs, written as they are made: memory never holds them all
+    try:
+        for path in paths:
+            for rows in _sources(path, opts):
+                sample = rows.peek(opts.detect_rows)  # kept for the hint: the reader releases rows as it goes
+                out, fmt, used = _read_one(rows, format, opts, spill)
+                out.pairs()  # the last kept rows to the spill
+                # An empty or truncated file is known once its stream is read; nothing of it is published.
+                if require_pairs and rows.broken:
+                    raise ValueError(rows.broken)
+                fmts[rows.source] = fmt
+                rejects.append(out.rejects())
+                quarantine.append(out.quarantined())
+                kept, rejected, quarantined = out.counts
+                entry = {"source": rows.source, "container": rows.container, "format": fmt,
+                         "records": rows.n_rows, "input_rows": kept + rejected + quarantined, "kept": kept,
+                         "rejected": rejected, "quarantined": quarantined}
+                if used and format is None:
+                    entry["format_rows"] = used  # a file read row by row: rows per format
+                elif used:
+                    entry["rows_like"] = used  # forced, yet these rows' fields say another format
+                per_source.append(entry)
+                if require_pairs and quarantined and not kept and not rejected:
+                    failed.append(_nothing_kept(entry, quarantine[-1], sample, format))
+        spill.close()
+    except BaseException:
+        spill.cleanup()
+        raise
     result = IngestResult(
-        pairs=pa.concat_tables(pairs) if pairs else PAIR_SCHEMA.empty_table(),
+        spill=spill,
         rejects=pa.concat_tables(rejects) if rejects else REJECTS_SCHEMA.empty_table(),
         quarantine=pa.concat_tables(quarantine) if quarantine else QUARANTINE_SCHEMA.empty_table(),
         input_rows=sum(s["input_rows"] for s in per_source),

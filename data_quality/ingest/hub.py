@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from data_quality.ingest.containers import RawRows
+from data_quality.ingest.tables import BATCH_ROWS, batch_rows
 
 PREFIX = "hf://datasets/"
 _ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -57,7 +58,7 @@ def read_hub(name: str) -> list[RawRows]:
     splits = loaded.items() if isinstance(loaded, datasets.DatasetDict) else [("train", loaded)]
     out = []
     for split, ds in splits:
-        rows = RawRows(f"{PREFIX}{name}/{split}", "hf_hub")
-        rows.records = list(enumerate(ds.data.table.to_pylist()))
-        out.append(rows)
+        # The cached table is memory-mapped by `datasets`: rows are made a batch at a time as ingest reads them.
+        batches = iter(ds.data.table.to_batches(BATCH_ROWS))
+        out.append(RawRows(f"{PREFIX}{name}/{split}", "hf_hub", records=batch_rows(batches)))
     return out

@@ -16,9 +16,10 @@ import pyarrow as pa
 
 from data_quality.ingest._common import Collector, RowError, label, run_rows, text_field, user_prompt
 from data_quality.ingest.api import IngestResult
-from data_quality.ingest.containers import RawRows, read_path
+from data_quality.ingest.containers import RawRows
 from data_quality.ingest.multi_completion import Completion, binarise
 from data_quality.ingest.options import IngestOptions
+from data_quality.ingest.sources import read_path
 
 ScoreFn = Callable[[str, str, str], float | None]
 Scores = Mapping[tuple[str, str], float] | ScoreFn
