@@ -1,4 +1,4 @@
-"""Kept pairs written to disk as they are made: one Parquet file (PAIR_SCHEMA, zstd, row groups of ~20k rows)
+"""Kept pairs written to disk as they are made: one Parquet file (PAIR_SCHEMA, zstd, row groups of <= 32 MB)
 for a whole ingest, so memory holds one row group whatever the input's size. The snapshot publish copies
 that file as the snapshot's pairs.parquet (storage/publish.py) instead of building a table."""
 
@@ -16,10 +16,13 @@ from storage.schema import PAIR_SCHEMA, conform
 class PairSpill:
     """Append-only pairs file in its own temporary folder, deleted with this object (or `cleanup`)."""
 
-    def __init__(self, folder: str | Path | None = None, row_group_rows: int = 20_000) -> None:
-        self.row_group_rows = row_group_rows  # ~60 MB of AlpacaEval-shaped Arrow: bounded, few row groups
+    def __init__(self, folder: str | Path | None = None, row_group_rows: int = 20_000,
+                 row_group_bytes: int = 32 << 20) -> None:
+        # A row group is written once either bound is reached: few row groups, and at most ~32 MB of Arrow
+        # waiting (about 10k AlpacaEval-shaped rows), whatever the row size.
+        self.row_group_rows, self.row_group_bytes = row_group_rows, row_group_bytes
         self._pending: list[pa.Table] = []
-        self._pending_rows = 0
+        self._pending_rows = self._pending_bytes = 0
         self._dir = tempfile.TemporaryDirectory(prefix="dpo-ingest-", dir=folder)
         self.path = Path(self._dir.name) / "pairs.parquet"
         self.rows = 0
@@ -31,14 +34,15 @@ class PairSpill:
         if table.num_rows:
             self._pending.append(conform(table))
             self._pending_rows += table.num_rows
+            self._pending_bytes += table.nbytes
             self.rows += table.num_rows
-        if self._pending_rows >= self.row_group_rows:
+        if self._pending_rows >= self.row_group_rows or self._pending_bytes >= self.row_group_bytes:
             self._flush()
 
     def _flush(self) -> None:
         if self._writer is not None and self._pending_rows:
             part = pa.concat_tables(self._pending)
-            self._pending, self._pending_rows = [], 0
+            self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
             self._writer.write_table(part, row_group_size=part.num_rows)
 
     def close(self) -> Path:
