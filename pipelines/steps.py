@@ -151,7 +151,9 @@ def publish_raw(ws: Workspace, dataset: str, result: Any, *, cache_key: str, par
     # The format actually used (forced or detected) is what `dpo show` reports, never null.
     params = {**params, "format": formats_used(result.formats) or params.get("format"),
               "formats": result.formats}
-    return ws.publish(dataset, result.pairs, rejects=result.rejects, quarantine=result.quarantine, params=params,
+    # The ingest's spill file becomes pairs.parquet as it is: the kept rows are never whole in memory.
+    pairs = result.pairs_file or result.pairs
+    return ws.publish(dataset, pairs, rejects=result.rejects, quarantine=result.quarantine, params=params,
                       kind="raw", flow_run=flow_run, cache_key=cache_key, input_rows=result.input_rows, meta=meta)
 
 

@@ -53,3 +53,16 @@ def test_clean_reuses_snapshot_until_gate_or_parent_change(workspace: Workspace,
     assert c2.snapshot_id == "hh@2" and c2.rejected >= c1.rejected
     assert [s.version for s in workspace.list_snapshots("hh")] == [1, 2]
     assert steps.recorded_gate_stats(c1) is not None and (c1.path / "report.html").exists()
+
+
+def test_ingest_publishes_the_spill_file_without_reading_the_pairs_into_memory(
+        workspace: Workspace, hh_small: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from data_quality.ingest.api import IngestResult
+
+    def never(self: IngestResult) -> None:
+        raise AssertionError("the kept pairs were read back whole before publishing")
+
+    expected = steps.ingest(workspace, [str(hh_small)], "hh_table")  # the same rows, for comparison
+    monkeypatch.setattr(IngestResult, "pairs", property(never))
+    info = steps.ingest(workspace, [str(hh_small)], "hh_spilled")
+    assert info.kept == expected.kept > 0 and info.content_hash == expected.content_hash
