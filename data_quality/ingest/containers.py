@@ -327,17 +327,3 @@ def _csv_records(path: Path, source: str, sep: str, opts: IngestOptions, quarant
 def _q(source: str, row: int, fld: str | None, error: str, raw: str | None) -> dict:
     return {"source": source, "source_row": row, "field": fld, "error": safe_text(error), "raw": raw,
             "stage": "parse"}
-
-
-_MOVED = {"read_json": "json_array", "read_parquet": "tables", "read_hf_dir": "tables", "read_path": "sources",
-          "container_of": "sources", "FILE_READERS": "sources"}
-
-
-def __getattr__(name: str) -> object:
-    """Readers that moved to their own modules stay importable from here (they import this module, so the
-    import is done on first use, never at load: no cycle)."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"data_quality.ingest.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -163,7 +163,7 @@ def test_json_array_split_matches_whole_parse_at_every_piece_size(tmp_path, monk
     """Quotes, backslash runs, brackets and commas inside strings, cut at every piece boundary."""
     import orjson
 
-    from data_quality.ingest import containers
+    from data_quality.ingest import containers, json_array
 
     tricky = ['a "quoted" [x], {y}', "ends in \\", "\\\\\"]", "tab\there", "caf\u00e9 \\\"", ",]}", ""]
     value = [{"prompt": t, "chosen": [t, {"k": [1, 2.5, None, True]}], "n": i} for i, t in enumerate(tricky)]
@@ -174,7 +174,7 @@ def test_json_array_split_matches_whole_parse_at_every_piece_size(tmp_path, monk
     want = list(enumerate(orjson.loads(data)))  # today's whole-file parse
     for chunk in (1, 2, 3, 5, 8, 13, 64, 1 << 20):
         monkeypatch.setattr(containers, "_CHUNK", chunk)
-        rows = containers.read_json(path, "s", IngestOptions())
+        rows = json_array.read_json(path, "s", IngestOptions())
         assert rows.quarantine == [] and rows.records == want, chunk
 
 

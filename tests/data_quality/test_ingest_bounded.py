@@ -111,7 +111,7 @@ def test_json_array_rows_equal_the_whole_file_parse_on_alpaca_eval() -> None:
     parse gave, so the same pairs and pair ids."""
     import orjson
 
-    from data_quality.ingest.containers import read_json
+    from data_quality.ingest.json_array import read_json
     from data_quality.ingest.options import IngestOptions
 
     files = sorted(Path("/work/shared/data/alpaca_eval/annotations").glob("*.json.gz"))

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_quality.ingest import IngestError, IngestOptions, detect_format, ingest_files
-from data_quality.ingest.containers import read_path
+from data_quality.ingest.sources import read_path
 from storage.schema import validate_pair_table
 
 STANDARD = [{"prompt": f"What is {i}+{i}?", "chosen": f"It is {2 * i}.", "rejected": f"It is {2 * i + 1}."}
