@@ -127,7 +127,7 @@ def test_truncated_json_array_is_refused(tmp_path, text, where):
 
 
 @pytest.mark.parametrize(("name", "data"), [("e.jsonl", b""), ("e.json", b""), ("blank.jsonl", b"\n \n"),
-                                            ("e.json.gz", gzip.compress(b"")), ("arr.json", b" [ ] ")])
+                                            ("e.json.gz", gzip.compress(b"", mtime=0)), ("arr.json", b" [ ] ")])
 def test_empty_file_is_refused(tmp_path, name, data):
     path = tmp_path / name
     path.write_bytes(data)
