@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from storage import catalog, locks
 
 RUN_LOCK = ".run.lock"  # in a run's output folder, held by the process training it
@@ -112,11 +114,17 @@ def log_metrics(root: Path, run_id: str, rows: Sequence[tuple[int, str, float]])
     if not rows:
         return
     now = datetime.now(UTC)
+    latest = {(int(s), str(n)): float(v) for s, n, v in rows}  # one row per key: a retried step keeps its last value
+    pending = pa.table({"run_id": pa.array([run_id] * len(latest), pa.string()),
+                        "step": pa.array([s for s, _ in latest], pa.int32()),
+                        "name": pa.array([n for _, n in latest], pa.string()),
+                        "value": pa.array(list(latest.values()), pa.float64()),
+                        "logged_at": pa.array([now] * len(latest), pa.timestamp("us", tz="UTC"))})
     with catalog.connect(root) as con:
-        con.executemany(
-            "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?)",
-            [(run_id, int(s), str(n), float(v), now) for s, n, v in rows],
-        )
+        # one statement over an Arrow table: executemany runs one INSERT per row (0.6 s for 170 rows)
+        con.register("pending_metrics", pending)
+        con.execute("INSERT OR REPLACE INTO metrics SELECT * FROM pending_metrics")
+        con.unregister("pending_metrics")
         _ensure_columns(con)
         con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [now, run_id])
 

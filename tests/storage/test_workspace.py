@@ -109,9 +109,10 @@ def test_runs_metrics_rounds(workspace):
                          code_version="0.1", status="running", output_dir="/x")
     workspace.log_metrics("r1", [(0, "loss", 0.69), (1, "loss", 0.6)])
     workspace.log_metrics("r1", [(1, "loss", 0.5)])  # a resumed run overwrites the same step
+    workspace.log_metrics("r1", [(2, "loss", 0.4), (2, "loss", 0.3)])  # a step retried within one flush: the last
     workspace.update_run("r1", status="finished")
     rows = workspace.sql("select step, value from metrics where run_id = 'r1' order by step").to_pylist()
-    assert rows == [{"step": 0, "value": 0.69}, {"step": 1, "value": 0.5}]
+    assert rows == [{"step": 0, "value": 0.69}, {"step": 1, "value": 0.5}, {"step": 2, "value": 0.3}]
     assert workspace.sql("select status from runs").to_pylist() == [{"status": "finished"}]
     workspace.record_round("exp", 1, "generate", status="done", artefact="gen@1", details={"n": 4})
     assert workspace.get_rounds("exp")[0]["details"] == {"n": 4}
