@@ -10,6 +10,16 @@ from typing import Any
 from rich.console import Console
 
 from pipelines import output
+from pipelines.cli_common import load_toml, workspace
+from pipelines.cli_train import (
+    cmd_demo,
+    cmd_experiment,
+    cmd_iterate,
+    cmd_report,
+    cmd_rounds,
+    cmd_runs,
+    cmd_train,
+)
 from pipelines.errors import quiet_tracebacks, report_error
 
 # Spinners only: every printed value goes through pipelines.output, which never reads data as markup.
@@ -23,12 +33,6 @@ def _status(text: str) -> Any:
     return console.status(Text(text))
 
 
-def _ws(args: argparse.Namespace):
-    from storage.workspace import Workspace
-
-    return Workspace(args.workspace)
-
-
 def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
     output.print_table(rows, title=title)
 
@@ -37,7 +41,7 @@ def _print_table(rows: list[dict[str, Any]], title: str | None = None) -> None:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from pipelines import steps
 
-    ws = _ws(args)
+    ws = workspace(args)
     with _status(f"reading {len(args.sources)} source(s)"):
         info = steps.ingest(ws, [str(s) for s in args.sources], args.dataset, format=args.format,
                             options=_ingest_options(args))
@@ -80,10 +84,10 @@ def _ingest_options(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_clean(args: argparse.Namespace) -> int:
     from pipelines import steps
 
-    gate = _load_toml(args.config).get("gate", {}) if args.config else {}
+    gate = load_toml(args.config).get("gate", {}) if args.config else {}
     eval_prompts = steps.read_eval_prompts(args.eval_prompts)
     with _status(f"cleaning {args.snapshot}"):
-        info = steps.clean(_ws(args), args.snapshot, gate, dataset=args.dataset, eval_prompts=eval_prompts)
+        info = steps.clean(workspace(args), args.snapshot, gate, dataset=args.dataset, eval_prompts=eval_prompts)
     _print_table([_counts(info)], title=f"cleaned {info.parents[0] if info.parents else ''} -> {info.snapshot_id}")
     report = info.path / "report.html"
     if report.exists():
@@ -116,14 +120,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshots(args: argparse.Namespace) -> int:
-    infos = _ws(args).list_snapshots(args.dataset)
+    infos = workspace(args).list_snapshots(args.dataset)
     rows = [{**_counts(i), "kind": i.kind, "parents": i.parents, "created": i.created_at} for i in infos]
     output.emit(rows, args.format, title="snapshots")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    ws = _ws(args)
+    ws = workspace(args)
     info = ws.resolve(args.snapshot)
     chain, cur = [], info
     while cur.parents:  # lineage back to the raw snapshot
@@ -160,7 +164,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pipelines.export import export_snapshot
 
-    res = export_snapshot(_ws(args), args.snapshot, args.to, args.format, overwrite=args.overwrite,
+    res = export_snapshot(workspace(args), args.snapshot, args.to, args.format, overwrite=args.overwrite,
                           with_reference=args.with_reference_logps)
     for warning in res.warnings:
         output.message(warning, label="warning:", style="yellow")
@@ -173,7 +177,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     limits = SqlLimits(timeout_s=args.timeout, memory_limit=args.memory_limit, threads=args.threads,
                        max_temp_size=args.temp_limit)
-    table = _ws(args).sql(args.query, limits)
+    table = workspace(args).sql(args.query, limits)
     # The table view shows --limit rows; json and csv are the data, every row.
     output.emit(table, args.format, limit=args.limit if args.format == "table" else None)
     return 0
@@ -182,7 +186,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from storage.doctor import diagnose
 
-    ws = _ws(args)  # opening repoints a moved or copied workspace and upgrades an old catalog
+    ws = workspace(args)  # opening repoints a moved or copied workspace and upgrades an old catalog
     findings = [f.as_dict() for f in diagnose(ws.root, fix=args.fix)]
     output.emit(findings or [{"check": "all", "path": str(ws.root), "problem": "none", "status": "ok",
                               "action": ""}], args.format, title="doctor")
@@ -192,109 +196,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if open_ else 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    cfg_dict: dict[str, Any] = _load_toml(args.config).get("train", {}) if args.config else {}
-    cfg_dict.update({k: v for k, v in {"snapshot": args.snapshot, "model": args.model, "loss": args.loss,
-                                       "max_steps": args.max_steps, "mode": args.mode,
-                                       "output_dir": args.output_dir}.items() if v is not None})
-    from pipelines.demo import train_with_progress
-
-    if cfg_dict.get("model"):
-        from pipelines.models import check_model
-
-        check_model(str(cfg_dict["model"]))
-    _quiet_transformers()
-    result = train_with_progress(cfg_dict, _ws(args), f"{cfg_dict.get('mode', 'dpo')} on {cfg_dict.get('snapshot')}")
-    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
-        return 0
-    done = f"{result.steps} steps" if result.losses else f"already finished at step {result.steps}, nothing rewritten"
-    output.line(f"run {result.run_id}: {done}, trained on {result.snapshot_id}")
-    if result.reference:  # cached reference log-probs: their own artefact, never a version of the dataset
-        output.line(f"reference log-probs: {result.reference} ({'computed' if result.reference_computed else 'reused'})")
-    output.line(f"checkpoint: {result.checkpoint}")
-    if result.report:
-        output.line(f"report: {result.report}")
-    return 0
-
-
-def cmd_iterate(args: argparse.Namespace) -> int:
-    from pipelines.rounds import run_iterate
-
-    _quiet_transformers()
-    history = run_iterate(args.config, rounds=args.rounds, workspace=args.workspace)
-    output.line(f"{len(history) - 1} round(s) complete; lineage: dpo rounds")
-    return 0
-
-
-def cmd_rounds(args: argparse.Namespace) -> int:
-    rows = _ws(args).sql("SELECT experiment, round, step, status, artefact, updated_at FROM rounds "
-                         "ORDER BY experiment, round, updated_at")
-    output.emit(rows, args.format, title="rounds")
-    return 0
-
-
-def cmd_runs(args: argparse.Namespace) -> int:
-    output.emit(_ws(args).sql("SELECT * FROM runs ORDER BY started_at"), args.format, title="runs")
-    return 0
-
-
-def cmd_experiment(args: argparse.Namespace) -> int:
-    from pipelines.experiment import TABLE_HEADER, format_table, run_experiment
-
-    _quiet_transformers()
-    res = run_experiment(workspace=args.workspace, quick=args.quick)
-    output.emit([dict(zip(TABLE_HEADER, row, strict=True)) for row in format_table(res["rows"])], args.format,
-                title=f"controlled experiment: true reward vs KL to the reference ({res['seconds']:.0f}s)")
-    output.line(f"plot: {res['plot']}")
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from pipelines.report_ui import make_server
-
-    ws = _ws(args)
-    server = make_server(ws.root, args.host, args.port)
-    output.message(f"serving the reports of {ws.root} at http://{args.host}:{server.server_address[1]}/ "
-                   "(Ctrl-C stops); the Prefect UI's report artifacts link here")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from pipelines.demo import run_demo
-
-    _quiet_transformers()
-    run_demo(workspace=args.workspace, quick=args.quick)
-    return 0
-
-
-def _quiet_transformers() -> None:
-    """Weight-loading progress bars of every model load would bury the command's own progress."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-
-
 # -- helpers ----------------------------------------------------------------------------------------------------
 def _counts(info: Any) -> dict[str, Any]:
     return {"snapshot": info.snapshot_id, "input": info.input_rows, "kept": info.kept, "rejected": info.rejected,
             "quarantined": info.quarantined}
-
-
-def _load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
-    import tomllib
-
-    try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:  # a ValueError: exit 2 with the file and position
-        raise ValueError(f"{path}: not valid TOML: {exc}") from exc
 
 
 def _version() -> str:
