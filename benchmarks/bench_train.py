@@ -147,7 +147,7 @@ def run_plain(model_dir: Path, tok, table) -> dict:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=LR)
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, fused=True)  # as this trainer and TRL (adamw_torch_fused)
     data = tokenize_pairs(table, tok, max_length=MAX_LEN, max_prompt_length=96)
     clock = _Clock()
     for idx in epoch_order(data.lengths(), BATCH, seed=0, epoch=0):
