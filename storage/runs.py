@@ -123,7 +123,8 @@ def log_metrics(root: Path, run_id: str, rows: Sequence[tuple[int, str, float]])
     with catalog.connect(root) as con:
         # one statement over an Arrow table: executemany runs one INSERT per row (0.6 s for 170 rows)
         con.register("pending_metrics", pending)
-        con.execute("INSERT OR REPLACE INTO metrics SELECT * FROM pending_metrics")
+        con.execute("INSERT OR REPLACE INTO metrics (run_id, step, name, value, logged_at) "
+                    "SELECT run_id, step, name, value, logged_at FROM pending_metrics")
         con.unregister("pending_metrics")
         _ensure_columns(con)
         con.execute("UPDATE runs SET heartbeat_at = ? WHERE run_id = ?", [now, run_id])
