@@ -152,8 +152,10 @@ def publish_raw(ws: Workspace, dataset: str, result: Any, *, cache_key: str, par
     params = {**params, "format": formats_used(result.formats) or params.get("format"),
               "formats": result.formats}
     # The ingest's spill file becomes pairs.parquet as it is: the kept rows are never whole in memory.
+    # The spills are placed or streamed into the snapshot; a result built from tables publishes those.
     pairs = result.pairs_file or result.pairs
-    return ws.publish(dataset, pairs, rejects=result.rejects, quarantine=result.quarantine, params=params,
+    rejects, quarantine = result.rejects_file or result.rejects, result.quarantine_file or result.quarantine
+    return ws.publish(dataset, pairs, rejects=rejects, quarantine=quarantine, params=params,
                       kind="raw", flow_run=flow_run, cache_key=cache_key, input_rows=result.input_rows, meta=meta)
 
 

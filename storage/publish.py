@@ -76,6 +76,37 @@ def to_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str)
 
 
+class SideFile:
+    """A side table (rejects, quarantine) given as a Parquet file of its schema, an ingest's spill: streamed into
+    the snapshot a row group at a time, never read whole."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        got = pq.read_schema(path)
+        if not got.equals(schema):
+            raise ValueError(f"{path}: a side table file must have its schema exactly (got {got})")
+        self.path = path
+        self.num_rows = pq.ParquetFile(path).metadata.num_rows
+
+
+def _side(value: pa.Table | Path | None, schema: pa.Schema) -> pa.Table | SideFile:
+    if value is None:
+        return schema.empty_table()
+    if isinstance(value, str | os.PathLike):
+        return SideFile(Path(value), schema)
+    return conform(value, schema)
+
+
+def _write_side(src: pa.Table | SideFile, snapshot_id: str, path: Path) -> None:
+    if isinstance(src, pa.Table):
+        pq.write_table(with_snapshot_id(src, snapshot_id), path, compression="zstd")
+        return
+    f = pq.ParquetFile(src.path)
+    schema = with_snapshot_id(f.schema_arrow.empty_table(), snapshot_id).schema
+    with pq.ParquetWriter(path, schema, compression="zstd") as out:
+        for i in range(f.num_row_groups):
+            out.write_table(with_snapshot_id(f.read_row_group(i), snapshot_id))
+
+
 def with_snapshot_id(table: pa.Table, snapshot_id: str) -> pa.Table:
     if "snapshot_id" in table.column_names:
         table = table.drop_columns(["snapshot_id"])
@@ -107,8 +138,8 @@ def publish(
     dataset: str,
     pairs: pa.Table | Path,
     *,
-    rejects: pa.Table | None,
-    quarantine: pa.Table | None,
+    rejects: pa.Table | Path | None,
+    quarantine: pa.Table | Path | None,
     parents: Sequence[str],
     params: dict[str, Any],
     kind: str,
@@ -124,7 +155,8 @@ def publish(
 
     `storage`: an s3:// prefix for the snapshot's files (storage/objects.py); None keeps them in `snapshots/`.
     `pairs` may be a Parquet file with PAIR_SCHEMA (an ingest's spill): it becomes pairs.parquet as it is, so
-    a publish of millions of rows never holds them in memory."""
+    a publish of millions of rows never holds them in memory; `rejects` and `quarantine` may likewise be files of
+    their schemas, streamed into the snapshot."""
     check_name(dataset)
     pairs_path = Path(pairs) if isinstance(pairs, str | os.PathLike) else None
     if pairs_path is not None:
@@ -132,8 +164,7 @@ def publish(
     else:
         pairs = conform(pairs)
         kept = pairs.num_rows
-    rejects = conform(rejects, REJECTS_SCHEMA) if rejects is not None else REJECTS_SCHEMA.empty_table()
-    quarantine = conform(quarantine, QUARANTINE_SCHEMA) if quarantine is not None else QUARANTINE_SCHEMA.empty_table()
+    rejects, quarantine = _side(rejects, REJECTS_SCHEMA), _side(quarantine, QUARANTINE_SCHEMA)
     total = kept + rejects.num_rows + quarantine.num_rows
     if input_rows is not None and input_rows != total:
         raise ValueError(
@@ -239,7 +270,7 @@ def _check_names(con: duckdb.DuckDBPyConnection, dataset: str, tables: Sequence[
             raise ValueError(f"extra table name {name!r} is reserved or names a dataset")
 
 
-def _commit(root: Path, tmp: Path, written: list[str], side: dict[str, pa.Table], writing: _Writing,
+def _commit(root: Path, tmp: Path, written: list[str], side: dict[str, pa.Table | SideFile], writing: _Writing,
             remote: _Remote | None, **kw: Any) -> str:
     dataset = kw["dataset"]
     created = datetime.now(UTC)
@@ -261,7 +292,7 @@ def _commit(root: Path, tmp: Path, written: list[str], side: dict[str, pa.Table]
             snapshot_id = f"{dataset}@{version}"
             for name, tbl in side.items():
                 with writing.at(tmp / f"{name}.parquet"):
-                    pq.write_table(with_snapshot_id(tbl, snapshot_id), tmp / f"{name}.parquet", compression="zstd")
+                    _write_side(tbl, snapshot_id, tmp / f"{name}.parquet")
             manifest = {
                 "snapshot_id": snapshot_id, "schema_version": SCHEMA_VERSION, "kind": kw["kind"],
                 "parents": kw["parents"], "params": kw["params"], "meta": kw["meta"],

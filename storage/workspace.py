@@ -146,10 +146,10 @@ class Workspace:
     def publish(
         self,
         dataset: str,
-        pairs: pa.Table,
+        pairs: pa.Table | Path,
         *,
-        rejects: pa.Table | None = None,
-        quarantine: pa.Table | None = None,
+        rejects: pa.Table | Path | None = None,
+        quarantine: pa.Table | Path | None = None,
         parents: Sequence[str] = (),
         params: dict[str, Any] | None = None,
         kind: str = "raw",
@@ -161,7 +161,9 @@ class Workspace:
         meta: dict[str, Any] | None = None,
     ) -> SnapshotInfo:
         """Publish atomically (storage/publish.py). With a cache_key that this dataset already published (say by
-        a parallel identical run), nothing new is written and that snapshot is returned."""
+        a parallel identical run), nothing new is written and that snapshot is returned. `pairs`, `rejects` and
+        `quarantine` may be Parquet files of their schemas (an ingest's spills), placed or streamed, never read
+        whole."""
         parent_ids = [self.resolve(p).snapshot_id for p in parents]
         snapshot_id = publish.publish(
             self.root, dataset, pairs, rejects=rejects, quarantine=quarantine, parents=parent_ids,

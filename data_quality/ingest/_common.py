@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 import pyarrow as pa
 
 from data_quality.ingest.containers import RawRows, raw_of, safe_text
 from data_quality.ingest.options import IngestOptions
-from data_quality.ingest.pair_spill import PairSpill
+from data_quality.ingest.spill import IngestSpill
 from storage.schema import REJECTS_SCHEMA, build_pair_table, quarantine_table, rejects_table
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -113,32 +114,35 @@ _FLUSH_ROWS = 5_000
 
 
 class Collector:
-    """Accumulates one source's outcome as plain column lists, turned into Arrow every `_FLUSH_ROWS` kept rows;
-    with a `sink` (ingest's PairSpill) those tables go to disk as they are made instead of staying in memory."""
+    """Accumulates one source's outcome as plain column lists, turned into Arrow every `_FLUSH_ROWS` rows; with a
+    `sink` (ingest's IngestSpill) kept pairs, rejects and quarantine go to disk as they are made instead of staying
+    in memory, so memory holds a few thousand rows of each whatever the source's size."""
 
-    def __init__(self, rows: RawRows, opts: IngestOptions, sink: PairSpill | None = None) -> None:
+    def __init__(self, rows: RawRows, opts: IngestOptions, sink: IngestSpill | None = None) -> None:
         self.source = rows.source
         self.sink = sink
         self.opts = opts
         self.kept: dict[str, list] = {k: [] for k in ("prompt", "chosen", "rejected", "source", "source_row",
                                                       *_EVIDENCE)}
         self.dropped: dict[str, list] = {k: [] for k in (*self.kept, "rule", "reason", "params")}
-        # Parse failures fill the container's list while its stream is read; they come first, as they always did.
-        self._parse_quarantine = rows.quarantine
-        self._bad: list[dict] = []
+        # One log per source, in read order: the container's parse failures, then (as rows are handled) ours.
+        self._log = rows.quarantine
+        if sink is not None:
+            self._log.spill = lambda bad: sink.quarantine.write(quarantine_table(bad))
         self._kept_tables: list[pa.Table] = []
-        self._kept_count = 0
+        self._reject_tables: list[pa.Table] = []
+        self._kept_count = self._rejected_count = 0
 
     def keep(self, row: int, prompt: list[dict], chosen: str, rejected: str, **evidence: object) -> None:
         self._append(self.kept, row, prompt, chosen, rejected, evidence)
         if len(self.kept["chosen"]) >= _FLUSH_ROWS:
             # Python lists of messages and strings cost several times their Arrow size: convert as we go.
-            self._flush()
+            self._flush_kept()
 
-    def _flush(self) -> None:
+    def _flush_kept(self) -> None:
         table = self._table(self.kept)
         if self.sink is not None:
-            self.sink.write(table)
+            self.sink.pairs.write(table)
         else:
             self._kept_tables.append(table)
         self._kept_count += len(self.kept["chosen"])
@@ -146,7 +150,13 @@ class Collector:
 
     @property
     def quarantine(self) -> list[dict]:
-        return [*self._parse_quarantine, *self._bad]
+        """The quarantined rows still held (all of them without a sink)."""
+        return list(self._log)
+
+    @property
+    def reasons(self) -> Counter[str]:
+        """How many quarantined rows gave each error (its first 160 characters; the first 1,000 kinds)."""
+        return self._log.reasons
 
     def reject(self, rule: str, reason: str, params: dict | None, row: int, prompt: list[dict], chosen: str,
                rejected: str, **evidence: object) -> None:
@@ -155,6 +165,27 @@ class Collector:
         cols["rule"].append(rule)
         cols["reason"].append(reason)
         cols["params"].append(json.dumps(params, sort_keys=True) if params is not None else None)
+        if len(cols["chosen"]) >= _FLUSH_ROWS:
+            self._flush_rejects()
+
+    def _flush_rejects(self) -> None:
+        """The held rejects as one REJECTS_SCHEMA table, grouped by rule, to the sink or the held tables."""
+        cols = self.dropped
+        if not cols["chosen"]:
+            return
+        table = self._table(cols)
+        parts = []
+        for rule in sorted(set(cols["rule"])):
+            idx = [i for i, r in enumerate(cols["rule"]) if r == rule]
+            params = {cols["params"][i] for i in idx}
+            parts.append(rejects_table(table.take(idx), rule, [cols["reason"][i] for i in idx],
+                                       params.pop() if len(params) == 1 else None))
+        if self.sink is not None:
+            self.sink.rejects.write(pa.concat_tables(parts))
+        else:
+            self._reject_tables.extend(parts)
+        self._rejected_count += len(cols["chosen"])
+        self.dropped = {k: [] for k in cols}
 
     def _append(self, cols: dict[str, list], row: int, prompt: list[dict], chosen: str, rejected: str,
                 evidence: dict[str, object]) -> None:
@@ -170,9 +201,9 @@ class Collector:
     def bad_row(self, row: int, record: object, exc: Exception, source: str | None = None) -> None:
         fld = safe_text(exc.field) if isinstance(exc, RowError) and exc.field else None
         error = str(exc) if isinstance(exc, RowError) else f"invalid row ({type(exc).__name__}: {exc})"
-        self._bad.append({"source": source or self.source, "source_row": row, "field": fld,
-                                "error": safe_text(error), "raw": raw_of(record, self.opts.max_raw_chars),
-                                "stage": "validate"})
+        self._log.append({"source": source or self.source, "source_row": row, "field": fld,
+                          "error": safe_text(error), "raw": raw_of(record, self.opts.max_raw_chars),
+                          "stage": "validate"})
 
     def _table(self, cols: dict[str, list]) -> pa.Table:
         return build_pair_table({k: cols[k] for k in ("prompt", "chosen", "rejected", "source", "source_row",
@@ -182,37 +213,38 @@ class Collector:
         """The kept pairs (with a sink: an empty table, the rows having gone to the sink)."""
         if self.sink is not None:
             if self.kept["chosen"]:
-                self._flush()
+                self._flush_kept()
             return self._table(self.kept)
         return pa.concat_tables([*self._kept_tables, self._table(self.kept)])
 
     def rejects(self) -> pa.Table:
-        cols = self.dropped
-        if not cols["chosen"]:
+        """The rejects (with a sink: an empty table, the rows having gone to the sink)."""
+        self._flush_rejects()
+        if self.sink is not None or not self._reject_tables:
             return REJECTS_SCHEMA.empty_table()
-        table = self._table(cols)
-        parts = []
-        for rule in sorted(set(cols["rule"])):
-            idx = [i for i, r in enumerate(cols["rule"]) if r == rule]
-            params = {cols["params"][i] for i in idx}
-            part = rejects_table(table.take(idx), rule, [cols["reason"][i] for i in idx],
-                                 params.pop() if len(params) == 1 else None)
-            parts.append(part)
-        return pa.concat_tables(parts)
+        return pa.concat_tables(self._reject_tables)
 
     def quarantined(self) -> pa.Table:
+        """The quarantine (with a sink: an empty table, the rows having gone to the sink)."""
+        self._log.flush()
         return quarantine_table(self.quarantine)
+
+    def finish(self) -> None:
+        """Everything still held to the sink (the end of a source)."""
+        self.pairs()
+        self.rejects()
+        self.quarantined()
 
     @property
     def counts(self) -> tuple[int, int, int]:
-        quarantined = len(self._parse_quarantine) + len(self._bad)
-        return self._kept_count + len(self.kept["chosen"]), len(self.dropped["chosen"]), quarantined
+        return (self._kept_count + len(self.kept["chosen"]), self._rejected_count + len(self.dropped["chosen"]),
+                self._log.total)
 
 
 RowHandler = Callable[[Collector, int, dict], None]
 
 
-def run_rows(rows: RawRows, opts: IngestOptions, handle: RowHandler, sink: PairSpill | None = None) -> Collector:
+def run_rows(rows: RawRows, opts: IngestOptions, handle: RowHandler, sink: IngestSpill | None = None) -> Collector:
     """Apply a per-row handler to the rows' stream (read once, each record released once handled); any failure
     of one row quarantines that row only."""
     out = Collector(rows, opts, sink)

@@ -13,8 +13,8 @@ from data_quality.ingest._common import Collector, RowHandler, run_rows
 from data_quality.ingest.containers import RawRows
 from data_quality.ingest.formats import FORMATS, MAPPED, REGISTRY, detect_row, format_hint
 from data_quality.ingest.options import IngestOptions
-from data_quality.ingest.pair_spill import PairSpill
 from data_quality.ingest.sources import read_path
+from data_quality.ingest.spill import IngestSpill
 from storage.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA
 
 Reader = Callable[[RawRows, IngestOptions], Collector]
@@ -36,39 +36,68 @@ class IngestError(ValueError):
 
 
 class IngestResult:
-    """What an ingest produced. The kept pairs are either a table (`pairs`) or, from `ingest_files`, a Parquet
-    file written as rows were read (`pairs_file`, PAIR_SCHEMA): `pairs` then reads that file on first use, and a
-    publish given `pairs_file` copies it without ever holding the table."""
+    """What an ingest produced. Each output (kept pairs, rejects, quarantine) is either a table or, from
+    `ingest_files`, a Parquet file written as rows were read (`pairs_file`, `rejects_file`, `quarantine_file`):
+    the table attribute then reads that file on first use, and a publish given the files never holds a table."""
 
-    def __init__(self, pairs: pa.Table | None = None, *, quarantine: pa.Table, rejects: pa.Table, input_rows: int,
-                 per_source: list[dict] | None = None, formats: dict[str, str] | None = None,
-                 spill: PairSpill | None = None) -> None:
-        self._pairs = pairs
-        self._spill = spill  # owns the temporary folder of `pairs_file`: deleted with this result
-        self.quarantine, self.rejects, self.input_rows = quarantine, rejects, input_rows
+    def __init__(self, pairs: pa.Table | None = None, *, quarantine: pa.Table | None = None,
+                 rejects: pa.Table | None = None, input_rows: int, per_source: list[dict] | None = None,
+                 formats: dict[str, str] | None = None, spill: IngestSpill | None = None) -> None:
+        self._tables = {"pairs": pairs, "rejects": rejects, "quarantine": quarantine}
+        self._spill = spill  # owns the temporary folder of the files: deleted with this result
+        self.input_rows = input_rows
         self.per_source = per_source or []
         self.formats = formats or {}
 
+    def _file(self, name: str) -> Path | None:
+        return getattr(self._spill, name).close() if self._spill is not None else None
+
     @property
     def pairs_file(self) -> Path | None:
-        return self._spill.close() if self._spill is not None else None
+        return self._file("pairs")
+
+    @property
+    def rejects_file(self) -> Path | None:
+        return self._file("rejects")
+
+    @property
+    def quarantine_file(self) -> Path | None:
+        return self._file("quarantine")
+
+    def _table(self, name: str, schema: pa.Schema) -> pa.Table:
+        if self._tables[name] is None:
+            import pyarrow.parquet as pq
+
+            path = self._file(name)
+            self._tables[name] = pq.read_table(path) if path is not None else schema.empty_table()
+        return self._tables[name]
 
     @property
     def pairs(self) -> pa.Table:
-        if self._pairs is None:
-            import pyarrow.parquet as pq
+        return self._table("pairs", PAIR_SCHEMA)
 
-            self._pairs = pq.read_table(self.pairs_file) if self._spill is not None else PAIR_SCHEMA.empty_table()
-        return self._pairs
+    @property
+    def rejects(self) -> pa.Table:
+        return self._table("rejects", REJECTS_SCHEMA)
+
+    @property
+    def quarantine(self) -> pa.Table:
+        return self._table("quarantine", QUARANTINE_SCHEMA)
+
+    def _rows(self, name: str) -> int:
+        table = self._tables[name]
+        if table is None and self._spill is not None:
+            return getattr(self._spill, name).rows
+        return table.num_rows if table is not None else 0
 
     @property
     def kept_rows(self) -> int:
-        return self._pairs.num_rows if self._pairs is not None or self._spill is None else self._spill.rows
+        return self._rows("pairs")
 
     @property
     def counts(self) -> dict[str, int]:
-        return {"input_rows": self.input_rows, "kept": self.kept_rows, "rejected": self.rejects.num_rows,
-                "quarantined": self.quarantine.num_rows}
+        return {"input_rows": self.input_rows, "kept": self._rows("pairs"), "rejected": self._rows("rejects"),
+                "quarantined": self._rows("quarantine")}
 
 
 def detect_format(rows: RawRows, opts: IngestOptions) -> str | None:
@@ -109,7 +138,7 @@ def _sources(path: str | Path, opts: IngestOptions) -> list[RawRows]:
                          "this is not a file of preference rows") from None
 
 
-def _read_one(rows: RawRows, format: str | None, opts: IngestOptions, sink: PairSpill | None = None
+def _read_one(rows: RawRows, format: str | None, opts: IngestOptions, sink: IngestSpill | None = None
               ) -> tuple[Collector, str, dict]:
     """One source through its reader: (collector, format name, rows per format when a file mixes them)."""
     if format == MAPPED or (format is None and opts.columns):
@@ -159,23 +188,21 @@ def ingest_files(paths: Sequence[str | Path], format: str | None = None,
         raise ValueError(f"--format {MAPPED} needs a column map (--map prompt=...,chosen=...,rejected=...)")
     if isinstance(paths, str | Path):
         paths = [paths]
-    rejects, quarantine = [], []
     per_source: list[dict] = []
     fmts: dict[str, str] = {}
     failed: list[str] = []
-    spill = PairSpill()  # every source's kept pairs, written as they are made: memory never holds them all
+    # Every source's kept pairs, rejects and quarantine, written as they are made: memory never holds them all.
+    spill = IngestSpill()
     try:
         for path in paths:
             for rows in _sources(path, opts):
                 sample = rows.peek(opts.detect_rows)  # kept for the hint: the reader releases rows as it goes
                 out, fmt, used = _read_one(rows, format, opts, spill)
-                out.pairs()  # the last kept rows to the spill
+                out.finish()
                 # An empty or truncated file is known once its stream is read; nothing of it is published.
                 if require_pairs and rows.broken:
                     raise ValueError(rows.broken)
                 fmts[rows.source] = fmt
-                rejects.append(out.rejects())
-                quarantine.append(out.quarantined())
                 kept, rejected, quarantined = out.counts
                 entry = {"source": rows.source, "container": rows.container, "format": fmt,
                          "records": rows.n_rows, "input_rows": kept + rejected + quarantined, "kept": kept,
@@ -186,27 +213,20 @@ def ingest_files(paths: Sequence[str | Path], format: str | None = None,
                     entry["rows_like"] = used  # forced, yet these rows' fields say another format
                 per_source.append(entry)
                 if require_pairs and quarantined and not kept and not rejected:
-                    failed.append(_nothing_kept(entry, quarantine[-1], sample, format))
+                    failed.append(_nothing_kept(entry, out.reasons, sample, format))
         spill.close()
     except BaseException:
         spill.cleanup()
         raise
-    result = IngestResult(
-        spill=spill,
-        rejects=pa.concat_tables(rejects) if rejects else REJECTS_SCHEMA.empty_table(),
-        quarantine=pa.concat_tables(quarantine) if quarantine else QUARANTINE_SCHEMA.empty_table(),
-        input_rows=sum(s["input_rows"] for s in per_source),
-        per_source=per_source,
-        formats=fmts,
-    )
+    result = IngestResult(spill=spill, input_rows=sum(s["input_rows"] for s in per_source), per_source=per_source,
+                          formats=fmts)
     _check_accounting(result, opts)
     if failed:
         raise IngestError("\n".join(failed), result)
     return result
 
 
-def _nothing_kept(entry: dict, quarantine: pa.Table, sample: list[dict], forced: str | None) -> str:
-    reasons = Counter(e[:160] for e in quarantine.column("error").to_pylist())
+def _nothing_kept(entry: dict, reasons: Counter[str], sample: list[dict], forced: str | None) -> str:
     top = "; ".join(f"{n} x {e}" for e, n in reasons.most_common(3))
     how = "forced" if forced else "detected"
     return (f"{entry['source']}: format {entry['format']!r} ({how}) kept none of {entry['input_rows']} rows; "

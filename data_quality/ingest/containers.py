@@ -13,8 +13,8 @@ import csv
 import io
 import json
 import zlib
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import orjson
@@ -27,6 +27,46 @@ PARQUET_MAGIC = b"PAR1"
 _CHUNK = 1 << 20
 
 
+class QuarantineLog(list):
+    """A source's quarantined rows in read order: the container appends parse failures, the reader validation
+    failures. With a `spill` (a callable taking a list of rows) held rows are handed to it every `flush_rows`,
+    so a file of millions of bad rows holds a few thousand; `total` counts every row ever appended, of them
+    (`unparsed`) those the container could not parse, and `reasons` the leading text of each error (for the message when a
+    whole source fails)."""
+
+    flush_rows = 5_000
+    _MAX_REASONS = 1_000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spill: Callable[[list[dict]], None] | None = None
+        self.spilled = 0
+        self.reasons: Counter[str] = Counter()
+        self.last: dict | None = None  # the last row appended, even once spilled
+        self.unparsed = 0
+
+    @property
+    def total(self) -> int:
+        return self.spilled + len(self)
+
+    def append(self, row: dict) -> None:
+        super().append(row)
+        self.last = row
+        self.unparsed += row.get("stage") == "parse"
+        reason = str(row.get("error") or "")[:160]
+        if reason in self.reasons or len(self.reasons) < self._MAX_REASONS:
+            self.reasons[reason] += 1
+        if self.spill is not None and len(self) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.spill is not None and len(self):
+            rows = list(self)
+            self.clear()
+            self.spilled += len(rows)
+            self.spill(rows)
+
+
 class RawRows:
     """What a container yields: a stream of parsed rows with their index, read once, plus rows that failed to
     parse (filled as the stream is read). `peek` buffers the first rows for format detection; `n_rows` and
@@ -34,7 +74,7 @@ class RawRows:
 
     def __init__(self, source: str, container: str, records: Iterable[tuple[int, object]] = ()) -> None:
         self.source, self.container = source, container
-        self.quarantine: list[dict] = []
+        self.quarantine = QuarantineLog()
         # Why the whole file is unusable (empty, an array cut short): ingest refuses it unless told to keep
         # what it can.
         self.broken: str | None = None
@@ -55,7 +95,7 @@ class RawRows:
 
     @property
     def n_rows(self) -> int:
-        return self._seen + len(self.quarantine)
+        return self._seen + self.quarantine.unparsed
 
     def _pull(self) -> Iterator[tuple[int, object]]:
         for item in self._stream:
@@ -202,7 +242,7 @@ def read_jsonl(path: Path, source: str, opts: IngestOptions) -> RawRows:
     return out
 
 
-def _jsonl_records(path: Path, source: str, opts: IngestOptions, quarantine: list[dict]
+def _jsonl_records(path: Path, source: str, opts: IngestOptions, quarantine: QuarantineLog
                    ) -> Iterator[tuple[int, object]]:
     problem: list[str] = []
     last = -1
@@ -221,8 +261,8 @@ def _jsonl_records(path: Path, source: str, opts: IngestOptions, quarantine: lis
             quarantine.append(_q(source, i, None, error, raw_of(line, opts.max_raw_chars)))
             continue
         yield i, value
-    if problem and not (quarantine and quarantine[-1]["source_row"] == last
-                        and quarantine[-1]["error"].startswith(problem[0])):
+    prev = quarantine.last
+    if problem and not (prev is not None and prev["source_row"] == last and prev["error"].startswith(problem[0])):
         quarantine.append(_q(source, last + 1, None, problem[0], None))
 
 
@@ -280,7 +320,7 @@ def read_csv(path: Path, source: str, opts: IngestOptions) -> RawRows:
     return out
 
 
-def _csv_records(path: Path, source: str, sep: str, opts: IngestOptions, quarantine: list[dict]
+def _csv_records(path: Path, source: str, sep: str, opts: IngestOptions, quarantine: QuarantineLog
                  ) -> Iterator[tuple[int, object]]:
     problem: list[str] = []
     done = 0  # rows Arrow handed out: the csv module's pass resumes after them

@@ -70,7 +70,7 @@ def multi_completion_from_model_outputs(paths: Sequence[str | Path], scores: Sco
             out = run_rows(rows, opts, collect)
             bad.append(out)
             per_source.append({"source": rows.source, "container": rows.container, "format": "model_outputs",
-                               "records": rows.n_rows, "quarantined": len(out.quarantine)})
+                               "records": rows.n_rows, "quarantined": out.counts[2]})
 
     pairs_out = Collector(RawRows("model_outputs", "grouped"), opts)
     for instruction, comps in groups.items():

@@ -100,10 +100,36 @@ def test_cli_reports_disk_full_without_a_traceback(workspace, small_pairs, monke
 
     src = tmp_path / "in.jsonl"
     src.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n', encoding="utf-8")
-    monkeypatch.setattr(publish.pq, "write_table", _enospc)
+    monkeypatch.setattr(publish, "_write_side", _enospc)  # the rejects file, written inside the commit
     rc = main(["-w", str(workspace.root), "ingest", str(src), "--dataset", "hh"])
     err = capsys.readouterr().err
     assert rc == 2 and "no space left on device while writing" in err and "Traceback" not in err
+
+
+def test_a_full_temp_dir_during_the_ingest_spill_is_disk_full(workspace, monkeypatch, capsys, tmp_path):
+    """Kept pairs, rejects and quarantine are spilled to $TMPDIR as they are read: a full temp disk there is
+    the same one-line DiskFullError (naming the spill and TMPDIR), exit 2, and the spill folder is removed."""
+    import data_quality.ingest.spill as spill
+    from pipelines.cli import main
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n' * 3, encoding="utf-8")
+    spill_tmp = tmp_path / "tmpdir"
+    spill_tmp.mkdir()
+    monkeypatch.setattr(spill.tempfile, "tempdir", str(spill_tmp))
+    real = spill.pq.ParquetWriter
+
+    class Full(real):
+        def write_table(self, *_a, **_k):
+            _enospc()
+
+    monkeypatch.setattr(spill.pq, "ParquetWriter", Full)
+    rc = main(["-w", str(workspace.root), "ingest", str(src), "--dataset", "hh"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no space left on device while writing the ingest spill" in err and "TMPDIR" in err, err
+    assert "Traceback" not in err
+    assert list(spill_tmp.iterdir()) == []
+    assert not (workspace.root / "snapshots" / "hh").exists()
 
 
 def _leftover(root, dataset: str, version: int) -> None:
