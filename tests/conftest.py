@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 from pathlib import Path
 
@@ -38,3 +40,25 @@ def shared_data() -> Path:
             pytest.fail(f"shared data not found at {SHARED_DATA} (set DPO_SHARED_DATA)")
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def without_chat_template(model_dir: Path, out: Path) -> Path:
+    """A copy of a local model whose tokenizer has no chat template: prompts take the plain template."""
+    out.mkdir(parents=True, exist_ok=True)
+    for f in model_dir.iterdir():
+        if f.is_file() and f.name != "chat_template.jinja":
+            (out / f.name).write_bytes(f.read_bytes())
+    conf = json.loads((out / "tokenizer_config.json").read_text())
+    conf.pop("chat_template", None)
+    (out / "tokenizer_config.json").write_text(json.dumps(conf))
+    return out
+
+
+@pytest.fixture
+def short_hh(tmp_path, shared_data) -> Path:
+    """16 real HH-RLHF rows short enough for a tiny model's positions (prompt and answers < 300 chars)."""
+    out = tmp_path / "hh_short.jsonl"
+    with gzip.open(shared_data / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt", encoding="utf-8") as fh:
+        rows = [line for line in fh if max(len(v) for v in json.loads(line).values()) < 300][:16]
+    out.write_text("".join(rows), encoding="utf-8")
+    return out

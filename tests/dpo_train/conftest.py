@@ -45,3 +45,18 @@ def chat_prompts() -> list[list[dict[str, str]]]:
         [{"role": "user", "content": "How can I learn Python quickly and well?"}],
         [{"role": "user", "content": "Is it safe?"}],
     ]
+
+
+@pytest.fixture(scope="session")
+def plain_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny policy without a chat template (prompts in the plain template, with each source's labels)."""
+    from tests.conftest import without_chat_template
+
+    return without_chat_template(tiny_model_dir, tmp_path_factory.mktemp("plain") / "policy")
+
+
+@pytest.fixture(scope="session")
+def plain_ref_dir(tiny_ref_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import without_chat_template
+
+    return without_chat_template(tiny_ref_dir, tmp_path_factory.mktemp("plain") / "reference")

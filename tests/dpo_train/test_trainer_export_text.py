@@ -9,18 +9,9 @@ from dpo_train import batching
 from dpo_train.trainer import TrainConfig, train
 
 
-def test_dpo_train_tokenises_the_exported_hh_prompt(workspace, tiny_model_dir, shared_data, tmp_path, monkeypatch):
+def test_dpo_train_tokenises_the_exported_hh_prompt(workspace, plain_model_dir, shared_data, tmp_path, monkeypatch):
     from pipelines.export import export_snapshot
     from pipelines.steps import ingest
-
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    for f in tiny_model_dir.iterdir():
-        (plain / f.name).write_bytes(f.read_bytes())
-    conf = json.loads((plain / "tokenizer_config.json").read_text())
-    conf.pop("chat_template", None)
-    (plain / "tokenizer_config.json").write_text(json.dumps(conf))
-    (plain / "chat_template.jinja").unlink(missing_ok=True)
 
     lines = gzip.open(shared_data / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt", encoding="utf-8").readlines()
     src = tmp_path / "hh_src.jsonl"
@@ -38,7 +29,7 @@ def test_dpo_train_tokenises_the_exported_hh_prompt(workspace, tiny_model_dir, s
         return texts, special
 
     monkeypatch.setattr(batching, "render_prompts", spy)
-    train(TrainConfig(snapshot="hh", model=str(plain), per_device_batch_size=4, max_length=256,
+    train(TrainConfig(snapshot="hh", model=str(plain_model_dir), per_device_batch_size=4, max_length=256,
                       max_prompt_length=128, max_steps=1, save_steps=0, report=False), workspace)
     assert not getattr(seen["tok"], "chat_template", None)
     assert seen["texts"] == exported  # byte for byte, so the same ids before truncation
