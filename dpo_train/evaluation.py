@@ -190,9 +190,10 @@ def win_rate(current: pa.Table, other: pa.Table, judge: Judge) -> dict[str, Any]
     if joined.num_rows == 0:
         return {"n": 0, "win_rate": None, "stderr": None}
     c_rows, p_rows = joined.column("cur_row"), joined.column("prev_row")
+    sources = current.column("source").take(c_rows).to_pylist() if "source" in current.column_names else None
     p = judge.compare(current.column("prompt").take(c_rows).to_pylist(),
                       current.column("response").take(c_rows).to_pylist(),
-                      other.column("response").take(p_rows).to_pylist())
+                      other.column("response").take(p_rows).to_pylist(), sources)
     rate, se = clustered_mean_se(p, joined.column("prompt_id").to_pylist())
     assert rate is not None
     half = 1.96 * (se if se is not None else math.sqrt(max(rate * (1 - rate), 1e-12) / len(p)))

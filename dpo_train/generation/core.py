@@ -15,11 +15,15 @@ import xxhash
 
 from dpo_train.generation.config import GenerationConfig
 from storage.schema import MESSAGE_TYPE, hash_text, render_messages
+from storage.templates import Labels
 
 GENERATION_SCHEMA = pa.schema(
     [
         pa.field("prompt_id", pa.string(), nullable=False),
         pa.field("prompt", pa.list_(MESSAGE_TYPE), nullable=False),
+        # The prompt's source (the prompt table's `source`, null without one): without a chat template it picks
+        # the prompt's turn labels (storage.templates.row_labels), for the sampler and for the judges after it.
+        pa.field("source", pa.string()),
         pa.field("sample_index", pa.int32(), nullable=False),
         pa.field("response", pa.string(), nullable=False),
         pa.field("model", pa.string()),
@@ -56,8 +60,9 @@ class Sample:
     prompt_token_ids: tuple[int, ...] = ()
 
 
-# A backend gets distinct prompts and their ids and returns exactly cfg.n samples per prompt.
-Backend = Callable[[list[Messages], list[str], GenerationConfig], list[Sample]]
+# A backend gets distinct prompts, their ids and their plain-template turn labels (None: the defaults; a chat
+# template ignores them) and returns exactly cfg.n samples per prompt.
+Backend = Callable[[list[Messages], list[str], GenerationConfig, list[Labels | None]], list[Sample]]
 
 
 def derive_seed(base_seed: int, prompt_id: str, sample_index: int | None = None) -> int:
@@ -67,7 +72,14 @@ def derive_seed(base_seed: int, prompt_id: str, sample_index: int | None = None)
 
 
 def normalise_prompts(prompts: PromptsLike) -> tuple[list[Messages], list[str]]:
-    """Distinct prompts (first occurrence kept) and their ids.
+    """Distinct prompts (first occurrence kept) and their ids (see `distinct_prompts`)."""
+    msgs, ids, _ = distinct_prompts(prompts)
+    return msgs, ids
+
+
+def distinct_prompts(prompts: PromptsLike) -> tuple[list[Messages], list[str], list[str | None]]:
+    """Distinct prompts (first occurrence kept), their ids and their sources (a table's `source` column, else
+    None).
 
     A prompt snapshot taken from a pair table repeats a prompt once per pair; generating for each copy would
     give one prompt_id several groups of n, so copies are folded before generation.
@@ -77,11 +89,13 @@ def normalise_prompts(prompts: PromptsLike) -> tuple[list[Messages], list[str]]:
             raise ValueError("prompt table needs a 'prompt' column of chat messages")
         msgs = prompts.column("prompt").to_pylist()
         ids = prompts.column("prompt_id").to_pylist() if "prompt_id" in prompts.column_names else None
+        sources = prompts.column("source").to_pylist() if "source" in prompts.column_names else [None] * len(msgs)
     else:
         msgs = [list(p) for p in prompts]
-        ids = None
+        ids, sources = None, [None] * len(msgs)
     out_msgs: list[Messages] = []
     out_ids: list[str] = []
+    out_sources: list[str | None] = []
     seen: set[str] = set()
     for i, m in enumerate(msgs):
         if not m or not isinstance(m, list) or not all(isinstance(x, dict) and "role" in x and "content" in x
@@ -93,7 +107,8 @@ def normalise_prompts(prompts: PromptsLike) -> tuple[list[Messages], list[str]]:
         seen.add(pid)
         out_msgs.append([{"role": x["role"], "content": x["content"]} for x in m])
         out_ids.append(pid)
-    return out_msgs, out_ids
+        out_sources.append(sources[i])
+    return out_msgs, out_ids, out_sources
 
 
 T = TypeVar("T")
@@ -113,7 +128,8 @@ def shard(prompts: T, num_shards: int, index: int) -> T:
     return list(prompts)[index::num_shards]  # type: ignore[index,return-value]
 
 
-def assemble_table(msgs: list[Messages], ids: list[str], samples: list[Sample], cfg: GenerationConfig) -> pa.Table:
+def assemble_table(msgs: list[Messages], ids: list[str], samples: list[Sample], cfg: GenerationConfig,
+                   sources: list[str | None] | None = None) -> pa.Table:
     """The output table, ordered by (prompt, sample_index); fails if any prompt lacks exactly n answers."""
     counts = [0] * len(msgs)
     for s in samples:
@@ -127,6 +143,7 @@ def assemble_table(msgs: list[Messages], ids: list[str], samples: list[Sample], 
         {
             "prompt_id": [ids[s.prompt_row] for s in ordered],
             "prompt": [msgs[s.prompt_row] for s in ordered],
+            "source": [sources[s.prompt_row] if sources else None for s in ordered],
             "sample_index": [s.sample_index for s in ordered],
             "response": [s.response for s in ordered],
             "model": [cfg.model] * len(ordered),

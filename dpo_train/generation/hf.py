@@ -12,6 +12,7 @@ from typing import Any
 from dpo_train.generation.config import GenerationConfig
 from dpo_train.generation.core import Messages, Sample, derive_seed
 from dpo_train.templates import encode_prompt, eos_token_ids
+from storage.templates import Labels
 
 
 def resolve_device(device: str | None) -> str:
@@ -143,7 +144,8 @@ def response_text(tok: Any, token_ids: list[int], stop: tuple[str, ...] = ()) ->
     return text[: min(cuts)] if cuts else text
 
 
-def generate_transformers(msgs: list[Messages], ids: list[str], cfg: GenerationConfig) -> list[Sample]:
+def generate_transformers(msgs: list[Messages], ids: list[str], cfg: GenerationConfig,
+                          labels: list[Labels | None]) -> list[Sample]:
     import torch
 
     model, tok, device = load_causal_lm(cfg.model, dtype=cfg.dtype, device=cfg.device,
@@ -151,7 +153,7 @@ def generate_transformers(msgs: list[Messages], ids: list[str], cfg: GenerationC
     eos = eos_token_ids(tok, model)
     if not eos:
         raise ValueError(f"{cfg.model}: tokenizer and model define no EOS token; answers could never stop")
-    encoded = [encode_prompt(tok, m) for m in msgs]
+    encoded = [encode_prompt(tok, m, lab) for m, lab in zip(msgs, labels, strict=True)]
     jobs = [(r, k) for r in range(len(msgs)) for k in range(cfg.n)]
     # Longest prompts first so each batch pads little; the order cannot change answers (per-job seeds).
     jobs.sort(key=lambda j: -len(encoded[j[0]]))

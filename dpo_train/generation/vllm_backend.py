@@ -13,6 +13,7 @@ from typing import Any
 from dpo_train.generation.config import GenerationConfig
 from dpo_train.generation.core import Messages, Sample, derive_seed
 from dpo_train.templates import encode_prompt
+from storage.templates import Labels
 
 INSTALL_HINT = "install the GPU extra on a CUDA machine: pip install -e '.[gpu]'"
 
@@ -100,12 +101,13 @@ def outputs_to_samples(outputs: Sequence[Any], seeds: Sequence[int], n: int) -> 
     return samples
 
 
-def generate_vllm(msgs: list[Messages], ids: list[str], cfg: GenerationConfig) -> list[Sample]:
+def generate_vllm(msgs: list[Messages], ids: list[str], cfg: GenerationConfig,
+                  labels: list[Labels | None]) -> list[Sample]:
     vllm = require_vllm()
     llm = vllm.LLM(**llm_kwargs(cfg))
     tok = llm.get_tokenizer()
     seeds = [derive_seed(cfg.seed, pid) for pid in ids]
-    prompts = [{"prompt_token_ids": encode_prompt(tok, m)} for m in msgs]
+    prompts = [{"prompt_token_ids": encode_prompt(tok, m, lab)} for m, lab in zip(msgs, labels, strict=True)]
     params = [vllm.SamplingParams(**sampling_params_kwargs(cfg, s)) for s in seeds]
     outputs = llm.generate(prompts, params, use_tqdm=True)
     return outputs_to_samples(outputs, seeds, cfg.n)

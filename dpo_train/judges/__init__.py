@@ -7,6 +7,7 @@ Build one from a config dict with `make_judge({"type": "reward_model", "path": .
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from dpo_train.judges.base import Judge, score_table
@@ -20,6 +21,7 @@ from dpo_train.judges.implicit import ImplicitRewardJudge
 from dpo_train.judges.llm import LLMPairwiseJudge, parse_verdict
 from dpo_train.judges.python_fn import PythonFunctionJudge, load_function
 from dpo_train.judges.reward_model import RewardModelJudge
+from storage.templates import Labels
 
 JUDGES: dict[str, type[Judge]] = {
     RewardModelJudge.kind: RewardModelJudge,
@@ -30,8 +32,9 @@ JUDGES: dict[str, type[Judge]] = {
 }
 
 
-def make_judge(spec: dict[str, Any]) -> Judge:
-    """A judge from {"type": <registry key>, **settings}; unknown types or settings raise ValueError."""
+def make_judge(spec: dict[str, Any], labels_by_source: Mapping[str, Labels] | None = None) -> Judge:
+    """A judge from {"type": <registry key>, **settings}; unknown types or settings raise ValueError.
+    `labels_by_source`: the prompts' per-source turn labels (Judge.labels_by_source)."""
     spec = dict(spec)
     kind = spec.pop("type", None)
     cls = JUDGES.get(kind)  # type: ignore[arg-type]
@@ -41,7 +44,10 @@ def make_judge(spec: dict[str, Any]) -> Judge:
     unknown = sorted(set(spec) - allowed)
     if unknown:
         raise ValueError(f"unknown settings for judge {kind!r}: {unknown} (allowed: {sorted(allowed)})")
-    return cls(**spec)
+    judge = cls(**spec)
+    if labels_by_source:
+        judge.labels_by_source = dict(labels_by_source)
+    return judge
 
 
 score = score_table

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,6 +11,7 @@ import pyarrow as pa
 import xxhash
 
 from storage.schema import hash_text, render_messages
+from storage.templates import Labels, row_labels
 
 
 class Judge:
@@ -20,6 +21,10 @@ class Judge:
     """
 
     kind: ClassVar[str] = ""
+    # Each source's plain-template turn labels (storage.templates.snapshot_turn_labels of the snapshot the
+    # prompts come from; make_judge sets it). A judge that feeds a prompt to a model without a chat template
+    # renders each row with its `source`'s labels, the prompt text `dpo train` and `dpo export` use.
+    labels_by_source: Mapping[str, Labels] | None = None
 
     @property
     def version(self) -> str:
@@ -34,11 +39,20 @@ class Judge:
     def score(self, table: pa.Table) -> np.ndarray:
         raise NotImplementedError
 
-    def compare(self, prompts: Sequence[list[dict]], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
-        """P(a preferred over b) per row, in [0, 1]. Pointwise judges compare their two scores (tie: 0.5)."""
+    def turn_labels(self, table: pa.Table) -> list[Labels | None]:
+        """The plain-template turn labels of each row of `table`, from its `source` column (None: defaults)."""
+        sources = table.column("source").to_pylist() if "source" in table.column_names else None
+        return row_labels(sources, self.labels_by_source, table.num_rows)
+
+    def compare(self, prompts: Sequence[list[dict]], a: Sequence[str], b: Sequence[str],
+                sources: Sequence[str | None] | None = None) -> np.ndarray:
+        """P(a preferred over b) per row, in [0, 1]. Pointwise judges compare their two scores (tie: 0.5).
+        `sources`: the prompts' sources, which pick their turn labels (see `labels_by_source`)."""
         n = len(prompts)
-        both = pa.table({"prompt": list(prompts) * 2, "response": list(a) + list(b)})
-        s = self.score(both)
+        cols = {"prompt": list(prompts) * 2, "response": list(a) + list(b)}
+        if sources is not None:
+            cols["source"] = list(sources) * 2
+        s = self.score(pa.table(cols))
         return np.where(s[:n] > s[n:], 1.0, np.where(s[:n] < s[n:], 0.0, 0.5))
 
 

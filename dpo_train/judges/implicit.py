@@ -10,16 +10,18 @@ import pyarrow as pa
 
 from dpo_train.judges.base import Judge, check_rows, fingerprint_model_dir
 from dpo_train.judges.logprobs import response_logprobs
+from storage.templates import Labels
 
 
-def policy_logprobs(path: str, prompts: list, responses: list[str], *, batch_size: int = 8,
-                    dtype: str = "auto", device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+def policy_logprobs(path: str, prompts: list, responses: list[str], labels: list[Labels | None] | None = None, *,
+                    batch_size: int = 8, dtype: str = "auto", device: str | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Load a causal LM and return (summed response log-probs, response token counts)."""
     from dpo_train.generation.hf import load_causal_lm
 
     model, tok, dev = load_causal_lm(path, dtype=dtype, device=device)
     try:
-        return response_logprobs(model, tok, prompts, responses, batch_size=batch_size, device=dev)
+        return response_logprobs(model, tok, prompts, responses, labels, batch_size=batch_size, device=dev)
     finally:
         del model
 
@@ -53,7 +55,8 @@ class ImplicitRewardJudge(Judge):
         check_rows(table)
         prompts = table.column("prompt").to_pylist()
         responses = table.column("response").to_pylist()
+        labels = self.turn_labels(table)
         kw: dict[str, Any] = {"batch_size": self.batch_size, "dtype": self.dtype, "device": self.device}
-        lp_pi, _ = policy_logprobs(self.policy, prompts, responses, **kw)
-        lp_ref, _ = policy_logprobs(self.reference, prompts, responses, **kw)
+        lp_pi, _ = policy_logprobs(self.policy, prompts, responses, labels, **kw)
+        lp_ref, _ = policy_logprobs(self.reference, prompts, responses, labels, **kw)
         return self.beta * (lp_pi - lp_ref)

@@ -91,8 +91,10 @@ class LLMPairwiseJudge(Judge):
                 time.sleep(0.5 * 2**attempt)
         return None  # unreachable: the loop returns or raises
 
-    def compare(self, prompts: Sequence[list[dict]], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
-        """P(a preferred over b) per row: 1, 0, or 0.5 when the reply names neither letter."""
+    def compare(self, prompts: Sequence[list[dict]], a: Sequence[str], b: Sequence[str],
+                sources: Sequence[str | None] | None = None) -> np.ndarray:
+        """P(a preferred over b) per row: 1, 0, or 0.5 when the reply names neither letter. (`sources` is not
+        used: the judge's request quotes the conversation, it is not a policy's plain-template input.)"""
         import httpx
 
         texts = [render_messages(p) for p in prompts]

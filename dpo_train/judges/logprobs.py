@@ -9,16 +9,20 @@ import numpy as np
 
 from dpo_train.batching import IGNORE, sequence_logps
 from dpo_train.templates import encode_prompt, encode_response
+from storage.templates import Labels
 
 
 def response_logprobs(model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict]], responses: Sequence[str],
-                      *, batch_size: int = 8, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """(sum of log pi(y_t | x, y_<t) over response tokens incl. EOS, number of response tokens) per row."""
+                      labels: Sequence[Labels | None] | None = None, *, batch_size: int = 8,
+                      device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """(sum of log pi(y_t | x, y_<t) over response tokens incl. EOS, number of response tokens) per row.
+    `labels`: each prompt's plain-template turn labels (Judge.turn_labels), None for the defaults."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    seqs = [(encode_prompt(tokenizer, p), encode_response(tokenizer, r)) for p, r in zip(prompts, responses,
-                                                                                          strict=True)]
+    labels = labels if labels is not None else [None] * len(prompts)
+    seqs = [(encode_prompt(tokenizer, p, lab), encode_response(tokenizer, r))
+            for p, r, lab in zip(prompts, responses, labels, strict=True)]
     sums = np.zeros(len(seqs), dtype=np.float64)
     counts = np.array([len(r) for _, r in seqs], dtype=np.int64)
     order = sorted(range(len(seqs)), key=lambda i: -(len(seqs[i][0]) + len(seqs[i][1])))

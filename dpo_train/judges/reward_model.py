@@ -10,14 +10,16 @@ import pyarrow as pa
 
 from dpo_train.judges.base import Judge, check_rows, fingerprint_model_dir
 from dpo_train.templates import has_chat_template, render_plain
+from storage.templates import Labels
 
 
-def render_conversation(tokenizer: Any, prompt: list[dict], response: str) -> str:
-    """Prompt and answer as one string, in the reward model's own chat format when it has one."""
+def render_conversation(tokenizer: Any, prompt: list[dict], response: str, labels: Labels | None = None) -> str:
+    """Prompt and answer as one string, in the reward model's own chat format when it has one, else the plain
+    template with the prompt's source's turn `labels` (the text `dpo export` writes)."""
     msgs = [{"role": m["role"], "content": m["content"]} for m in prompt]
     if has_chat_template(tokenizer):
         return tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=False)
-    return f"{render_plain(msgs)} {response}"
+    return f"{render_plain(msgs, labels)} {response}"
 
 
 @dataclass
@@ -63,8 +65,9 @@ class RewardModelJudge(Judge):
 
         check_rows(table)
         model, tok, dev = self._load()
-        texts = [render_conversation(tok, p, r) for p, r in zip(table.column("prompt").to_pylist(),
-                                                                 table.column("response").to_pylist(), strict=True)]
+        texts = [render_conversation(tok, p, r, lab) for p, r, lab in zip(
+            table.column("prompt").to_pylist(), table.column("response").to_pylist(), self.turn_labels(table),
+            strict=True)]
         out = np.zeros(len(texts), dtype=np.float64)
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
