@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.iterate_config import BUILTIN, IterateConfig, load_iterate_config
+from storage.templates import Labels, snapshot_turn_labels
 from storage.workspace import Workspace
 
 log = logging.getLogger("dpo.rounds")
@@ -115,9 +116,10 @@ def ensure_inputs(ws: Workspace, cfg: IterateConfig) -> IterateConfig:
 
 
 def prompt_pool(ws: Workspace, cfg: IterateConfig) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
-    """Distinct prompts of the pool snapshot, shuffled once by seed; the first `eval_prompts` are held out."""
+    """Distinct prompts of the pool snapshot (with their `source`, which picks their turn labels), shuffled once
+    by seed; the first `eval_prompts` are held out."""
     src = ws.resolve(cfg.prompts.snapshot)
-    df = pl.from_arrow(ws.read(src.snapshot_id).select(["prompt_id", "prompt", "prompt_text"]))
+    df = pl.from_arrow(ws.read(src.snapshot_id).select(["prompt_id", "prompt", "source", "prompt_text"]))
     assert isinstance(df, pl.DataFrame)
     df = df.unique("prompt_id", keep="first").sort("prompt_id")
     too_long = df.filter(pl.col("prompt_text").str.len_chars() > cfg.prompts.max_prompt_chars).height
@@ -145,8 +147,9 @@ def generation_cfg(cfg: IterateConfig, model: str, seed_offset: int, **over: Any
     return base.replace(seed=base.seed + seed_offset, **over)
 
 
-def make_round_judge(ws: Workspace, cfg: IterateConfig, runner: Rounds):
-    """The judge of the experiment; a Bradley-Terry judge is trained once (round 0) on `judge_train_on`."""
+def make_round_judge(ws: Workspace, cfg: IterateConfig, runner: Rounds, labels: dict[str, Labels] | None = None):
+    """The judge of the experiment; a Bradley-Terry judge is trained once (round 0) on `judge_train_on`.
+    `labels`: the prompt pool's per-source turn labels, for judges that feed prompts to a model."""
     from dpo_train.judges import make_judge
 
     spec = dict(cfg.judge)
@@ -161,7 +164,7 @@ def make_round_judge(ws: Workspace, cfg: IterateConfig, runner: Rounds):
             return {"artefact": str(path), "trained_on": src.snapshot_id, "meta": model.meta}
 
         spec["path"] = runner.run(0, "judge_model", fit)["artefact"]
-    return make_judge(spec)
+    return make_judge(spec, labels_by_source=labels)
 
 
 def _policy_after(runner: Rounds, cfg: IterateConfig, round: int) -> str:
@@ -174,7 +177,8 @@ def _policy_after(runner: Rounds, cfg: IterateConfig, round: int) -> str:
 
 
 def run_round(ws: Workspace, cfg: IterateConfig, round: int, runner: Rounds, judge: Any,
-              pool: pa.Table, eval_prompts: pa.Table) -> dict[str, Any]:
+              pool: pa.Table, eval_prompts: pa.Table, labels: dict[str, Labels] | None = None) -> dict[str, Any]:
+    """One round's steps; `labels` are the pool snapshot's per-source turn labels (snapshot_turn_labels)."""
     from dpo_train.config import TrainConfig
     from dpo_train.evaluation import evaluate_round
     from dpo_train.generation import generate
@@ -196,7 +200,7 @@ def run_round(ws: Workspace, cfg: IterateConfig, round: int, runner: Rounds, jud
     def s_generate() -> dict[str, Any]:
         prompts = pq.read_table(runner.done(round, "prompts")["artefact"])
         gcfg = generation_cfg(cfg, policy, seed_offset=1000 * round)
-        gens = generate(prompts, gcfg)
+        gens = generate(prompts, gcfg, labels_by_source=labels)
         return {"artefact": _write_parquet(gens, rdir / "generations.parquet"), "rows": gens.num_rows,
                 "sampler": gcfg.to_dict(), "policy": policy}
 
@@ -233,7 +237,7 @@ def run_round(ws: Workspace, cfg: IterateConfig, round: int, runner: Rounds, jud
 
     def s_evaluate() -> dict[str, Any]:
         new_policy = runner.done(round, "train")["checkpoint"]
-        gens = _eval_generations(ws, cfg, runner, round, new_policy, eval_prompts, judge)
+        gens = _eval_generations(ws, cfg, round, new_policy, eval_prompts, judge, labels)
         previous = pq.read_table(runner.done(round - 1, "evaluate")["generations"])
         baseline = pq.read_table(runner.done(0, "evaluate")["generations"])
         rec = evaluate_round(round, gens, judge=judge, previous=previous, reference=baseline,
@@ -249,8 +253,8 @@ def run_round(ws: Workspace, cfg: IterateConfig, round: int, runner: Rounds, jud
     return runner.done(round, "evaluate") or {}
 
 
-def _eval_generations(ws: Workspace, cfg: IterateConfig, runner: Rounds, round: int, model: str,
-                      eval_prompts: pa.Table, judge: Any) -> pa.Table:
+def _eval_generations(ws: Workspace, cfg: IterateConfig, round: int, model: str, eval_prompts: pa.Table,
+                      judge: Any, labels: dict[str, Labels] | None) -> pa.Table:
     from dpo_train.generation import generate
     from dpo_train.judges import score
 
@@ -260,7 +264,7 @@ def _eval_generations(ws: Workspace, cfg: IterateConfig, runner: Rounds, round: 
     # E_pi[log pi - log pi_ref] is only unbiased for samples of pi itself.
     gcfg = generation_cfg(cfg, model, seed_offset=EVAL_SEED_OFFSET + round, n=cfg.eval.samples, temperature=1.0,
                           top_p=1.0, stop=())
-    gens = score(generate(eval_prompts, gcfg), judge)
+    gens = score(generate(eval_prompts, gcfg, labels_by_source=labels), judge)
     _write_parquet(gens, ws.path("rounds", cfg.experiment, f"round-{round:03d}", "eval_generations.parquet"))
     return gens
 
@@ -297,10 +301,13 @@ def iterate(cfg: IterateConfig, ws: Workspace | None = None, *, rounds: int | No
     cfg = ensure_inputs(ws, cfg)
     runner = Rounds(ws, cfg) if execute is None else Rounds(ws, cfg, execute)
     eval_prompts, pool, pool_stats = prompt_pool(ws, cfg)
-    judge = make_round_judge(ws, cfg, runner)
+    # Without a chat template a prompt is rendered with its source's turn labels (HH keeps "Human:"): sampling,
+    # judging and evaluation use the prompt text `dpo train` and `dpo export` use for the pool's rows.
+    labels = snapshot_turn_labels(ws, ws.resolve(pool_stats["source"]))
+    judge = make_round_judge(ws, cfg, runner, labels)
 
     def baseline() -> dict[str, Any]:
-        gens = _eval_generations(ws, cfg, runner, 0, cfg.policy, eval_prompts, judge)
+        gens = _eval_generations(ws, cfg, 0, cfg.policy, eval_prompts, judge, labels)
         from dpo_train.evaluation import evaluate_round
 
         # KL of the initial policy to itself is 0 by construction; measured anyway so every curve starts at 0.
@@ -314,7 +321,7 @@ def iterate(cfg: IterateConfig, ws: Workspace | None = None, *, rounds: int | No
 
     history = [runner.run(0, "evaluate", baseline)["evaluation"]]
     for k in range(1, (rounds or cfg.rounds) + 1):
-        history.append(run_round(ws, cfg, k, runner, judge, pool, eval_prompts)["evaluation"])
+        history.append(run_round(ws, cfg, k, runner, judge, pool, eval_prompts, labels)["evaluation"])
         write_report(history, ws.path("rounds", cfg.experiment, "report.html"),
                      title=f"Iterative DPO: {cfg.experiment}")
     return history
