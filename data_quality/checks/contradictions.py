@@ -14,7 +14,7 @@ import polars as pl
 import pyarrow as pa
 
 from .base import CheckResult, Decision, apply
-from .normalise import key_text
+from .normalise import answer_key
 
 RULE = "contradictions"
 
@@ -35,8 +35,8 @@ def decide(table: pa.Table, cfg: ContradictionsConfig) -> Decision:
     if n == 0:
         return d
     # Answers are compared by their normalisation keys, the same text that pair_id hashes.
-    hc = pl.Series(key_text(table.column("chosen"))).hash(11)
-    hr = pl.Series(key_text(table.column("rejected"))).hash(11)
+    hc = pl.Series(answer_key(table, "chosen")).hash(11)
+    hr = pl.Series(answer_key(table, "rejected")).hash(11)
     df = pl.DataFrame({
         "pid": pl.Series(table.column("prompt_id")), "lo": np.minimum(hc.to_numpy(), hr.to_numpy()),
         "hi": np.maximum(hc.to_numpy(), hr.to_numpy()), "fwd": (hc < hr).to_numpy(), "src": pl.Series(table.column("source")), "pair_id": pl.Series(table.column("pair_id")),

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .base import CheckResult, Decision, apply
-from .normalise import key_text
+from .normalise import answer_key
 
 RULE = "degenerate"
 
@@ -63,7 +63,7 @@ def decide(table: pa.Table, cfg: DegenerateConfig) -> Decision:
     d = Decision.keep_all(n)
     if n == 0:
         return d
-    keys = {s: key_text(table.column(s)) for s in ("chosen", "rejected")}
+    keys = {s: answer_key(table, s) for s in ("chosen", "rejected")}
     chars = {s: _np(pc.utf8_length(a)) for s, a in keys.items()}
     for s in keys:
         d.mark(chars[s] == 0, f"empty_{s}")

@@ -22,7 +22,7 @@ import pyarrow as pa
 from rapidfuzz import fuzz, process
 
 from .base import CheckResult, Decision, apply, histogram
-from .normalise import key_text
+from .normalise import answer_key
 
 RULE = "near_identical"
 SCORERS: dict[str, Callable[..., float]] = {
@@ -71,7 +71,7 @@ def decide(table: pa.Table, cfg: NearIdenticalConfig) -> Decision:
     step = 20_000  # Python strings for one chunk at a time keep the peak memory flat
     for lo in range(0, n, step):
         part = table.slice(lo, step)
-        kc, kr = key_text(part.column("chosen")), key_text(part.column("rejected"))
+        kc, kr = answer_key(part, "chosen"), answer_key(part, "rejected")
         s = similarity(kc.to_pylist(), kr.to_pylist(), cfg.scorer, cutoff=cfg.max_similarity)
         close = s >= cfg.max_similarity
         if close.any():  # the number test runs only on the few candidates
@@ -83,8 +83,8 @@ def decide(table: pa.Table, cfg: NearIdenticalConfig) -> Decision:
     rng = np.random.default_rng(cfg.seed)
     sample = np.sort(rng.choice(n, size=min(n, cfg.sample_for_stats), replace=False)) if n else np.zeros(0, int)
     picked = table.take(pa.array(sample, pa.int64()))
-    sample_sim = similarity(key_text(picked.column("chosen")).to_pylist(),
-                            key_text(picked.column("rejected")).to_pylist(), cfg.scorer)
+    sample_sim = similarity(answer_key(picked, "chosen").to_pylist(), answer_key(picked, "rejected").to_pylist(),
+                            cfg.scorer)
     d.stats = {
         "near_identical": int(d.drop.sum()),
         "similarity_sample_size": int(sample.size),

@@ -24,6 +24,9 @@ from .base import CheckResult, Decision, apply
 
 RULE = "normalise"
 _IDS = ["prompt_id", "pair_id"]
+# The answers' keys, carried from normalise to the later checks so each check does not rebuild them: null where
+# the key is the text itself (most rows), so they cost a few bytes a row. `conform` drops them from the output.
+KEY_COLUMNS = {"chosen": "_key_chosen", "rejected": "_key_rejected"}
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,26 @@ def key_text(arr: pa.Array | pa.ChunkedArray, cfg: NormaliseConfig = DEFAULT) ->
     return s.str.strip_chars().to_arrow().cast(pa.large_string())
 
 
+def answer_key(table: pa.Table, side: str) -> pa.Array | pa.ChunkedArray:
+    """The default-config key of the `side` answer of each row: the carried key column where normalise left one
+    (`KEY_COLUMNS`), else built now. Equal to `key_text(table.column(side))` either way."""
+    name = KEY_COLUMNS[side]
+    if name not in table.column_names:
+        return key_text(table.column(side))
+    text = table.column(side).cast(pa.large_string())
+    return pc.coalesce(table.column(name), text)
+
+
+def _carried_keys(table: pa.Table, keys: pa.Table) -> dict[str, pa.Array]:
+    """Each answer's key where it differs from the text (null elsewhere)."""
+    out = {}
+    for side, name in KEY_COLUMNS.items():
+        key = pl.Series(keys.column(side))
+        same = (key == pl.Series(table.column(side)).cast(pl.String)).fill_null(False)
+        out[name] = key.set(same, None).to_arrow().cast(pa.large_string())
+    return out
+
+
 def _key_prompt(col: pa.ChunkedArray, cfg: NormaliseConfig) -> pa.ChunkedArray:
     """Chunk by chunk: combining the prompt column would join its message text into one 32-bit string array."""
     fields = [MESSAGE_TYPE.field("role"), pa.field("content", pa.large_string())]
@@ -105,6 +128,13 @@ def run(table: pa.Table, cfg: NormaliseConfig) -> CheckResult:
     parts = [with_ids(keys.slice(lo, 50_000)).select(_IDS) for lo in range(0, keys.num_rows, 50_000)]
     for name in _IDS:
         arr = pa.concat_arrays([c for p in parts for c in p.column(name).chunks])
+        if name in table.column_names:
+            table = table.set_column(table.schema.get_field_index(name), name, arr)
+        else:
+            table = table.append_column(name, arr)
+    # Later checks compare default-config keys; only those are carried (other settings: each check builds them).
+    carried = _carried_keys(table, keys) if cfg == DEFAULT else {}
+    for name, arr in carried.items():
         if name in table.column_names:
             table = table.set_column(table.schema.get_field_index(name), name, arr)
         else:

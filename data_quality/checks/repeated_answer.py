@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from .base import CheckResult, Decision, apply
 from .columns import take_rows
-from .normalise import key_text
+from .normalise import answer_key
 
 RULE = "repeated_answer"
 
@@ -46,7 +46,7 @@ def answer_frame(table: pa.Table, side: str, rows: np.ndarray | None = None) -> 
     stay: memory follows the chunk, not the column."""
     parts = []
     for lo in range(0, max(table.num_rows, 1), _CHUNK):
-        key = pl.Series(key_text(table.column(side).slice(lo, _CHUNK)))
+        key = pl.Series(answer_key(table.slice(lo, _CHUNK), side))
         parts.append(pl.DataFrame({"h": key.hash(13), "chars": key.str.len_chars()}))
         del key
     return pl.concat(parts).with_columns(pid=pl.Series(table.column("prompt_id")),

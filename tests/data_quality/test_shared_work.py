@@ -1,0 +1,90 @@
+"""Work the gate shares or vectorises must give exactly what the plain definition gives: keys carried from
+normalise to later checks, MinHash densification, decontam's prefilter for long n-grams."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from data_quality.checks import decontam, normalise
+from data_quality.checks.near_dup_lsh import _EMPTY32, densify
+from storage.schema import build_pair_table
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gate_real_rows.json"
+DIRTY = ["a  b ", "caf\u0065\u0301\r\n", "x\n\n\n\ny", "\u200bzero", "tab\there", "  indented\n  code", "plain"]
+
+
+def _table() -> pa.Table:
+    rows = json.loads(FIXTURE.read_text())
+    chosen = [r["chosen"] for r in rows] + DIRTY
+    rejected = [r["rejected"] for r in rows] + DIRTY[::-1]
+    prompts = [[{"role": "user", "content": str(r["prompt"])}] for r in rows] + [[{"role": "user", "content": "q"}]] * 7
+    n = len(chosen)
+    return build_pair_table({"prompt": prompts, "chosen": chosen, "rejected": rejected, "source": ["s"] * n,
+                             "source_row": list(range(n))})
+
+
+def test_carried_keys_equal_keys_built_from_the_text() -> None:
+    """After normalise, `answer_key` reads the carried key columns (null where the key is the text); the keys
+    equal `key_text` of the text on real rows and on rows with every kind of foldable whitespace."""
+    table = _table()
+    out = normalise.run(table, normalise.DEFAULT).kept
+    assert set(normalise.KEY_COLUMNS.values()) <= set(out.column_names)
+    for side, name in normalise.KEY_COLUMNS.items():
+        carried = out.column(name)
+        assert 0 < carried.null_count < out.num_rows  # only the rows whose key differs hold one
+        assert normalise.answer_key(out, side).to_pylist() == normalise.key_text(out.column(side)).to_pylist()
+        assert normalise.answer_key(out.slice(3, 9), side).to_pylist() == \
+            normalise.key_text(out.column(side).slice(3, 9)).to_pylist()
+    # Other settings: checks keep building default keys themselves, so nothing is carried.
+    other = normalise.run(table, normalise.NormaliseConfig(unicode_form=None)).kept
+    assert not set(normalise.KEY_COLUMNS.values()) & set(other.column_names)
+
+
+def _densify_reference(raw: np.ndarray) -> np.ndarray:
+    """The definition, one bin at a time: an empty bin takes the next non-empty bin to its right (circularly)
+    plus its distance << 32; a row without any non-empty bin stays empty."""
+    n, k = raw.shape
+    out = raw.astype(np.uint64)
+    for i in range(n):
+        for j in range(k):
+            if raw[i, j] != _EMPTY32:
+                continue
+            for dist in range(1, k):
+                v = raw[i, (j + dist) % k]
+                if v != _EMPTY32:
+                    out[i, j] = np.uint64(v) + (np.uint64(dist) << np.uint64(32))
+                    break
+    return out
+
+
+def test_densify_equals_its_definition() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(60):
+        n, k = int(rng.integers(1, 12)), int(rng.integers(1, 40))
+        raw = rng.integers(0, 2**32 - 1, (n, k), dtype=np.uint64).astype(np.uint32)
+        raw[rng.random((n, k)) < rng.random()] = _EMPTY32
+        raw[0] = _EMPTY32
+        got = densify(raw)
+        assert got.dtype == np.uint64 and np.array_equal(got, _densify_reference(raw))
+
+
+@pytest.mark.parametrize("long_ngram", [12, 13])
+def test_long_ngram_prefilter_keeps_every_hit(long_ngram: int) -> None:
+    """Long shared runs are found through a bitmap of their low hash bits, then confirmed exactly: the item named
+    is the one a lookup of every shingle names."""
+    item = "please list the ten largest cities in the north of england ordered by their population in 2021"
+    words = item.split()
+    rows = [f"intro {' '.join(words[:13])} outro", f"{' '.join(words[:12])} then something else entirely",
+            "unrelated text about cooking pasta with garlic and olive oil for dinner tonight please"]
+    t = build_pair_table({"prompt": [[{"role": "user", "content": r}] for r in rows], "chosen": ["a"] * 3,
+                          "rejected": ["b"] * 3, "source": ["s"] * 3, "source_row": [0, 1, 2]})
+    cfg = decontam.DecontamConfig(min_fraction=1.0, long_ngram=long_ngram)
+    d = decontam.decide(t, cfg, [item, "another eval question about rivers"])
+    expect = [True, long_ngram <= 12, False]
+    assert d.drop.tolist() == expect
+    assert [x for x in d.duplicate_of if x] == ["eval:0"] * sum(expect)
