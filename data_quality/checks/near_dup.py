@@ -43,6 +43,7 @@ from .near_dup_lsh import (  # noqa: F401 - the stage functions the cluster exec
     group_keys,
 )
 from .near_dup_sets import Field, distinct, field_overlap, intersections, text_hashes  # noqa: F401
+from .text import sorted_unique
 
 RULE = "near_dup"
 ANSWER_FIELDS = ("chosen", "rejected")
@@ -170,8 +171,13 @@ def field_names(cfg: NearDupConfig) -> list[str]:
 
 def find_duplicates(src: TableTexts, cfg: NearDupConfig) -> tuple[np.ndarray, dict]:
     """(representative row per row, -1 where kept; stats) for the rows of `src`."""
-    fields = {name: Field(src, name, cfg) for name in field_names(cfg)}
+    banded = {name for group in band_groups(cfg) for name in group}
+    fields = {name: Field(src, name, cfg) for name in field_names(cfg) if name in banded}
     cand, stats = candidates(fields, src.n, cfg)
+    # A field only verification reads (the prompt, when bands are made of the answers) is shingled for the
+    # candidates' texts only: most rows of a large set are never a candidate.
+    need = sorted_unique(cand.ravel()) if len(cand) else np.zeros(0, np.int64)
+    fields = {name: fields[name] if name in banded else Field(src, name, cfg, rows=need) for name in field_names(cfg)}
     rep, gstats = greedy(cand, src.n, lambda pairs: check_pairs(fields, pairs, cfg))
     return rep, summary(stats, {name: int(f.first.size) for name, f in fields.items()}, len(cand), gstats)
 

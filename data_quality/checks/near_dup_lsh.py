@@ -57,21 +57,19 @@ def densify(raw: np.ndarray) -> np.ndarray:
     """Rotation densification: an empty bin takes the next non-empty bin to its right (circularly), offset by the
     distance so borrowed values never equal native ones; rows without any shingle stay all-empty (uint64)."""
     n, k = raw.shape
-    sig = raw.astype(np.uint64).ravel()
-    empty = np.uint64(_EMPTY32)
-    pending = np.flatnonzero(sig == empty)
-    if pending.size:
-        native = sig.copy()
-        row_base, col = pending - pending % k, pending % k
-        for dist in range(1, k):  # one step per round over the still-empty slots only; runs are short
-            src = native[row_base + (col + dist) % k]
-            found = src != empty
-            sig[pending[found]] = src[found] + (np.uint64(dist) << np.uint64(32))
-            keep = ~found
-            pending, row_base, col = pending[keep], row_base[keep], col[keep]
-            if not pending.size:
-                break
-    return sig.reshape(n, k)
+    sig = raw.astype(np.uint64)
+    empty = raw == _EMPTY32
+    if not empty.any():
+        return sig
+    # Next non-empty column at or right of each column, over the row written twice (the circle unrolled): a
+    # reversed running minimum of the non-empty columns' indices; 2k where a row has none.
+    idx = np.int16 if 2 * k < 2**15 else np.int64  # narrow indices: this pass is memory-bound
+    col = np.where(np.tile(~empty, 2), np.arange(2 * k, dtype=idx), idx(2 * k))
+    nxt = np.minimum.accumulate(col[:, ::-1], axis=1)[:, : k - 1 : -1]
+    found = nxt < 2 * k  # a native bin finds itself at distance 0, keeping its value
+    src = np.where(found, nxt, 0) % k
+    moved = np.take_along_axis(sig, src, axis=1) + ((nxt - np.arange(k, dtype=idx)).astype(np.uint64) << np.uint64(32))
+    return np.where(found, moved, sig)
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:

@@ -63,18 +63,25 @@ class Field:
     pieces (`concat`, texts made one by their identity): how the cluster executor moves only the shingles a
     verification needs between workers."""
 
-    def __init__(self, src: TableTexts, name: str, cfg: NearDupConfig) -> None:
+    def __init__(self, src: TableTexts, name: str, cfg: NearDupConfig, rows: np.ndarray | None = None) -> None:
+        """`rows`: only these rows' texts get shingles (the others keep an empty set and must not be looked up),
+        for a field that only verifies candidates and is not banded."""
         h = src.hashes(name)
         first, inv = distinct(h)
+        ids = np.arange(first.size)
+        if rows is not None:
+            need = np.zeros(first.size, bool)
+            need[inv[rows]] = True
+            ids = ids[need]
         # The store of every distinct text's shingles is the check's largest array (~1 KB a text): out of core
         # it lives in a spill file, read back memory-mapped (data_quality.spill.ArrayStore).
         values, sizes = ArrayStore(np.uint32), np.zeros(first.size, np.int64)
         tag = np.uint64(_TAGS[name])
-        for lo in range(0, first.size, cfg.chunk_rows):
-            sel = first[lo:lo + cfg.chunk_rows]
-            sh, row = shingles(*tokens(src.texts(name, sel)), cfg.ngram)
+        for lo in range(0, ids.size, cfg.chunk_rows):
+            part = ids[lo:lo + cfg.chunk_rows]  # ascending: values stay in text-id order
+            sh, row = shingles(*tokens(src.texts(name, first[part])), cfg.ngram)
             key = sorted_unique((row.astype(np.uint64) << np.uint64(32)) | (mix64(sh ^ tag) >> np.uint64(32)))
-            sizes[lo:lo + sel.size] = np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=sel.size)
+            sizes[part] = np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=part.size)
             values.append((key & _LOW32).astype(np.uint32))
         self._set(name, h[first], first, inv, values.finish(), sizes)
 
