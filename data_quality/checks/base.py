@@ -73,13 +73,13 @@ def apply(table: pa.Table, decision: Decision, rule: str, cfg: Any) -> CheckResu
 
 
 def _kept_rows(table: pa.Table, drop: np.ndarray) -> pa.Table:
-    """The rows not dropped: zero-copy slices between drops when they are few runs, else one take()."""
+    """The rows not dropped: zero-copy slices between drops when they are few runs, else one filter()."""
     edges = np.flatnonzero(np.diff(np.concatenate([[1], drop.view(np.int8), [1]])))  # run starts/ends of kept
     starts, ends = edges[::2], edges[1::2]
     if 0 < starts.size <= max(1, table.num_rows // 256):
         return pa.concat_tables([table.slice(int(a), int(b - a)) for a, b in zip(starts, ends, strict=True)])
-    # take() by indices is several times cheaper than Table.filter (which plans an Acero query).
-    return table.take(pa.array(np.flatnonzero(~drop)))
+    # A boolean mask array (not an expression, which would plan an Acero query): 1.5x cheaper than take().
+    return table.filter(pa.array(~drop))
 
 
 def histogram(values: np.ndarray, bins: int | np.ndarray = 20,

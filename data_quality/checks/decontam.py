@@ -108,6 +108,7 @@ class EvalIndex:
     size: np.ndarray
     long: np.ndarray
     bitmap: np.ndarray
+    long_bitmap: np.ndarray
 
 
 def eval_index(eval_prompts: Sequence[str], cfg: DecontamConfig) -> EvalIndex:
@@ -121,7 +122,10 @@ def eval_index(eval_prompts: Sequence[str], cfg: DecontamConfig) -> EvalIndex:
         long = sorted_unique(lh[counts[lrow] >= cfg.long_ngram])  # shorter items have no long n-gram
     bitmap = np.zeros(1 << 22, dtype=bool)
     bitmap[(pairs.get_column("h").to_numpy() & _MASK).astype(np.int64)] = True
-    return EvalIndex(pairs.get_column("h").to_numpy(), pairs.get_column("item").to_numpy(), size, long, bitmap)
+    long_bitmap = np.zeros(1 << 22, dtype=bool)
+    long_bitmap[(long & _MASK).astype(np.int64)] = True
+    return EvalIndex(pairs.get_column("h").to_numpy(), pairs.get_column("item").to_numpy(), size, long, bitmap,
+                     long_bitmap)
 
 
 def _matches(tok: np.ndarray, counts: np.ndarray, ix: EvalIndex, cfg: DecontamConfig) -> np.ndarray:
@@ -140,6 +144,8 @@ def _matches(tok: np.ndarray, counts: np.ndarray, ix: EvalIndex, cfg: DecontamCo
         out[bad.get_column("row").to_numpy()] = bad.get_column("item").to_numpy()
     if ix.long.size:
         lh, lrow = shingles(tok, counts, cfg.long_ngram or 0)
+        maybe = np.flatnonzero(ix.long_bitmap[(lh & _MASK).astype(np.int64)])  # as above: few survive
+        lh, lrow = lh[maybe], lrow[maybe]
         pos = np.minimum(np.searchsorted(ix.long, lh), ix.long.size - 1)
         hit = ix.long[pos] == lh
         # A long shared run also shares n-grams with its item: the item sharing most of them is named.

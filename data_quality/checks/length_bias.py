@@ -239,7 +239,14 @@ def heldout_balance(diff: np.ndarray, base: np.ndarray, half: np.ndarray, cfg: L
     d = diff[b]
     frac = weighted_frac_longer(d, w)
     rng = np.random.default_rng(seed)
-    boots = [weighted_frac_longer(d[i], w[i]) for i in (rng.integers(0, d.size, d.size) for _ in range(n_boot))]
+    # Per resample: weight of chosen-longer rows over weight of rows with any length difference (as
+    # weighted_frac_longer), from two gathers of precomputed columns.
+    longer, differ = np.where(d > 0, w, 0.0), np.where(d != 0, w, 0.0)
+    boots = []
+    for _ in range(n_boot):
+        i = rng.integers(0, d.size, d.size)
+        tot = differ[i].sum()
+        boots.append(float(longer[i].sum() / tot) if tot > 0 else None)
     se = float(np.std([x for x in boots if x is not None])) if boots else None
     raw = weighted_frac_longer(d, base[b])
     return {"heldout_rows": int(d.size), "heldout_frac_chosen_longer_before": raw,
