@@ -89,9 +89,13 @@ def _carried_keys(table: pa.Table, keys: pa.Table) -> dict[str, pa.Array]:
     """Each answer's key where it differs from the text (null elsewhere)."""
     out = {}
     for side, name in KEY_COLUMNS.items():
-        key = pl.Series(keys.column(side))
-        same = (key == pl.Series(table.column(side)).cast(pl.String)).fill_null(False)
-        out[name] = key.set(same, None).to_arrow().cast(pa.large_string())
+        key = keys.column(side).combine_chunks()  # key_text gives one chunk: no copy
+        differs = (pl.Series(key) != pl.Series(table.column(side)).cast(pl.String)).fill_null(True).to_numpy()
+        # Built by a take from the differing keys plus one null, so the column's data holds only those keys
+        # (masking the whole key array would keep every key's bytes behind the nulls).
+        few = pa.concat_arrays([key.filter(pa.array(differs)), pa.nulls(1, pa.large_string())])
+        at = np.where(differs, np.cumsum(differs) - 1, len(few) - 1)
+        out[name] = few.take(pa.array(at))
     return out
 
 

@@ -37,6 +37,9 @@ def test_carried_keys_equal_keys_built_from_the_text() -> None:
     for side, name in normalise.KEY_COLUMNS.items():
         carried = out.column(name)
         assert 0 < carried.null_count < out.num_rows  # only the rows whose key differs hold one
+        # ... and only their bytes: a masked copy of the whole key column would carry every text to every check.
+        held = sum(len(k.encode()) for k in carried.to_pylist() if k is not None)
+        assert sum(c.buffers()[2].size for c in carried.chunks) == held
         assert normalise.answer_key(out, side).to_pylist() == normalise.key_text(out.column(side)).to_pylist()
         assert normalise.answer_key(out.slice(3, 9), side).to_pylist() == \
             normalise.key_text(out.column(side).slice(3, 9)).to_pylist()
