@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/bench_gate.py                 # 200k synthetic rows + real data
     .venv/bin/python benchmarks/bench_gate.py --rows 2000000 --executor out_of_core   # memory at 2M out of core
+    .venv/bin/python benchmarks/bench_gate.py --no-real --against c1ebc20 --runs 3    # side by side with older code
+
+`--against REV` gates the same input with this tree and with git revision REV (checked out in a temporary
+worktree), alternating, `--runs` times each, and prints median (min-max) CPU, rows/s and peak RSS of both: a
+regression check that does not depend on how busy the machine was when an older figure was taken.
 
 Near-dup speed against datasketch is measured like for like on real rows by benchmarks/bench_near_dup.py; the
 real-data scale series (rows/s, peak RSS, exponent) is benchmarks/bench_scale.py.
@@ -61,6 +66,58 @@ def _vm_hwm_mb() -> float | None:
     except OSError:
         return None
     return None
+
+
+_TREE_CHILD = """
+import json, os, resource, sys, time
+from pathlib import Path
+os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+import pyarrow.parquet as pq
+from data_quality.gate import GateConfig, run_gate
+inp = sys.argv[1]
+prompts = json.loads(Path(inp + ".eval.json").read_text())
+table = pq.read_table(inp)
+c0 = time.process_time()
+res = run_gate(table, GateConfig(), eval_prompts=prompts)
+cpu = time.process_time() - c0
+peak = [int(x.split()[1]) / 1024 for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM")]
+print(json.dumps({"cpu": cpu, "peak_mb": peak[0], "kept": res.kept.num_rows}))
+"""
+
+
+def against(rev: str, inp: Path, runs: int) -> list[tuple]:
+    """This tree and `rev` on the same input (the in-memory gate, default settings), alternating."""
+    import statistics
+
+    with tempfile.TemporaryDirectory() as tmp:
+        other = Path(tmp) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(other), rev], cwd=ROOT, check=True)
+        try:
+            got: dict[str, list[dict]] = {"this tree": [], rev: []}
+            for _ in range(runs):
+                for name, tree in (("this tree", ROOT), (rev, other)):
+                    env = {**os.environ, **ONE_CORE_ENV, "PYTHONPATH": str(tree)}
+                    out = subprocess.run([sys.executable, "-c", _TREE_CHILD, str(inp)], env=env, cwd=tree,
+                                         check=True, capture_output=True, text=True)
+                    got[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=ROOT, check=False)
+    rows, n = [], pq_rows(inp)
+    for name, rs in got.items():
+        cpu = sorted(r["cpu"] for r in rs)
+        peak = sorted(r["peak_mb"] for r in rs)
+        rows.append((f"whole gate, {name}", f"{n / statistics.median(cpu):,.0f} rows/s",
+                     f"CPU {statistics.median(cpu):.1f} s ({cpu[0]:.1f}-{cpu[-1]:.1f}); peak "
+                     f"{statistics.median(peak):,.0f} MB ({peak[0]:,.0f}-{peak[-1]:,.0f}); kept {rs[0]['kept']}"))
+    ratio = statistics.median(r["cpu"] for r in got[rev]) / statistics.median(r["cpu"] for r in got["this tree"])
+    rows.append((f"rows/s, this tree / {rev}", f"{ratio:.2f}x", f"{runs} alternating runs each, same input"))
+    return rows
+
+
+def pq_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
 
 
 def run_child(inp: Path, out: Path, executor: str) -> dict:
@@ -185,6 +242,8 @@ def main() -> None:
                     help="the gate engine's executor")
     ap.add_argument("--no-real", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--against", metavar="REV", help="also gate the input with this git revision, side by side")
+    ap.add_argument("--runs", type=int, default=3, help="alternating runs per side with --against")
     ap.add_argument("--child", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -212,6 +271,8 @@ def main() -> None:
             table.append(("length bias (planted 70% chosen-longer)", f"{lb['frac_chosen_longer']:.3f} -> "
                           f"{lb['weighted_frac_chosen_longer']:.3f}", "fraction chosen-longer, raw -> weighted"))
             table += near_dup_section(data, args.threshold)
+        if args.against:
+            table += against(args.against, inp, args.runs)
     if not args.no_real:
         table += real_section()
     w = [max(len(str(row[i])) for row in table) for i in range(3)]
