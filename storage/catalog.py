@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 
 from storage import objects
-from storage.errors import CatalogBusyError, DiskFullError, StorageError
+from storage.errors import CatalogBusyError, DiskFullError, StorageError, is_disk_full
 from storage.names import CATALOG_OBJECTS
 
 CATALOG_FILE = "catalog.duckdb"
@@ -72,10 +72,6 @@ def quote_ident(name: str) -> str:
 
 def quote_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    return getattr(exc, "errno", None) == 28 or "no space left on device" in str(exc).lower()
 
 
 def _holder(message: str) -> str:

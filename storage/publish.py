@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import xxhash
 
 from storage import catalog, objects
-from storage.errors import DiskFullError, ObjectStorageError
+from storage.errors import ObjectStorageError, Writing
 from storage.names import check_name, check_new_name
 from storage.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA, SCHEMA_VERSION, conform
 
@@ -113,26 +113,6 @@ def with_snapshot_id(table: pa.Table, snapshot_id: str) -> pa.Table:
     return table.add_column(0, "snapshot_id", pa.array([snapshot_id] * table.num_rows, pa.string()))
 
 
-class _Writing:
-    """Turns 'no space left on device' (an OSError or DuckDB's IO error) into DiskFullError naming the file."""
-
-    def __init__(self) -> None:
-        self.path: Path | None = None
-
-    def at(self, path: Path) -> _Writing:
-        self.path = path
-        return self
-
-    def __enter__(self) -> _Writing:
-        return self
-
-    def __exit__(self, kind: type | None, exc: BaseException | None, tb: Any) -> bool:
-        if exc is not None and isinstance(exc, OSError | duckdb.Error) and catalog.is_disk_full(exc):
-            raise DiskFullError(f"no space left on device while writing {self.path}; nothing was published "
-                                "(free some space and retry)") from exc
-        return False
-
-
 def publish(
     root: Path,
     dataset: str,
@@ -179,7 +159,7 @@ def publish(
 
     tmp = root / ".tmp" / uuid.uuid4().hex
     tmp.mkdir()
-    writing = _Writing()
+    writing = Writing()
     remote = _Remote(storage) if storage else None
     try:
         with writing:
@@ -270,7 +250,7 @@ def _check_names(con: duckdb.DuckDBPyConnection, dataset: str, tables: Sequence[
             raise ValueError(f"extra table name {name!r} is reserved or names a dataset")
 
 
-def _commit(root: Path, tmp: Path, written: list[str], side: dict[str, pa.Table | SideFile], writing: _Writing,
+def _commit(root: Path, tmp: Path, written: list[str], side: dict[str, pa.Table | SideFile], writing: Writing,
             remote: _Remote | None, **kw: Any) -> str:
     dataset = kw["dataset"]
     created = datetime.now(UTC)

@@ -11,9 +11,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage.catalog import is_disk_full
-from storage.errors import DiskFullError
+from storage.errors import Writing
 from storage.schema import PAIR_SCHEMA, QUARANTINE_SCHEMA, REJECTS_SCHEMA, conform
+
+
+def _disk(path: Path) -> Writing:
+    """'No space left on device' while spilling: DiskFullError naming the spill file and $TMPDIR."""
+    return Writing(path, "it is the ingest's spill under TMPDIR; nothing was published (free space there, or point "
+                         "TMPDIR at a disk with room, and retry)")
 
 
 class TableSpill:
@@ -79,20 +84,3 @@ class IngestSpill:
             self.close()
         finally:
             self._dir.cleanup()
-
-
-class _disk:
-    """'No space left on device' while spilling becomes DiskFullError naming the spill file and $TMPDIR."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type | None, exc: BaseException | None, tb: object) -> bool:
-        if isinstance(exc, OSError) and is_disk_full(exc):
-            raise DiskFullError(f"no space left on device while writing the ingest spill {self.path}; nothing was "
-                                "published (free space there, or point TMPDIR at a disk with room, and retry)"
-                                ) from exc
-        return False
