@@ -85,18 +85,15 @@ def answer_key(table: pa.Table, side: str) -> pa.Array | pa.ChunkedArray:
     return pc.coalesce(table.column(name), text)
 
 
-def _carried_keys(table: pa.Table, keys: pa.Table) -> dict[str, pa.Array]:
-    """Each answer's key where it differs from the text (null elsewhere)."""
-    out = {}
-    for side, name in KEY_COLUMNS.items():
-        key = keys.column(side).combine_chunks()  # key_text gives one chunk: no copy
-        differs = (pl.Series(key) != pl.Series(table.column(side)).cast(pl.String)).fill_null(True).to_numpy()
-        # Built by a take from the differing keys plus one null, so the column's data holds only those keys
-        # (masking the whole key array would keep every key's bytes behind the nulls).
-        few = pa.concat_arrays([key.filter(pa.array(differs)), pa.nulls(1, pa.large_string())])
-        at = np.where(differs, np.cumsum(differs) - 1, len(few) - 1)
-        out[name] = few.take(pa.array(at))
-    return out
+def _differs(key: pa.Array, text: pa.ChunkedArray) -> np.ndarray:
+    return (pl.Series(key) != pl.Series(text).cast(pl.String)).fill_null(True).to_numpy()
+
+
+def _only_where(key: pa.Array, differs: np.ndarray) -> pa.Array:
+    """`key` where `differs`, null elsewhere, built by a take from those keys plus one null: the data holds only
+    their bytes (masking the whole key array would keep every key's bytes behind the nulls)."""
+    few = pa.concat_arrays([key.filter(pa.array(differs)), pa.nulls(1, pa.large_string())])
+    return few.take(pa.array(np.where(differs, np.cumsum(differs) - 1, len(few) - 1)))
 
 
 def _key_prompt(col: pa.ChunkedArray, cfg: NormaliseConfig) -> pa.ChunkedArray:
@@ -123,22 +120,18 @@ def run(table: pa.Table, cfg: NormaliseConfig) -> CheckResult:
     if table.num_rows == 0:
         return apply(table, Decision.keep_all(0), RULE, cfg)
     keys = key_table(table, cfg)
-    stats: dict[str, int] = {
-        f"{name}_key_differs": int((pl.Series(keys.column(name)) != pl.Series(table.column(name))).sum())
-        for name in ("chosen", "rejected")}
+    answers = {side: keys.column(side).combine_chunks() for side in KEY_COLUMNS}  # one chunk each: no copy
+    differs = {side: _differs(key, table.column(side)) for side, key in answers.items()}
+    stats: dict[str, int] = {f"{side}_key_differs": int(d.sum()) for side, d in differs.items()}
     old_ids = table.column("pair_id").to_numpy(zero_copy_only=False) if "pair_id" in table.column_names else None
     # with_ids builds Python objects per row; slices keep that transient memory bounded, and the id columns
     # are joined back into single chunks. The text columns of `table` are left exactly as they came.
     parts = [with_ids(keys.slice(lo, 50_000)).select(_IDS) for lo in range(0, keys.num_rows, 50_000)]
-    for name in _IDS:
-        arr = pa.concat_arrays([c for p in parts for c in p.column(name).chunks])
-        if name in table.column_names:
-            table = table.set_column(table.schema.get_field_index(name), name, arr)
-        else:
-            table = table.append_column(name, arr)
+    added = {name: pa.concat_arrays([c for p in parts for c in p.column(name).chunks]) for name in _IDS}
     # Later checks compare default-config keys; only those are carried (other settings: each check builds them).
-    carried = _carried_keys(table, keys) if cfg == DEFAULT else {}
-    for name, arr in carried.items():
+    if cfg == DEFAULT:
+        added.update({KEY_COLUMNS[side]: _only_where(answers[side], differs[side]) for side in KEY_COLUMNS})
+    for name, arr in added.items():
         if name in table.column_names:
             table = table.set_column(table.schema.get_field_index(name), name, arr)
         else:
