@@ -110,7 +110,7 @@ def _write_side(src: pa.Table | SideFile, snapshot_id: str, path: Path) -> None:
 def with_snapshot_id(table: pa.Table, snapshot_id: str) -> pa.Table:
     if "snapshot_id" in table.column_names:
         table = table.drop_columns(["snapshot_id"])
-    return table.add_column(0, "snapshot_id", pa.array([snapshot_id] * table.num_rows, pa.string()))
+    return table.add_column(0, "snapshot_id", pa.repeat(pa.scalar(snapshot_id, pa.string()), table.num_rows))
 
 
 def publish(

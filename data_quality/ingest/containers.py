@@ -30,8 +30,8 @@ _CHUNK = 1 << 20
 class QuarantineLog(list):
     """A source's quarantined rows in read order: the container appends parse failures, the reader validation
     failures. With a `spill` (a callable taking a list of rows) held rows are handed to it every `flush_rows`,
-    so a file of millions of bad rows holds a few thousand; `total` counts every row ever appended, of them
-    (`unparsed`) those the container could not parse, and `reasons` the leading text of each error (for the message when a
+    so a file of millions of bad rows holds a few thousand. `total` counts every row ever appended, `unparsed`
+    those the container could not parse, and `reasons` the leading text of each error (for the message when a
     whole source fails)."""
 
     flush_rows = 5_000
