@@ -140,7 +140,9 @@ def _matches(tok: np.ndarray, counts: np.ndarray, ix: EvalIndex, cfg: DecontamCo
         ref = pl.DataFrame({"h": ix.h, "item": ix.item})
         per = hits.join(ref, on="h").group_by("row", "item").len()
         per = per.with_columns(frac=per.get_column("len").to_numpy() / ix.size[per.get_column("item").to_numpy()])
-        bad = per.filter(pl.col("frac") >= cfg.min_fraction).sort("frac", descending=True).unique("row", keep="first")
+        # Ties (two eval items equally covered) go to the lower index: group_by's row order is not fixed.
+        bad = (per.filter(pl.col("frac") >= cfg.min_fraction).sort(["frac", "item"], descending=[True, False])
+               .unique("row", keep="first", maintain_order=True))
         out[bad.get_column("row").to_numpy()] = bad.get_column("item").to_numpy()
     if ix.long.size:
         lh, lrow = shingles(tok, counts, cfg.long_ngram or 0)

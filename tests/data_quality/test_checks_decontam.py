@@ -36,3 +36,18 @@ def test_decontam_min_fraction_of_the_eval_item() -> None:
     # ... but 12 words are not a long n-gram of 13: with the fraction out of reach, nothing is flagged.
     assert decontam.run(t, decontam.DecontamConfig(min_fraction=1.0, long_ngram=13), EVAL).rejects.num_rows == 0
     assert decontam.run(t, decontam.DecontamConfig(min_fraction=1.0, long_ngram=12), EVAL).rejects.num_rows == 1
+
+
+def test_a_text_equally_covered_by_two_eval_items_names_the_first() -> None:
+    """Seen on the shared data: an eval file holding one prompt twice named either copy, by group_by's order,
+    so the memory and out-of-core runs of one input disagreed on `duplicate_of` (213 rows of 56k)."""
+    n = 400
+    prompts = [f"{i} {EVAL[0]}" for i in range(n)]  # each row holds all of the eval item's n-grams
+    t = build_pair_table({"prompt": [[{"role": "user", "content": p}] for p in prompts],
+                          "chosen": ["ok"] * n, "rejected": ["no"] * n, "source": ["t"] * n,
+                          "source_row": list(range(n))})
+    cfg = decontam.DecontamConfig(long_ngram=None)
+    for eval_prompts, named in ((EVAL * 2, "eval:0"), (["unrelated words only here", *EVAL * 3], "eval:1")):
+        res = decontam.run(t, cfg, eval_prompts)
+        assert res.rejects.num_rows == n
+        assert set(res.rejects.column("duplicate_of").to_pylist()) == {named}
