@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
@@ -104,12 +105,59 @@ def empty_table(schema: pa.Schema = PAIR_SCHEMA) -> pa.Table:
     return schema.empty_table()
 
 
+def render_prompts(prompt: pa.Array) -> pa.Array:
+    """`render_messages` of every row of a list<struct<role, content>> array, on columns."""
+    values = prompt.flatten()  # respects slicing, so offsets are rebased to 0
+    offsets = pc.subtract(prompt.offsets, prompt.offsets[0])
+    # large_string throughout: the kernels want one string type, and a slice's text may pass 2 GB
+    role, content = values.field("role").cast(pa.large_string()), values.field("content").cast(pa.large_string())
+    label = role
+    for name, shown in ROLE_LABELS.items():
+        label = pc.if_else(pc.equal(role, name), _large(shown), label)
+    pieces = pc.binary_join_element_wise(label, content, _large(": "))
+    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, pieces), _large("\n\n"))
+    n = pc.list_value_length(prompt).fill_null(0)
+    head = pc.min_element_wise(offsets.slice(0, len(prompt)), max(len(values) - 1, 0))
+    single = pc.and_(pc.equal(n, 1), pc.equal(role.take(head), "user")) if len(values) else pc.equal(n, 1)
+    out = pc.if_else(single, content.take(head), joined) if len(values) else joined
+    return pc.if_else(pc.equal(n, 0), _large(""), out).cast(pa.string())
+
+
+def _large(s: str) -> pa.Scalar:
+    return pa.scalar(s, pa.large_string())
+
+
+def hash_texts(texts: pa.Array) -> pa.Array:
+    """`hash_text` of every string, read straight from the Arrow buffers (no Python str per row)."""
+    if texts.null_count:
+        raise ValueError("hash_texts: null text")
+    texts = texts.cast(pa.large_string())
+    bounds = np.frombuffer(texts.buffers()[1], np.int64)[texts.offset:texts.offset + len(texts) + 1].tolist()
+    data = memoryview(texts.buffers()[2] or b"")
+    digest = xxhash.xxh3_128_hexdigest
+    return pa.array([digest(data[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)], pa.string())
+
+
+def _columnar_ids(part: pa.Table) -> bool:
+    """Whether the columnar path gives exactly what the per-row one does: it has no notion of a null text."""
+    msgs = part.column("prompt").combine_chunks().flatten()
+    return not (part.column("chosen").null_count or part.column("rejected").null_count
+                or msgs.field("role").null_count or msgs.field("content").null_count)
+
+
 def with_ids(table: pa.Table) -> pa.Table:
     """Recompute prompt_text, prompt_id and pair_id from prompt/chosen/rejected (after any normalisation)."""
-    # In slices: Python objects exist for one slice at a time, not for the whole table (memory stays flat).
+    # In slices: the rendered and joined texts exist for one slice at a time (memory stays flat).
     texts, pids, ids = [], [], []
     for lo in range(0, table.num_rows, _ID_SLICE):
         part = table.slice(lo, _ID_SLICE)
+        if _columnar_ids(part):
+            text = render_prompts(part.column("prompt").combine_chunks())
+            texts.append(text)
+            pids.append(hash_texts(text))
+            answers = [part.column(c).combine_chunks().cast(pa.large_string()) for c in ("chosen", "rejected")]
+            ids.append(hash_texts(pc.binary_join_element_wise(text.cast(pa.large_string()), *answers, _large(_SEP))))
+            continue
         text = [render_messages(m) for m in part.column("prompt").to_pylist()]
         texts.append(pa.array(text, pa.string()))
         pids.append(pa.array(prompt_ids(text), pa.string()))

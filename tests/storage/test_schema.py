@@ -74,3 +74,33 @@ def test_rejects_and_quarantine_tables(small_pairs):
     assert r["duplicate_of"].to_pylist() == ["a", "b"]
     q = quarantine_table([{"source": "f.jsonl", "source_row": 3, "error": "bad json", "stage": "ingest"}])
     assert q.num_rows == 1 and q["field"][0].as_py() is None
+
+
+def test_columnar_ids_equal_the_per_row_reference(shared_data):
+    """with_ids renders and hashes on columns; it must give exactly what render_messages + hash_text give row by
+    row, on real multi-turn HH prompts, AlpacaEval rows and the odd shapes (empty prompt, system, unknown role,
+    a NUL byte, non-ASCII), sliced at an offset."""
+    from data_quality.ingest import ingest_files
+    from storage.schema import pair_ids, prompt_ids, with_ids
+
+    real = ingest_files([shared_data / "hh-rlhf" / "harmless-base-test.jsonl.gz",
+                         shared_data / "alpaca_eval" / "annotations"
+                         / "alpaca-7b_concise__weighted_alpaca_eval_gpt4_turbo.json.gz"]).pairs
+    odd = build_pair_table({
+        "prompt": [[], [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                   [{"role": "tool", "content": "x"}], [{"role": "assistant", "content": "a"}],
+                   [{"role": "user", "content": "é\x00中"}]],
+        "chosen": ["a", "b", "c", "é\x00", "z"], "rejected": ["r", "s", "t", "u", "v"],
+        "source": ["t"] * 5, "source_row": list(range(5))})
+    table = pa.concat_tables([real.select(["prompt", "chosen", "rejected"]),
+                              odd.select(["prompt", "chosen", "rejected"]).cast(real.select(
+                                  ["prompt", "chosen", "rejected"]).schema)])
+    assert table.num_rows > 3_000
+    assert any(len(m) > 2 for m in real.column("prompt").to_pylist())  # HH: multi-turn
+    for part in (table, table.slice(7, table.num_rows - 9)):
+        text = [render_messages(m) for m in part.column("prompt").to_pylist()]
+        got = with_ids(part)
+        assert got.column("prompt_text").to_pylist() == text
+        assert got.column("prompt_id").to_pylist() == prompt_ids(text)
+        assert got.column("pair_id").to_pylist() == pair_ids(text, part.column("chosen").to_pylist(),
+                                                             part.column("rejected").to_pylist())
