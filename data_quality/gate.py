@@ -35,7 +35,7 @@ from data_quality.checks import (
 from data_quality.checks.base import CheckResult, Decision, apply
 from data_quality.engine import EngineConfig, GateResult, Step
 from data_quality.examples import drop_examples
-from data_quality.executors import execute
+from data_quality.executors import choose_executor, execute
 
 __all__ = ["GateConfig", "GateResult", "Step", "run_gate", "steps"]
 
@@ -112,10 +112,19 @@ PROMPT_LOCAL = frozenset({"contradictions", "dedup", "margins"})
 REWRITES_PROMPT_ID = frozenset({"normalise"})  # a prompt-local check after these must re-shard
 
 
-def steps(cfg: GateConfig, eval_prompts: Sequence[str] | None = None) -> list[Step]:
-    """The pipeline, in order; disabled checks are left out."""
+def steps(cfg: GateConfig, eval_prompts: Sequence[str] | None = None, share_shingles: bool = False) -> list[Step]:
+    """The pipeline, in order; disabled checks are left out.
+
+    `share_shingles`: decontam hands near_dup the shingle sets of the texts it tokenised (one tokenisation of
+    each text per run instead of two). Only for one process running every step over the whole table in order
+    (the in-memory executor): the sets are held from decontam until near_dup takes them.
+    """
+    sharing = share_shingles and cfg.near_dup.enabled and cfg.decontam.enabled and bool(eval_prompts)
+    banded = [name for group in near_dup.band_groups(cfg.near_dup) for name in group]
+    cache = near_dup.ShingleCache(cfg.near_dup.ngram, banded) if sharing else None
+
     def run_decontam(t: pa.Table) -> CheckResult:
-        return apply(t, decontam.decide(t, cfg.decontam, eval_prompts), decontam.RULE, cfg.decontam)
+        return apply(t, decontam.decide(t, cfg.decontam, eval_prompts, cache), decontam.RULE, cfg.decontam)
 
     pipeline: list[tuple[str, bool, Callable[[pa.Table], CheckResult]]] = [
         ("normalise", cfg.normalise.enabled, lambda t: normalise.run(t, cfg.normalise)),
@@ -128,7 +137,7 @@ def steps(cfg: GateConfig, eval_prompts: Sequence[str] | None = None) -> list[St
         ("margins", cfg.margins.enabled, lambda t: margins.run(t, cfg.margins)),
         ("decontam", cfg.decontam.enabled and bool(eval_prompts), run_decontam),
         ("repeated_answer", cfg.repeated_answer.enabled, lambda t: repeated_answer.run(t, cfg.repeated_answer)),
-        ("near_dup", cfg.near_dup.enabled, lambda t: near_dup.run(t, cfg.near_dup)),
+        ("near_dup", cfg.near_dup.enabled, lambda t: near_dup.run(t, cfg.near_dup, cache)),
         ("length_bias", cfg.length_bias.enabled, lambda t: length_bias.run(t, cfg.length_bias)),
     ]
     # Global checks whose result is `apply(table, decide(table))`: the out-of-core engine applies their decision
@@ -136,7 +145,7 @@ def steps(cfg: GateConfig, eval_prompts: Sequence[str] | None = None) -> list[St
     deciders: dict[str, tuple[Callable[[pa.Table], Decision], str, Any]] = {
         "repeated_answer": (lambda t: repeated_answer.decide(t, cfg.repeated_answer), repeated_answer.RULE,
                             cfg.repeated_answer),
-        "near_dup": (lambda t: near_dup.decide(t, cfg.near_dup), near_dup.RULE, cfg.near_dup),
+        "near_dup": (lambda t: near_dup.decide(t, cfg.near_dup, cache), near_dup.RULE, cfg.near_dup),
     }
     return [Step(name, fn, scope(name), name in REWRITES_PROMPT_ID, *deciders.get(name, (None, "", None)))
             for name, on, fn in pipeline if on]
@@ -153,6 +162,7 @@ def run_gate(pairs: pa.Table | str | Path, cfg: GateConfig | None = None,
     Schema validation happens first: a malformed table fails naming the column.
     """
     cfg = cfg or GateConfig()
-    res = execute(pairs, steps(cfg, eval_prompts), cfg.to_dict(), cfg.engine)
+    engine = dataclasses.replace(cfg.engine, executor=choose_executor(pairs, cfg.engine))
+    res = execute(pairs, steps(cfg, eval_prompts, share_shingles=engine.executor == "memory"), cfg.to_dict(), engine)
     res.stats["examples"] = drop_examples(res.rejects, res.kept, eval_prompts=eval_prompts)
     return res

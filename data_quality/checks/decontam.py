@@ -24,7 +24,9 @@ import polars as pl
 import pyarrow as pa
 
 from .base import CheckResult, Decision, apply
-from .text import shingles, sorted_unique, tokens
+from .columns import take_rows
+from .near_dup_sets import ShingleCache, distinct, text_hashes
+from .text import shingle_levels, shingles, sorted_unique, tokens
 
 RULE = "decontam"
 PROMPT_KEYS = ("prompt", "instruction", "question")
@@ -128,11 +130,13 @@ def eval_index(eval_prompts: Sequence[str], cfg: DecontamConfig) -> EvalIndex:
                      long_bitmap)
 
 
-def _matches(tok: np.ndarray, counts: np.ndarray, ix: EvalIndex, cfg: DecontamConfig) -> np.ndarray:
-    """Per text: the index of the eval item it is contaminated by, or -1."""
+def _matches(tok: np.ndarray, counts: np.ndarray, levels: dict[int, tuple[np.ndarray, np.ndarray]], ix: EvalIndex,
+             cfg: DecontamConfig) -> np.ndarray:
+    """Per text: the index of the eval item it is contaminated by, or -1. `levels`: the texts' shingles
+    (checks.text.shingle_levels) for `ngram` and, where the eval set has long n-grams, `long_ngram`."""
     n = counts.size
     out = np.full(n, -1, dtype=np.int64)
-    h, row = shingles(tok, counts, cfg.ngram)
+    h, row = levels[cfg.ngram]
     # A bitmap on the low hash bits rules out almost every shingle with one cache-friendly lookup.
     maybe = np.flatnonzero(ix.bitmap[(h & _MASK).astype(np.int64)])
     if maybe.size:
@@ -145,7 +149,7 @@ def _matches(tok: np.ndarray, counts: np.ndarray, ix: EvalIndex, cfg: DecontamCo
                .unique("row", keep="first", maintain_order=True))
         out[bad.get_column("row").to_numpy()] = bad.get_column("item").to_numpy()
     if ix.long.size:
-        lh, lrow = shingles(tok, counts, cfg.long_ngram or 0)
+        lh, lrow = levels[cfg.long_ngram or 0]
         maybe = np.flatnonzero(ix.long_bitmap[(lh & _MASK).astype(np.int64)])  # as above: few survive
         lh, lrow = lh[maybe], lrow[maybe]
         pos = np.minimum(np.searchsorted(ix.long, lh), ix.long.size - 1)
@@ -166,18 +170,36 @@ def _item_of_row(tok: np.ndarray, ix: EvalIndex, cfg: DecontamConfig) -> int:
     return int(np.bincount(items).argmax()) if items.size else 0
 
 
-def decide(table: pa.Table, cfg: DecontamConfig, eval_prompts: Sequence[str] | None) -> Decision:
+def field_matches(col: pa.ChunkedArray, ix: EvalIndex, cfg: DecontamConfig, name: str,
+                  cache: ShingleCache | None = None) -> np.ndarray:
+    """Per row: the eval item its text in `col` is contaminated by, or -1. Each distinct text is tokenised
+    once (shared prompts and answers are common), a chunk of texts at a time (bounds the exploded tokens);
+    `cache` gets every text's near-dup shingles, computed in the same pass as the n-grams."""
+    h = np.concatenate([text_hashes(pl.Series(col.slice(lo, 50_000))) for lo in range(0, max(len(col), 1), 50_000)])
+    first, inv = distinct(h)
+    item = np.empty(first.size, np.int64)
+    share = cache is not None and cache.wants(name)
+    ks = {cfg.ngram} | ({cfg.long_ngram} if ix.long.size and cfg.long_ngram else set())
+    ks |= {cache.ngram} if share else set()
+    for lo in range(0, first.size, cfg.chunk_rows):
+        rows = first[lo:lo + cfg.chunk_rows]
+        tok, counts = tokens(take_rows(col, rows))
+        levels = shingle_levels(tok, counts, ks)
+        item[lo:lo + rows.size] = _matches(tok, counts, levels, ix, cfg)
+        if share:
+            cache.add(name, h[rows], *levels[cache.ngram])
+    return item[inv]
+
+
+def decide(table: pa.Table, cfg: DecontamConfig, eval_prompts: Sequence[str] | None,
+           cache: ShingleCache | None = None) -> Decision:
     n = table.num_rows
     d = Decision.keep_all(n)
     if not eval_prompts or n == 0:
         d.stats = {"eval_prompts": len(eval_prompts or ()), "eval_ngrams": 0}
         return d
     ix = eval_index(eval_prompts, cfg)
-    item = {f: np.full(n, -1, dtype=np.int64) for f in cfg.fields}
-    for lo in range(0, n, cfg.chunk_rows):  # chunks bound the exploded-token memory
-        part = table.slice(lo, cfg.chunk_rows)
-        for f in cfg.fields:
-            item[f][lo:lo + part.num_rows] = _matches(*tokens(part.column(f)), ix, cfg)
+    item = {f: field_matches(table.column(f), ix, cfg, f, cache) for f in cfg.fields}
     d.duplicate_of = np.full(n, None, dtype=object)
     for f in cfg.fields:
         new = (item[f] >= 0) & ~d.drop

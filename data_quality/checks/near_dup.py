@@ -42,7 +42,7 @@ from .near_dup_lsh import (  # noqa: F401 - the stage functions the cluster exec
     decode_pairs,
     group_keys,
 )
-from .near_dup_sets import Field, distinct, field_overlap, intersections, text_hashes  # noqa: F401
+from .near_dup_sets import Field, ShingleCache, distinct, field_overlap, intersections, text_hashes  # noqa: F401
 from .text import sorted_unique
 
 RULE = "near_dup"
@@ -169,15 +169,17 @@ def field_names(cfg: NearDupConfig) -> list[str]:
     return list(dict.fromkeys(cfg.fields + (ANSWER_FIELDS if cfg.min_answer_jaccard > 0 else ())))
 
 
-def find_duplicates(src: TableTexts, cfg: NearDupConfig) -> tuple[np.ndarray, dict]:
+def find_duplicates(src: TableTexts, cfg: NearDupConfig, cache: ShingleCache | None = None
+                    ) -> tuple[np.ndarray, dict]:
     """(representative row per row, -1 where kept; stats) for the rows of `src`."""
     banded = {name for group in band_groups(cfg) for name in group}
-    fields = {name: Field(src, name, cfg) for name in field_names(cfg) if name in banded}
+    fields = {name: Field(src, name, cfg, cache=cache) for name in field_names(cfg) if name in banded}
     cand, stats = candidates(fields, src.n, cfg)
     # A field only verification reads (the prompt, when bands are made of the answers) is shingled for the
     # candidates' texts only: most rows of a large set are never a candidate.
     need = sorted_unique(cand.ravel()) if len(cand) else np.zeros(0, np.int64)
-    fields = {name: fields[name] if name in banded else Field(src, name, cfg, rows=need) for name in field_names(cfg)}
+    fields = {name: fields[name] if name in banded else Field(src, name, cfg, rows=need, cache=cache)
+              for name in field_names(cfg)}
     rep, gstats = greedy(cand, src.n, lambda pairs: check_pairs(fields, pairs, cfg))
     return rep, summary(stats, {name: int(f.first.size) for name, f in fields.items()}, len(cand), gstats)
 
@@ -189,12 +191,12 @@ def summary(stats: dict, distinct_texts: dict[str, int], n_cand: int, gstats: di
     return stats
 
 
-def decide(table: pa.Table, cfg: NearDupConfig) -> Decision:
+def decide(table: pa.Table, cfg: NearDupConfig, cache: ShingleCache | None = None) -> Decision:
     n = table.num_rows
     d = Decision.keep_all(n)
     if n == 0:
         return d
-    rep, stats = find_duplicates(TableTexts(table), cfg)
+    rep, stats = find_duplicates(TableTexts(table), cfg, cache)
     dup = rep >= 0
     d.mark(dup, "near_duplicate")
     d.duplicate_of = np.full(n, None, dtype=object)  # pair ids of the named rows only, not of every row
@@ -218,6 +220,6 @@ def cluster_stats(rep: np.ndarray, source: pa.ChunkedArray | pa.Array | Sequence
             "max_cluster": int(sizes.max()) if sizes.size else 0}
 
 
-def run(table: pa.Table, cfg: NearDupConfig) -> CheckResult:
-    return apply(table, decide(table, cfg), RULE, cfg)
+def run(table: pa.Table, cfg: NearDupConfig, cache: ShingleCache | None = None) -> CheckResult:
+    return apply(table, decide(table, cfg, cache), RULE, cfg)
 

@@ -46,6 +46,60 @@ _TAGS = {"prompt_text": 0x51ED27D3A8F3C1B5, "chosen": 0x2545F4914F6CDD1D, "rejec
 _LOW32 = np.uint64(0xFFFFFFFF)
 
 
+def shingle_sets(sh: np.ndarray, row: np.ndarray, n_texts: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(values, sizes) from `shingles` of `n_texts` texts: each text's sorted unique 32-bit shingle hashes,
+    tagged by field, back to back, and how many each text has."""
+    key = sorted_unique((row.astype(np.uint64) << np.uint64(32)) | (mix64(sh ^ np.uint64(_TAGS[name])) >> np.uint64(32)))
+    sizes = np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=n_texts)
+    return (key & _LOW32).astype(np.uint32), sizes
+
+
+class ShingleCache:
+    """Shingle sets of texts an earlier check already tokenised, kept for near_dup by text identity.
+
+    decontam reads the same fields as near_dup and tokenises them the same way (checks.text.tokens); tokenising
+    is most of either check's time. With a cache, decontam adds each distinct text's near-dup shingle set as it
+    goes and near_dup takes them instead of tokenising again. Only the fields near_dup bands are kept (it
+    shingles every text of those; a field it only verifies, just the candidates' texts). Only the in-memory
+    executor shares one: it runs both checks over the whole table in one process. near_dup takes a field's
+    sets once, which frees them.
+    """
+
+    def __init__(self, ngram: int, fields: Sequence[str]) -> None:
+        self.ngram, self.fields = ngram, frozenset(fields) & set(_TAGS)
+        self._parts: dict[str, tuple[list[np.ndarray], list[np.ndarray], ArrayStore]] = {}
+
+    def wants(self, name: str) -> bool:
+        return name in self.fields
+
+    def add(self, name: str, text_hash: np.ndarray, sh: np.ndarray, row: np.ndarray) -> None:
+        """The `ngram`-shingles (checks.text.shingles) of the texts with these identities."""
+        if name in self.fields:
+            hashes, sizes, values = self._parts.setdefault(name, ([], [], ArrayStore(np.uint32)))
+            v, n = shingle_sets(sh, row, text_hash.size, name)
+            hashes.append(text_hash)
+            sizes.append(n)
+            values.append(v)
+
+    def take(self, name: str, text_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(values, sizes) of the texts `text_hash`, in that order, if the cache holds all of them; the field's
+        sets leave the cache either way."""
+        if name not in self._parts:
+            return None
+        hashes, parts, store = self._parts.pop(name)
+        h, sizes, values = np.concatenate(hashes), np.concatenate(parts), store.finish()
+        order = np.argsort(h, kind="stable")
+        at = order[np.minimum(np.searchsorted(h, text_hash, sorter=order), max(h.size - 1, 0))]
+        if not h.size or not np.array_equal(h[at], text_hash):
+            return None
+        if np.array_equal(at, np.arange(h.size)):  # the same texts in the same order: no copy
+            return values, sizes
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        ln = sizes[at]
+        take = np.repeat(offsets[at] - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))
+        return values[take], ln
+
+
 def mix32(x: np.ndarray) -> np.ndarray:
     """lowbias32 finaliser on uint32 (wrapping on purpose): a seeded permutation of shingle hashes."""
     x = x.astype(np.uint32)
@@ -63,9 +117,11 @@ class Field:
     pieces (`concat`, texts made one by their identity): how the cluster executor moves only the shingles a
     verification needs between workers."""
 
-    def __init__(self, src: TableTexts, name: str, cfg: NearDupConfig, rows: np.ndarray | None = None) -> None:
+    def __init__(self, src: TableTexts, name: str, cfg: NearDupConfig, rows: np.ndarray | None = None,
+                 cache: ShingleCache | None = None) -> None:
         """`rows`: only these rows' texts get shingles (the others keep an empty set and must not be looked up),
-        for a field that only verifies candidates and is not banded."""
+        for a field that only verifies candidates and is not banded. `cache`: shingle sets an earlier check of
+        the run made from the same tokens; used when it holds every text needed, else the texts are tokenised."""
         h = src.hashes(name)
         first, inv = distinct(h)
         ids = np.arange(first.size)
@@ -73,16 +129,20 @@ class Field:
             need = np.zeros(first.size, bool)
             need[inv[rows]] = True
             ids = ids[need]
+        known = cache.take(name, h[first[ids]]) if cache is not None and cache.ngram == cfg.ngram else None
+        if known is not None:  # every text was tokenised by an earlier check of this run
+            values_of, sizes = known
+            full = np.zeros(first.size, np.int64)
+            full[ids] = sizes
+            self._set(name, h[first], first, inv, values_of, full)
+            return
         # The store of every distinct text's shingles is the check's largest array (~1 KB a text): out of core
         # it lives in a spill file, read back memory-mapped (data_quality.spill.ArrayStore).
         values, sizes = ArrayStore(np.uint32), np.zeros(first.size, np.int64)
-        tag = np.uint64(_TAGS[name])
         for lo in range(0, ids.size, cfg.chunk_rows):
             part = ids[lo:lo + cfg.chunk_rows]  # ascending: values stay in text-id order
-            sh, row = shingles(*tokens(src.texts(name, first[part])), cfg.ngram)
-            key = sorted_unique((row.astype(np.uint64) << np.uint64(32)) | (mix64(sh ^ tag) >> np.uint64(32)))
-            sizes[part] = np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=part.size)
-            values.append((key & _LOW32).astype(np.uint32))
+            v, sizes[part] = shingle_sets(*shingles(*tokens(src.texts(name, first[part])), cfg.ngram), part.size, name)
+            values.append(v)
         self._set(name, h[first], first, inv, values.finish(), sizes)
 
     def _set(self, name: str, text_hash: np.ndarray, first: np.ndarray, inv: np.ndarray, values: np.ndarray,

@@ -8,6 +8,8 @@ Python code runs per token or per row. A text with fewer than k tokens gives one
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import polars as pl
 import pyarrow as pa
@@ -53,29 +55,46 @@ def tokens(texts: pa.Array | pa.ChunkedArray | pl.Series | list[str]) -> tuple[n
 
 def shingles(tok: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(shingle hashes uint64, row index int64) of k-token shingles; rows without tokens give none."""
-    n_rows, n = counts.size, tok.size
+    return shingle_levels(tok, counts, (k,))[k]
+
+
+def shingle_levels(tok: np.ndarray, counts: np.ndarray, ks: Sequence[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """`shingles` for several k from one pass: the running state after k-1 steps *is* the k-shingle before
+    mixing, so 3-, 8- and 13-shingles of the same tokens take 12 steps over the token array, not 2 + 7 + 12."""
+    n = tok.size
     if n == 0:
-        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+        return {k: (np.zeros(0, np.uint64), np.zeros(0, np.int64)) for k in ks}
     ends = np.cumsum(counts)
+    text_end = np.repeat(ends, counts)
+    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     with np.errstate(over="ignore"):
         # Shifted slices over the flat array: shingles that straddle two rows are computed, then masked out.
         h = tok.copy()
-        for j in range(1, min(k, n)):
-            # multiply before xor-ing the next token: (a ^ b) * S would not tell "a b" from "b a"
-            h[: n - j] = (h[: n - j] * _STEP + np.uint64(j)) ^ tok[j:]
-        h = mix64(h)
-        valid = np.arange(n, dtype=np.int64) + k <= np.repeat(ends, counts)
-        out_h = [h[valid]]
-        out_r = [np.repeat(np.arange(n_rows, dtype=np.int64), np.maximum(counts - k + 1, 0))]
-        short = np.flatnonzero((counts > 0) & (counts < k))
-        if short.size:  # texts shorter than k: one shingle of all their tokens, same mixing
-            start, c = ends[short] - counts[short], counts[short]
-            hs = tok[start].copy()
-            for j in range(1, k - 1):
-                take = j < c
-                hs = np.where(take, (hs * _STEP + np.uint64(j)) ^ tok[np.minimum(start + j, n - 1)], hs)
-            out_h.append(mix64(hs))
-            out_r.append(short.astype(np.int64))
+        for j in range(0, max(ks)):
+            if j:
+                # multiply before xor-ing the next token: (a ^ b) * S would not tell "a b" from "b a"
+                h[: n - j] = (h[: n - j] * _STEP + np.uint64(j)) ^ tok[j:] if j < n else h[: n - j]
+            if j + 1 in ks:
+                out[j + 1] = _finish(h, tok, counts, ends, text_end, j + 1)
+    return out
+
+
+def _finish(h: np.ndarray, tok: np.ndarray, counts: np.ndarray, ends: np.ndarray, text_end: np.ndarray,
+            k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k-shingles from the running state after k-1 steps: whole ones mixed, texts shorter than k added."""
+    n_rows, n = counts.size, tok.size
+    valid = np.arange(n, dtype=np.int64) + k <= text_end
+    out_h = [mix64(h[valid])]
+    out_r = [np.repeat(np.arange(n_rows, dtype=np.int64), np.maximum(counts - k + 1, 0))]
+    short = np.flatnonzero((counts > 0) & (counts < k))
+    if short.size:  # texts shorter than k: one shingle of all their tokens, same mixing
+        start, c = ends[short] - counts[short], counts[short]
+        hs = tok[start].copy()
+        for j in range(1, k - 1):
+            take = j < c
+            hs = np.where(take, (hs * _STEP + np.uint64(j)) ^ tok[np.minimum(start + j, n - 1)], hs)
+        out_h.append(mix64(hs))
+        out_r.append(short.astype(np.int64))
     return np.concatenate(out_h), np.concatenate(out_r)
 
 

@@ -1,5 +1,6 @@
 """Work the gate shares or vectorises must give exactly what the plain definition gives: keys carried from
-normalise to later checks, MinHash densification, decontam's prefilter for long n-grams."""
+normalise to later checks, MinHash densification, decontam's prefilter for long n-grams, shingles of several
+lengths from one pass, and the shingle sets decontam hands near_dup."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from data_quality.checks import decontam, normalise
+from data_quality.checks import decontam, near_dup_sets, normalise
 from data_quality.checks.near_dup_lsh import _EMPTY32, densify
+from data_quality.checks.text import _STEP, mix64, shingle_levels
+from data_quality.engine import run_in_memory
+from data_quality.gate import GateConfig, steps
+from data_quality.scale import edited_copy
 from storage.schema import build_pair_table
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "gate_real_rows.json"
@@ -74,6 +79,10 @@ def test_densify_equals_its_definition() -> None:
         raw[0] = _EMPTY32
         got = densify(raw)
         assert got.dtype == np.uint64 and np.array_equal(got, _densify_reference(raw))
+    # Past a few thousand rows densify works block by block: the blocks must join up row for row.
+    raw = rng.integers(0, 2**32 - 1, (9_001, 5), dtype=np.uint64).astype(np.uint32)
+    raw[rng.random(raw.shape) < 0.6] = _EMPTY32
+    assert np.array_equal(densify(raw), _densify_reference(raw))
 
 
 @pytest.mark.parametrize("long_ngram", [12, 13])
@@ -91,3 +100,69 @@ def test_long_ngram_prefilter_keeps_every_hit(long_ngram: int) -> None:
     expect = [True, long_ngram <= 12, False]
     assert d.drop.tolist() == expect
     assert [x for x in d.duplicate_of if x] == ["eval:0"] * sum(expect)
+
+
+def _shingles_reference(tok: np.ndarray, counts: np.ndarray, k: int) -> list[tuple[int, int]]:
+    """(row, hash) of every k-shingle, text by text: the recurrence h = (h * STEP + j) ^ token[j] over k
+    tokens, mixed; a text shorter than k gives one shingle of all its tokens."""
+    out, at = [], 0
+    with np.errstate(over="ignore"):
+        for row, c in enumerate(counts.tolist()):
+            t = tok[at:at + c]
+            starts = range(c - k + 1) if c >= k else ([0] if c else [])
+            for i in starts:
+                h = t[i]
+                for j in range(1, min(k, c)):
+                    h = (h * _STEP + np.uint64(j)) ^ t[i + j]
+                out.append((row, int(mix64(np.array([h]))[0])))
+            at += c
+    return sorted(out)
+
+
+def test_shingle_levels_equal_one_length_at_a_time() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        counts = rng.integers(0, 18, int(rng.integers(1, 12))).astype(np.int64)
+        tok = rng.integers(0, 2**63, int(counts.sum()), dtype=np.uint64)
+        ks = sorted({int(k) for k in rng.integers(1, 15, 3)})
+        for k, (h, row) in shingle_levels(tok, counts, ks).items():
+            assert sorted(zip(row.tolist(), h.tolist(), strict=True)) == _shingles_reference(tok, counts, k)
+
+
+def test_decontam_hands_near_dup_its_shingles(monkeypatch) -> None:
+    """In memory, near_dup takes the answers' shingle sets decontam made: the same decisions, and near_dup
+    tokenises no answer again (only the prompts of candidate rows, a field it does not band)."""
+    base = _table()
+    table = pa.concat_tables([base, edited_copy(base, 1).select(base.column_names).cast(base.schema)])
+    rows = json.loads(FIXTURE.read_text())
+    eval_prompts = [str(r["prompt"]) for r in rows[::5]]  # real prompts: some rows are contaminated
+    calls: list[int] = []
+    real_tokens = near_dup_sets.tokens
+
+    def counting(texts):
+        calls.append(len(texts))
+        return real_tokens(texts)
+
+    monkeypatch.setattr(near_dup_sets, "tokens", counting)
+    out = {}
+    for share in (False, True):
+        calls.clear()
+        res = run_in_memory(table, steps(GateConfig(), eval_prompts, share_shingles=share), {})
+        out[share] = (res.kept.column("pair_id").to_pylist(), res.rejects.to_pylist(), list(calls))
+    assert out[True][:2] == out[False][:2]
+    assert res.stats["checks"]["decontam"]["dropped"] and res.stats["checks"]["near_dup"]["dropped"]
+    assert len(out[False][2]) >= 2  # chosen and rejected tokenised by near_dup
+    assert len(out[True][2]) <= 1 and sum(out[True][2]) < table.num_rows  # at most the candidates' prompts
+
+
+def test_shingle_cache_gives_nothing_unless_it_holds_every_text() -> None:
+    sh = np.arange(6, dtype=np.uint64)
+    row = np.array([0, 0, 1, 1, 1, 2])
+    for wanted, expect in (([30, 10], [3, 2]), ([10, 99], None)):
+        cache = near_dup_sets.ShingleCache(3, ["chosen"])
+        cache.add("chosen", np.array([10, 30, 20], np.uint64), sh, row)
+        cache.add("prompt_text", np.array([1], np.uint64), sh[:1], row[:1])  # not a field it keeps
+        got = cache.take("chosen", np.array(wanted, np.uint64))
+        assert (got[1].tolist() if got is not None else None) == expect
+        assert cache.take("chosen", np.array(wanted, np.uint64)) is None  # taken once
+        assert cache.take("prompt_text", np.array([1], np.uint64)) is None
