@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .near_dup_sets import Field, distinct, mix32
-from .text import mix64, sorted_unique
+from .text import mix64, sorted_unique, stable_argsort
 
 if TYPE_CHECKING:  # annotations only: near_dup imports this module
     from .near_dup import NearDupConfig
@@ -112,7 +112,7 @@ def _group_keys(fields: dict[str, Field], group: tuple[str, ...], n: int, cfg: N
 
 def bucket_pairs(key: np.ndarray, links: int) -> np.ndarray:
     """(m, 2) row pairs (i < j): every row with each of the first `links` rows of its bucket (equal keys)."""
-    order = np.argsort(key, kind="stable")  # stable: members of a bucket stay in row order
+    order = stable_argsort(key)  # stable: members of a bucket stay in row order
     srt = key[order]
     start = np.flatnonzero(np.concatenate([[True], srt[1:] != srt[:-1]]))
     size = np.diff(np.concatenate([start, [srt.size]]))

@@ -15,7 +15,7 @@ import polars as pl
 
 from data_quality.spill import ArrayStore
 
-from .text import mix64, shingles, sorted_unique, tokens
+from .text import mix64, shingles, sorted_unique, stable_argsort, tokens
 
 if TYPE_CHECKING:  # annotations only: near_dup imports this module
     from .near_dup import NearDupConfig, TableTexts
@@ -28,14 +28,14 @@ def text_hashes(s: pl.Series) -> np.ndarray:
 
 def distinct(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(first row of each distinct value, inverse: the distinct index of every row), by one stable sort."""
-    order = np.argsort(h, kind="stable")
+    order = stable_argsort(h)
     hs = h[order]
     new = np.concatenate([[True], hs[1:] != hs[:-1]]) if h.size else np.zeros(0, bool)
     inv = np.empty(h.size, np.int64)
     inv[order] = np.cumsum(new) - 1
     first = order[new]
     # Number distinct texts by first appearance so the ids, like the rows, follow input order.
-    rank = np.argsort(first, kind="stable")
+    rank = stable_argsort(first)
     relabel = np.empty_like(rank)
     relabel[rank] = np.arange(rank.size)
     return first[rank], relabel[inv]
@@ -88,7 +88,7 @@ class ShingleCache:
             return None
         hashes, parts, store = self._parts.pop(name)
         h, sizes, values = np.concatenate(hashes), np.concatenate(parts), store.finish()
-        order = np.argsort(h, kind="stable")
+        order = stable_argsort(h)
         at = order[np.minimum(np.searchsorted(h, text_hash, sorter=order), max(h.size - 1, 0))]
         if not h.size or not np.array_equal(h[at], text_hash):
             return None

@@ -166,3 +166,32 @@ def test_shingle_cache_gives_nothing_unless_it_holds_every_text() -> None:
         assert (got[1].tolist() if got is not None else None) == expect
         assert cache.take("chosen", np.array(wanted, np.uint64)) is None  # taken once
         assert cache.take("prompt_text", np.array([1], np.uint64)) is None
+
+
+def test_repeated_answer_groups_equal_windows_over_every_row() -> None:
+    """group_stats builds groups for repeated answers only; every row's figures must equal the plain windows
+    over all rows, in row order, whatever order the row ids come in (the cluster executor passes shuffled ids)."""
+    import polars as pl
+
+    from data_quality.checks.repeated_answer import group_stats
+
+    rng = np.random.default_rng(5)
+    n = 5_000
+    df = pl.DataFrame({"h": rng.integers(0, 1_500, n).astype(np.uint64), "chars": rng.integers(0, 99, n).astype(np.uint32),
+                       "pid": [f"p{i}" for i in rng.integers(0, 300, n)], "row": rng.permutation(n) * 3})
+    expect = df.with_columns(n_prompts=pl.col("pid").n_unique().over("h"), first=pl.col("row").min().over("h"),
+                             second=pl.col("row").bottom_k(2).max().over("h"))
+    got = group_stats(df)
+    assert got.equals(expect) and got.schema == expect.schema
+    assert (got.get_column("n_prompts") == 1).sum() > 100 and (got.get_column("n_prompts") > 2).sum() > 100
+
+
+def test_stable_argsort_is_numpys_stable_argsort() -> None:
+    """Bucket members and distinct texts are numbered in row order through it: ties must keep input order."""
+    from data_quality.checks.text import stable_argsort
+
+    rng = np.random.default_rng(11)
+    for dtype, n, card in ((np.uint64, 50_000, 300), (np.int64, 20_000, 2**40), (np.uint32, 999, 5),
+                           (np.float64, 3_000, 7)):
+        x = rng.integers(0, card, n).astype(dtype)
+        assert np.array_equal(stable_argsort(x), np.argsort(x, kind="stable"))
