@@ -49,16 +49,20 @@ def mix64(x: np.ndarray) -> np.ndarray:
 def tokens(texts: pa.Array | pa.ChunkedArray | pl.Series | list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(token hashes uint64, per-text token counts int64)."""
     s = pl.Series(texts, dtype=pl.String) if not isinstance(texts, pl.Series) else texts
-    # The tokens of `word_tokens` (Rust regex `\w+`): non-word runs become one space, then a literal split (much faster
-    # than extract_all); the empty strings a leading or trailing separator leaves are dropped.
-    lists = s.fill_null("").str.to_lowercase().str.replace_all(r"[^\w ]+| {2,}", " ").str.split(" ")
-    flat = lists.explode()
-    nonempty = flat.str.len_bytes().fill_null(0) > 0
-    lens = lists.list.len().to_numpy().astype(np.int64)
-    row = np.repeat(np.arange(lens.size), lens)
-    keep = nonempty.to_numpy()
-    counts = np.bincount(row[keep], minlength=lens.size).astype(np.int64)
-    return flat.filter(nonempty).hash(0x5EED).to_numpy(), counts
+    # The tokens of `word_tokens` (Rust regex `\w+`): every non-word run becomes one space (the second pass
+    # joins spaces the first one left side by side), the ends are stripped, then a literal split, much faster
+    # than extract_all. Only a text without any token splits into an empty string, dropped below.
+    clean = (s.fill_null("").str.to_lowercase().str.replace_all(r"[^\w ]+| {2,}", " ")
+             .str.replace_all(r" {2,}", " ").str.strip_chars(" "))
+    lists = clean.str.split(" ")
+    counts = lists.list.len().to_numpy().astype(np.int64)
+    h = lists.explode().hash(0x5EED).to_numpy()
+    empty = (clean.str.len_bytes() == 0).to_numpy()
+    if empty.any():
+        keep = np.ones(h.size, bool)
+        keep[(np.cumsum(counts) - counts)[empty]] = False
+        h, counts = h[keep], np.where(empty, 0, counts)
+    return h, counts
 
 
 def shingles(tok: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
