@@ -26,7 +26,7 @@ import pyarrow as pa
 from .base import CheckResult, Decision, apply
 from .columns import take_rows
 from .near_dup_sets import ShingleCache, distinct, text_hashes
-from .text import shingle_levels, shingles, sorted_unique, tokens
+from .text import iter_shingle_levels, shingles, sorted_unique, tokens
 
 RULE = "decontam"
 PROMPT_KEYS = ("prompt", "instruction", "question")
@@ -130,13 +130,9 @@ def eval_index(eval_prompts: Sequence[str], cfg: DecontamConfig) -> EvalIndex:
                      long_bitmap)
 
 
-def _matches(tok: np.ndarray, counts: np.ndarray, levels: dict[int, tuple[np.ndarray, np.ndarray]], ix: EvalIndex,
-             cfg: DecontamConfig) -> np.ndarray:
-    """Per text: the index of the eval item it is contaminated by, or -1. `levels`: the texts' shingles
-    (checks.text.shingle_levels) for `ngram` and, where the eval set has long n-grams, `long_ngram`."""
-    n = counts.size
-    out = np.full(n, -1, dtype=np.int64)
-    h, row = levels[cfg.ngram]
+def _fraction_matches(h: np.ndarray, row: np.ndarray, ix: EvalIndex, cfg: DecontamConfig, out: np.ndarray) -> None:
+    """Texts holding `min_fraction` of an eval item's `ngram`-grams name that item in `out` (h, row: the
+    texts' `ngram`-shingles)."""
     # A bitmap on the low hash bits rules out almost every shingle with one cache-friendly lookup.
     maybe = np.flatnonzero(ix.bitmap[(h & _MASK).astype(np.int64)])
     if maybe.size:
@@ -148,18 +144,20 @@ def _matches(tok: np.ndarray, counts: np.ndarray, levels: dict[int, tuple[np.nda
         bad = (per.filter(pl.col("frac") >= cfg.min_fraction).sort(["frac", "item"], descending=[True, False])
                .unique("row", keep="first", maintain_order=True))
         out[bad.get_column("row").to_numpy()] = bad.get_column("item").to_numpy()
-    if ix.long.size:
-        lh, lrow = levels[cfg.long_ngram or 0]
-        maybe = np.flatnonzero(ix.long_bitmap[(lh & _MASK).astype(np.int64)])  # as above: few survive
-        lh, lrow = lh[maybe], lrow[maybe]
-        pos = np.minimum(np.searchsorted(ix.long, lh), ix.long.size - 1)
-        hit = ix.long[pos] == lh
-        # A long shared run also shares n-grams with its item: the item sharing most of them is named.
-        rows = np.unique(lrow[hit])
-        starts = np.cumsum(counts) - counts
-        for r in rows[out[rows] < 0]:  # rare: rows with a long shared run but under min_fraction
-            out[r] = _item_of_row(tok[starts[r]:starts[r] + counts[r]], ix, cfg)
-    return out
+
+
+def _long_matches(lh: np.ndarray, lrow: np.ndarray, tok: np.ndarray, counts: np.ndarray, ix: EvalIndex,
+                  cfg: DecontamConfig, out: np.ndarray) -> None:
+    """Texts not yet named that share one `long_ngram`-gram with the eval set name an item in `out`."""
+    maybe = np.flatnonzero(ix.long_bitmap[(lh & _MASK).astype(np.int64)])  # as above: few survive
+    lh, lrow = lh[maybe], lrow[maybe]
+    pos = np.minimum(np.searchsorted(ix.long, lh), ix.long.size - 1)
+    hit = ix.long[pos] == lh
+    # A long shared run also shares n-grams with its item: the item sharing most of them is named.
+    rows = np.unique(lrow[hit])
+    starts = np.cumsum(counts) - counts
+    for r in rows[out[rows] < 0]:  # rare: rows with a long shared run but under min_fraction
+        out[r] = _item_of_row(tok[starts[r]:starts[r] + counts[r]], ix, cfg)
 
 
 def _item_of_row(tok: np.ndarray, ix: EvalIndex, cfg: DecontamConfig) -> int:
@@ -184,10 +182,18 @@ def field_matches(col: pa.ChunkedArray, ix: EvalIndex, cfg: DecontamConfig, name
     for lo in range(0, first.size, cfg.chunk_rows):
         rows = first[lo:lo + cfg.chunk_rows]
         tok, counts = tokens(take_rows(col, rows))
-        levels = shingle_levels(tok, counts, ks)
-        item[lo:lo + rows.size] = _matches(tok, counts, levels, ix, cfg)
-        if share:
-            cache.add(name, h[rows], *levels[cache.ngram])
+        out = np.full(rows.size, -1, dtype=np.int64)
+        # Shortest first, each level used and dropped before the next is made (long_ngram > ngram: the long
+        # rule only names texts the fraction rule left).
+        for k, (sh, row) in iter_shingle_levels(tok, counts, sorted(ks)):
+            if share and k == cache.ngram:
+                cache.add(name, h[rows], sh, row)
+            if k == cfg.ngram:
+                _fraction_matches(sh, row, ix, cfg, out)
+            if ix.long.size and k == cfg.long_ngram:
+                _long_matches(sh, row, tok, counts, ix, cfg, out)
+            del sh, row
+        item[lo:lo + rows.size] = out
     return item[inv]
 
 

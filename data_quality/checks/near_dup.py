@@ -176,9 +176,10 @@ def find_duplicates(src: TableTexts, cfg: NearDupConfig, cache: ShingleCache | N
     fields = {name: Field(src, name, cfg, cache=cache) for name in field_names(cfg) if name in banded}
     cand, stats = candidates(fields, src.n, cfg)
     # A field only verification reads (the prompt, when bands are made of the answers) is shingled for the
-    # candidates' texts only: most rows of a large set are never a candidate.
+    # candidates' texts only: most rows of a large set are never a candidate. Shingles taken from the cache
+    # become sets for those texts only, likewise.
     need = sorted_unique(cand.ravel()) if len(cand) else np.zeros(0, np.int64)
-    fields = {name: fields[name] if name in banded else Field(src, name, cfg, rows=need, cache=cache)
+    fields = {name: (fields[name] if name in banded else Field(src, name, cfg, rows=need, cache=cache)).exact_for(need)
               for name in field_names(cfg)}
     rep, gstats = greedy(cand, src.n, lambda pairs: check_pairs(fields, pairs, cfg))
     return rep, summary(stats, {name: int(f.first.size) for name, f in fields.items()}, len(cand), gstats)

@@ -46,20 +46,41 @@ _TAGS = {"prompt_text": 0x51ED27D3A8F3C1B5, "chosen": 0x2545F4914F6CDD1D, "rejec
 _LOW32 = np.uint64(0xFFFFFFFF)
 
 
+def tagged(sh: np.ndarray, name: str) -> np.ndarray:
+    """The 32-bit value a shingle hash has in the store of field `name` (fields tagged apart)."""
+    return (mix64(sh ^ np.uint64(_TAGS[name])) >> np.uint64(32)).astype(np.uint32)
+
+
 def shingle_sets(sh: np.ndarray, row: np.ndarray, n_texts: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(values, sizes) from `shingles` of `n_texts` texts: each text's sorted unique 32-bit shingle hashes,
     tagged by field, back to back, and how many each text has."""
-    key = sorted_unique((row.astype(np.uint64) << np.uint64(32)) | (mix64(sh ^ np.uint64(_TAGS[name])) >> np.uint64(32)))
+    return sets_of(row, tagged(sh, name), n_texts)
+
+
+def sets_of(text: np.ndarray, values: np.ndarray, n_texts: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, sizes): the sorted unique `values` of each of `n_texts` texts (`text`: the text of each value)."""
+    key = sorted_unique((text.astype(np.uint64) << np.uint64(32)) | values.astype(np.uint64))
     sizes = np.bincount((key >> np.uint64(32)).astype(np.int64), minlength=n_texts)
     return (key & _LOW32).astype(np.uint32), sizes
+
+
+def in_text_order(row: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """`values` of `shingles` output grouped by text: `shingles` gives the whole shingles in text order, then
+    one shingle per text shorter than k (also in order); those are merged in, in one pass, not sorted."""
+    down = np.flatnonzero(row[1:] < row[:-1])
+    if not down.size:
+        return values
+    cut = int(down[0]) + 1
+    return np.insert(values[:cut], np.searchsorted(row[:cut], row[cut:]), values[cut:])
 
 
 class ShingleCache:
     """Shingle sets of texts an earlier check already tokenised, kept for near_dup by text identity.
 
     decontam reads the same fields as near_dup and tokenises them the same way (checks.text.tokens); tokenising
-    is most of either check's time. With a cache, decontam adds each distinct text's near-dup shingle set as it
-    goes and near_dup takes them instead of tokenising again. Only the fields near_dup bands are kept (it
+    is most of either check's time. With a cache, decontam adds each distinct text's near-dup shingles as it
+    goes (unsorted: signatures do not need sets) and near_dup takes them instead of tokenising again, then
+    sorts exact sets for its candidates' texts only (`Field.exact_for`). Only the fields near_dup bands are kept (it
     shingles every text of those; a field it only verifies, just the candidates' texts). Only the in-memory
     executor shares one: it runs both checks over the whole table in one process. near_dup takes a field's
     sets once, which frees them.
@@ -76,10 +97,9 @@ class ShingleCache:
         """The `ngram`-shingles (checks.text.shingles) of the texts with these identities."""
         if name in self.fields:
             hashes, sizes, values = self._parts.setdefault(name, ([], [], ArrayStore(np.uint32)))
-            v, n = shingle_sets(sh, row, text_hash.size, name)
             hashes.append(text_hash)
-            sizes.append(n)
-            values.append(v)
+            sizes.append(np.bincount(row, minlength=text_hash.size))
+            values.append(in_text_order(row, tagged(sh, name)))
 
     def take(self, name: str, text_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(values, sizes) of the texts `text_hash`, in that order, if the cache holds all of them; the field's
@@ -130,11 +150,11 @@ class Field:
             need[inv[rows]] = True
             ids = ids[need]
         known = cache.take(name, h[first[ids]]) if cache is not None and cache.ngram == cfg.ngram else None
-        if known is not None:  # every text was tokenised by an earlier check of this run
+        if known is not None:  # every text was tokenised by an earlier check of this run (not yet as sets)
             values_of, sizes = known
             full = np.zeros(first.size, np.int64)
             full[ids] = sizes
-            self._set(name, h[first], first, inv, values_of, full)
+            self._set(name, h[first], first, inv, values_of, full, exact=False)
             return
         # The store of every distinct text's shingles is the check's largest array (~1 KB a text): out of core
         # it lives in a spill file, read back memory-mapped (data_quality.spill.ArrayStore).
@@ -146,10 +166,28 @@ class Field:
         self._set(name, h[first], first, inv, values.finish(), sizes)
 
     def _set(self, name: str, text_hash: np.ndarray, first: np.ndarray, inv: np.ndarray, values: np.ndarray,
-             sizes: np.ndarray) -> None:
+             sizes: np.ndarray, exact: bool = True) -> None:
         self.name, self.text_hash, self.first, self.inv = name, text_hash, first, inv
         self.values, self.sizes = values, sizes
         self.offsets = np.concatenate([[0], np.cumsum(sizes)])
+        # False: each text's shingles as they came (repeats, any order), enough for signatures; overlaps need
+        # the sets of `exact_for`.
+        self.exact = exact
+
+    def exact_for(self, rows: np.ndarray, chunk: int = 20_000) -> Field:
+        """This Field with the sets of the texts of `rows` (the others empty: not to be looked up)."""
+        if self.exact:
+            return self
+        ids = sorted_unique(self.inv[rows]) if rows.size else np.zeros(0, np.int64)
+        values, sizes = ArrayStore(np.uint32), np.zeros(self.sizes.size, np.int64)
+        for lo in range(0, ids.size, chunk):
+            part = ids[lo:lo + chunk]
+            v, pos = self.gather(part)
+            v, sizes[part] = sets_of(pos, v, part.size)
+            values.append(v)
+        f = Field.__new__(Field)
+        f._set(self.name, self.text_hash, self.first, self.inv, values.finish(), sizes)
+        return f
 
     @classmethod
     def of(cls, name: str, text_hash: np.ndarray, inv: np.ndarray, values: np.ndarray, sizes: np.ndarray) -> Field:
@@ -162,6 +200,8 @@ class Field:
 
     def take(self, rows: np.ndarray) -> Field:
         """The Field of these rows only (their texts' shingles, nothing else)."""
+        if not self.exact:
+            raise ValueError(f"near_dup field {self.name}: take() needs the exact sets (exact_for)")
         first, inv = distinct(self.inv[rows])
         texts = self.inv[rows][first]
         return Field.of(self.name, self.text_hash[texts], inv, self.gather(texts)[0], self.sizes[texts])
@@ -208,6 +248,8 @@ def field_overlap(f: Field, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Identical texts need no lookup. Two different texts without shingles (emoji-only answers) have union 0
     and intersection 0: they are not called similar.
     """
+    if not f.exact:
+        raise ValueError(f"near_dup field {f.name}: overlaps need the exact sets (exact_for)")
     ta, tb = f.inv[pairs[:, 0]], f.inv[pairs[:, 1]]
     inter = f.sizes[ta].copy()
     diff = np.flatnonzero(ta != tb)

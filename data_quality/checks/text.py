@@ -8,7 +8,7 @@ Python code runs per token or per row. A text with fewer than k tokens gives one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import polars as pl
@@ -71,24 +71,33 @@ def shingles(tok: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray, n
 
 
 def shingle_levels(tok: np.ndarray, counts: np.ndarray, ks: Sequence[int]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """`shingles` for several k from one pass: the running state after k-1 steps *is* the k-shingle before
-    mixing, so 3-, 8- and 13-shingles of the same tokens take 12 steps over the token array, not 2 + 7 + 12."""
+    """`shingles` for several k from one pass (see `iter_shingle_levels`)."""
+    return dict(iter_shingle_levels(tok, counts, ks))
+
+
+def iter_shingle_levels(tok: np.ndarray, counts: np.ndarray, ks: Sequence[int]
+                        ) -> Iterator[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+    """(k, `shingles(tok, counts, k)`) for each k in `ks`, shortest first, from one pass: the running state after
+    k-1 steps *is* the k-shingle before mixing, so 3-, 8- and 13-shingles of the same tokens take 12 steps over
+    the token array, not 2 + 7 + 12. A level is made when it is reached: a caller that is done with it before
+    asking for the next holds one level at a time."""
     n = tok.size
     if n == 0:
-        return {k: (np.zeros(0, np.uint64), np.zeros(0, np.int64)) for k in ks}
+        for k in sorted(set(ks)):
+            yield k, (np.zeros(0, np.uint64), np.zeros(0, np.int64))
+        return
     ends = np.cumsum(counts)
     text_end = np.repeat(ends, counts)
-    out: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    with np.errstate(over="ignore"):
-        # Shifted slices over the flat array: shingles that straddle two rows are computed, then masked out.
-        h = tok.copy()
-        for j in range(0, max(ks)):
-            if j:
+    wanted = set(ks)
+    # Shifted slices over the flat array: shingles that straddle two rows are computed, then masked out.
+    h = tok.copy()
+    for j in range(0, max(wanted)):
+        if 0 < j < n:
+            with np.errstate(over="ignore"):
                 # multiply before xor-ing the next token: (a ^ b) * S would not tell "a b" from "b a"
-                h[: n - j] = (h[: n - j] * _STEP + np.uint64(j)) ^ tok[j:] if j < n else h[: n - j]
-            if j + 1 in ks:
-                out[j + 1] = _finish(h, tok, counts, ends, text_end, j + 1)
-    return out
+                h[: n - j] = (h[: n - j] * _STEP + np.uint64(j)) ^ tok[j:]
+        if j + 1 in wanted:
+            yield j + 1, _finish(h, tok, counts, ends, text_end, j + 1)
 
 
 def _finish(h: np.ndarray, tok: np.ndarray, counts: np.ndarray, ends: np.ndarray, text_end: np.ndarray,

@@ -195,3 +195,30 @@ def test_stable_argsort_is_numpys_stable_argsort() -> None:
                            (np.float64, 3_000, 7)):
         x = rng.integers(0, card, n).astype(dtype)
         assert np.array_equal(stable_argsort(x), np.argsort(x, kind="stable"))
+
+
+def test_cached_shingles_become_the_sets_near_dup_builds_itself() -> None:
+    """decontam caches raw shingles (texts shorter than 3 words included, repeats kept); near_dup's exact sets
+    made from them for some rows equal the sets it builds from the text, and signatures need no sets."""
+    from data_quality.checks import near_dup
+    from data_quality.checks.text import shingles, tokens
+
+    table = _table()
+    texts = pa.array(["ok", "no no no no", "", "a b"] + table.column("chosen").to_pylist())
+    t = pa.table({"chosen": texts})
+    cfg = near_dup.NearDupConfig()
+    src = near_dup.TableTexts(t)
+    direct = near_dup.Field(src, "chosen", cfg)
+    cache = near_dup.ShingleCache(cfg.ngram, ["chosen"])
+    first = direct.first
+    sh, row = shingles(*tokens(texts.take(pa.array(first))), cfg.ngram)
+    cache.add("chosen", direct.text_hash, sh, row)
+    raw = near_dup.Field(src, "chosen", cfg, cache=cache)
+    assert not raw.exact and direct.exact
+    rows = np.arange(0, t.num_rows, 3)
+    exact = raw.exact_for(rows)
+    for text in np.unique(direct.inv[rows]):
+        a, b = direct.offsets[text], exact.offsets[text]
+        assert np.array_equal(direct.values[a:a + direct.sizes[text]], exact.values[b:b + exact.sizes[text]])
+    with pytest.raises(ValueError, match="exact"):
+        near_dup.field_overlap(raw, np.array([[0, 1]]))
