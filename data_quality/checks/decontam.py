@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from .base import CheckResult, Decision, apply
 from .columns import take_rows
-from .near_dup_sets import ShingleCache, distinct, text_hashes
+from .near_dup_sets import ShingleCache, column_hashes, distinct
 from .text import iter_shingle_levels, shingles, sorted_unique, tokens
 
 RULE = "decontam"
@@ -173,7 +173,7 @@ def field_matches(col: pa.ChunkedArray, ix: EvalIndex, cfg: DecontamConfig, name
     """Per row: the eval item its text in `col` is contaminated by, or -1. Each distinct text is tokenised
     once (shared prompts and answers are common), a chunk of texts at a time (bounds the exploded tokens);
     `cache` gets every text's near-dup shingles, computed in the same pass as the n-grams."""
-    h = np.concatenate([text_hashes(pl.Series(col.slice(lo, 50_000))) for lo in range(0, max(len(col), 1), 50_000)])
+    h = column_hashes(col)
     first, inv = distinct(h)
     item = np.empty(first.size, np.int64)
     share = cache is not None and cache.wants(name)

@@ -30,8 +30,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from data_quality.spill import PAGES
-
 from .base import CheckResult, Decision, apply
 from .columns import take_rows
 from .near_dup_lsh import (  # noqa: F401 - the stage functions the cluster executor and benchmarks call
@@ -44,7 +42,15 @@ from .near_dup_lsh import (  # noqa: F401 - the stage functions the cluster exec
     decode_pairs,
     group_keys,
 )
-from .near_dup_sets import Field, ShingleCache, distinct, field_overlap, intersections, text_hashes  # noqa: F401
+from .near_dup_sets import (  # noqa: F401
+    Field,
+    ShingleCache,
+    column_hashes,
+    distinct,
+    field_overlap,
+    intersections,
+    text_hashes,
+)
 from .text import sorted_unique
 
 RULE = "near_dup"
@@ -87,15 +93,7 @@ class TableTexts:
         self.n = table.num_rows
 
     def hashes(self, field: str, chunk: int = 50_000) -> np.ndarray:
-        # A chunk at a time: a whole column as a Polars Series would copy its text (the table may be mapped).
-        col = self.table.column(field)
-        out = []
-        for lo in range(0, max(self.n, 1), chunk):
-            out.append(text_hashes(pl.Series(col.slice(lo, chunk))))
-            # Hashing reads a mapped stage faster than the page returner's tick: seen at 2M rows, 0.8 GB of file
-            # pages within 0.1 s, the run's peak. So the pages go back after every chunk.
-            PAGES.release()
-        return np.concatenate(out)
+        return column_hashes(self.table.column(field), chunk)
 
     def texts(self, field: str, rows: np.ndarray) -> pl.Series:
         return pl.Series(take_rows(self.table.column(field), rows))

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
-from data_quality.spill import ArrayStore
+from data_quality.spill import PAGES, ArrayStore
 
 from .text import mix64, shingles, sorted_unique, stable_argsort, tokens
 
@@ -24,6 +25,17 @@ if TYPE_CHECKING:  # annotations only: near_dup imports this module
 def text_hashes(s: pl.Series) -> np.ndarray:
     """64-bit identity of each text (equal texts, equal hashes), the key distinct texts are grouped by."""
     return s.fill_null("").hash(0x7E57).to_numpy()
+
+
+def column_hashes(col: pa.ChunkedArray | pa.Array, chunk: int = 50_000) -> np.ndarray:
+    """`text_hashes` of a column, a chunk at a time: a whole column as a Polars Series would copy its text (the
+    table may be a mapped stage). Hashing reads a mapped stage faster than the page returner's tick (seen at 2M
+    rows: 0.8 GB of file pages within 0.1 s, the run's peak), so the pages go back after every chunk."""
+    out = []
+    for lo in range(0, max(len(col), 1), chunk):
+        out.append(text_hashes(pl.Series(col.slice(lo, chunk))))
+        PAGES.release()
+    return np.concatenate(out)
 
 
 def distinct(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -149,20 +149,20 @@ def test_read_pages_of_a_mapped_stage_go_back_to_the_page_cache(tmp_path: Path) 
 def test_near_dup_hashing_a_mapped_stage_hands_its_pages_back_as_it_goes(tmp_path: Path, monkeypatch) -> None:
     """Seen at 2M rows: near_dup's pass hashing every text of a mapped stage read 0.8 GB of file pages between two
     ticks of the page returner, the run's peak RSS. The pages now go back after every chunk."""
-    from data_quality.checks import near_dup
+    from data_quality.checks import near_dup, near_dup_sets
 
     spill = spill_mod.Spill(tmp_path)
     t = pa.table({"chosen": pa.array([f"{i} " + "z" * 4000 for i in range(30_000)])})  # 120 MB
     stage = spill_mod.Spill.open(spill.write("stage", t.to_batches(max_chunksize=3_000), t.schema))
     spill_mod.PAGES.release()
     base, seen = _rss_mb(), []
-    real = near_dup.text_hashes
+    real = near_dup_sets.text_hashes
 
     def hashing(s):
         seen.append(_rss_mb() - base)
         return real(s)
 
-    monkeypatch.setattr(near_dup, "text_hashes", hashing)
+    monkeypatch.setattr(near_dup_sets, "text_hashes", hashing)
     h = near_dup.TableTexts(stage).hashes("chosen", chunk=2_000)
     assert len(seen) == 15 and max(seen) < 30, seen  # one chunk is 8 MB; the whole column 120 MB
     assert np.array_equal(h, near_dup.text_hashes(pl.Series(t.column("chosen"))))
