@@ -115,9 +115,9 @@ REWRITES_PROMPT_ID = frozenset({"normalise"})  # a prompt-local check after thes
 def steps(cfg: GateConfig, eval_prompts: Sequence[str] | None = None, share_shingles: bool = False) -> list[Step]:
     """The pipeline, in order; disabled checks are left out.
 
-    `share_shingles`: decontam hands near_dup the shingle sets of the texts it tokenised (one tokenisation of
+    `share_shingles`: decontam hands near_dup the shingles of the answers it tokenised (one tokenisation of
     each text per run instead of two). Only for one process running every step over the whole table in order
-    (the in-memory executor): the sets are held from decontam until near_dup takes them.
+    (the in-memory executor): the shingles are held from decontam until near_dup takes them.
     """
     sharing = share_shingles and cfg.near_dup.enabled and cfg.decontam.enabled and bool(eval_prompts)
     banded = [name for group in near_dup.band_groups(cfg.near_dup) for name in group]
