@@ -76,6 +76,11 @@ def sets_of(text: np.ndarray, values: np.ndarray, n_texts: int) -> tuple[np.ndar
     return (key & _LOW32).astype(np.uint32), sizes
 
 
+def segments(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Positions of the segments [start, start + length) one after another: how a store's texts are gathered."""
+    return np.repeat(starts - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
+
+
 def in_text_order(row: np.ndarray, values: np.ndarray) -> np.ndarray:
     """`values` of `shingles` output grouped by text: `shingles` gives the whole shingles in text order, then
     one shingle per text shorter than k (also in order); those are merged in, in one pass, not sorted."""
@@ -87,7 +92,7 @@ def in_text_order(row: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 
 class ShingleCache:
-    """Shingle sets of texts an earlier check already tokenised, kept for near_dup by text identity.
+    """Shingles of texts an earlier check already tokenised, kept for near_dup by text identity.
 
     decontam reads the same fields as near_dup and tokenises them the same way (checks.text.tokens); tokenising
     is most of either check's time. With a cache, decontam adds each distinct text's near-dup shingles as it
@@ -95,7 +100,7 @@ class ShingleCache:
     sorts exact sets for its candidates' texts only (`Field.exact_for`). Only the fields near_dup bands are kept (it
     shingles every text of those; a field it only verifies, just the candidates' texts). Only the in-memory
     executor shares one: it runs both checks over the whole table in one process. near_dup takes a field's
-    sets once, which frees them.
+    shingles once, which frees them.
     """
 
     def __init__(self, ngram: int, fields: Sequence[str]) -> None:
@@ -115,7 +120,7 @@ class ShingleCache:
 
     def take(self, name: str, text_hash: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(values, sizes) of the texts `text_hash`, in that order, if the cache holds all of them; the field's
-        sets leave the cache either way."""
+        shingles leave the cache either way."""
         if name not in self._parts:
             return None
         hashes, parts, store = self._parts.pop(name)
@@ -127,9 +132,7 @@ class ShingleCache:
         if np.array_equal(at, np.arange(h.size)):  # the same texts in the same order: no copy
             return values, sizes
         offsets = np.concatenate([[0], np.cumsum(sizes)])
-        ln = sizes[at]
-        take = np.repeat(offsets[at] - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))
-        return values[take], ln
+        return values[segments(offsets[at], sizes[at])], sizes[at]
 
 
 def mix32(x: np.ndarray) -> np.ndarray:
@@ -152,8 +155,9 @@ class Field:
     def __init__(self, src: TableTexts, name: str, cfg: NearDupConfig, rows: np.ndarray | None = None,
                  cache: ShingleCache | None = None) -> None:
         """`rows`: only these rows' texts get shingles (the others keep an empty set and must not be looked up),
-        for a field that only verifies candidates and is not banded. `cache`: shingle sets an earlier check of
-        the run made from the same tokens; used when it holds every text needed, else the texts are tokenised."""
+        for a field that only verifies candidates and is not banded. `cache`: shingles an earlier check of the
+        run made from the same tokens, used when it holds every text needed (else the texts are tokenised); the
+        Field is then raw, not `exact` until `exact_for`."""
         h = src.hashes(name)
         first, inv = distinct(h)
         ids = np.arange(first.size)
@@ -232,8 +236,7 @@ class Field:
     def gather(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(values of the texts `ids` back to back, text position per value)."""
         ln = self.sizes[ids]
-        pos = np.repeat(np.arange(ids.size), ln)
-        return self.values[np.repeat(self.offsets[ids] - (np.cumsum(ln) - ln), ln) + np.arange(int(ln.sum()))], pos
+        return self.values[segments(self.offsets[ids], ln)], np.repeat(np.arange(ids.size), ln)
 
 
 # -- exact overlaps ----------------------------------------------------------------------------------------
