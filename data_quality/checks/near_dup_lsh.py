@@ -58,21 +58,22 @@ def densify(raw: np.ndarray) -> np.ndarray:
     """Rotation densification: an empty bin takes the next non-empty bin to its right (circularly), offset by the
     distance so borrowed values never equal native ones; rows without any shingle stay all-empty (uint64)."""
     n, k = raw.shape
-    if n > _DENSIFY_ROWS:  # a few thousand rows a pass: the (rows, 2k) scratch arrays stay in cache (2x faster)
+    if n > _DENSIFY_ROWS:  # a few thousand rows a pass: the scratch arrays stay in cache (2x faster)
         return np.concatenate([densify(raw[lo:lo + _DENSIFY_ROWS]) for lo in range(0, n, _DENSIFY_ROWS)])
-    sig = raw.astype(np.uint64)
     empty = raw == _EMPTY32
     if not empty.any():
-        return sig
-    # Next non-empty column at or right of each column, over the row written twice (the circle unrolled): a
-    # reversed running minimum of the non-empty columns' indices; 2k where a row has none.
-    idx = np.int16 if 2 * k < 2**15 else np.int64  # narrow indices: this pass is memory-bound
-    col = np.where(np.tile(~empty, 2), np.arange(2 * k, dtype=idx), idx(2 * k))
-    nxt = np.minimum.accumulate(col[:, ::-1], axis=1)[:, : k - 1 : -1]
+        return raw.astype(np.uint64)
+    # Next non-empty column at or right of each column: a reversed running minimum of the non-empty columns'
+    # indices; past the row's last one, the circle wraps to its first non-empty column, k further on (3k where
+    # a row has none).
+    idx = np.int16 if 3 * k < 2**15 else np.int64  # narrow indices: this pass is memory-bound
+    ar = np.arange(k, dtype=idx)
+    nxt = np.minimum.accumulate(np.where(empty, idx(2 * k), ar)[:, ::-1], axis=1)[:, ::-1]
+    nxt = np.where(nxt == 2 * k, nxt[:, :1] + idx(k), nxt)
     found = nxt < 2 * k  # a native bin finds itself at distance 0, keeping its value
-    src = np.where(found, nxt, 0) % k
-    moved = np.take_along_axis(sig, src, axis=1) + ((nxt - np.arange(k, dtype=idx)).astype(np.uint64) << np.uint64(32))
-    return np.where(found, moved, sig)
+    moved = np.take_along_axis(raw, np.where(found, nxt, 0) % k, axis=1).astype(np.uint64)
+    moved += (nxt - ar).astype(np.uint64) << np.uint64(32)
+    return np.where(found, moved, np.uint64(_EMPTY32))
 
 
 def band_keys(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:

@@ -39,11 +39,16 @@ def stable_argsort(x: np.ndarray) -> np.ndarray:
 
 def mix64(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser: spreads structured 64-bit inputs over all bits (wrapping arithmetic on purpose)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return x ^ (x >> np.uint64(31))
+    # In place on one fresh array and one scratch array: a chain of new arrays would touch fresh pages
+    # (page faults) six more times over the whole input.
+    out = x >> np.uint64(30)
+    out ^= x
+    tmp = np.empty_like(out)
+    for mul, shift in ((_M1, 27), (_M2, 31)):
+        out *= mul
+        np.right_shift(out, np.uint64(shift), out=tmp)
+        out ^= tmp
+    return out
 
 
 def tokens(texts: pa.Array | pa.ChunkedArray | pl.Series | list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -87,25 +92,27 @@ def iter_shingle_levels(tok: np.ndarray, counts: np.ndarray, ks: Sequence[int]
             yield k, (np.zeros(0, np.uint64), np.zeros(0, np.int64))
         return
     ends = np.cumsum(counts)
-    text_end = np.repeat(ends, counts)
+    left = np.repeat(ends, counts) - np.arange(n, dtype=np.int64)  # tokens from each token to its text's end
     wanted = set(ks)
     # Shifted slices over the flat array: shingles that straddle two rows are computed, then masked out.
     h = tok.copy()
     for j in range(0, max(wanted)):
         if 0 < j < n:
-            with np.errstate(over="ignore"):
-                # multiply before xor-ing the next token: (a ^ b) * S would not tell "a b" from "b a"
-                h[: n - j] = (h[: n - j] * _STEP + np.uint64(j)) ^ tok[j:]
+            # multiply before xor-ing the next token: (a ^ b) * S would not tell "a b" from "b a"; in place,
+            # so the 12 steps make no new arrays
+            head = h[: n - j]
+            head *= _STEP
+            head += np.uint64(j)
+            head ^= tok[j:]
         if j + 1 in wanted:
-            yield j + 1, _finish(h, tok, counts, ends, text_end, j + 1)
+            yield j + 1, _finish(h, tok, counts, ends, left, j + 1)
 
 
-def _finish(h: np.ndarray, tok: np.ndarray, counts: np.ndarray, ends: np.ndarray, text_end: np.ndarray,
+def _finish(h: np.ndarray, tok: np.ndarray, counts: np.ndarray, ends: np.ndarray, left: np.ndarray,
             k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k-shingles from the running state after k-1 steps: whole ones mixed, texts shorter than k added."""
     n_rows, n = counts.size, tok.size
-    valid = np.arange(n, dtype=np.int64) + k <= text_end
-    out_h = [mix64(h[valid])]
+    out_h = [mix64(h[left >= k])]
     out_r = [np.repeat(np.arange(n_rows, dtype=np.int64), np.maximum(counts - k + 1, 0))]
     short = np.flatnonzero((counts > 0) & (counts < k))
     if short.size:  # texts shorter than k: one shingle of all their tokens, same mixing
@@ -116,6 +123,8 @@ def _finish(h: np.ndarray, tok: np.ndarray, counts: np.ndarray, ends: np.ndarray
             hs = np.where(take, (hs * _STEP + np.uint64(j)) ^ tok[np.minimum(start + j, n - 1)], hs)
         out_h.append(mix64(hs))
         out_r.append(short.astype(np.int64))
+    if len(out_h) == 1:  # no short texts: the arrays as they are (a concatenate would copy them)
+        return out_h[0], out_r[0]
     return np.concatenate(out_h), np.concatenate(out_r)
 
 
