@@ -55,13 +55,36 @@ def key_text(arr: pa.Array | pa.ChunkedArray, cfg: NormaliseConfig = DEFAULT) ->
     # 64-bit offsets: joining a column's chunks into one 32-bit string array fails past 2 GiB of text
     # ("input array too large", seen at 1.6M rows).
     arr = arr.cast(pa.large_string())
+    arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+    # Most texts are their own key. Only those a fold could change are folded and put back in place, so a
+    # clean column costs one scan, not three copies of its text (each of them fresh pages to fault in).
+    todo = _may_change(arr, cfg)
+    if not todo.any():
+        return arr
+    mask = pa.array(todo)
+    return pc.replace_with_mask(arr, mask, _fold(arr.filter(mask), cfg))
+
+
+def _may_change(arr: pa.Array, cfg: NormaliseConfig) -> np.ndarray:
+    """Texts whose key may differ from them: non-ASCII (a unicode form can rewrite only those), anything the
+    rewrite passes of `_fold` match, whitespace at either end (`\\s` is the White_Space set strip_chars uses)."""
+    todo = np.zeros(len(arr), dtype=bool)
+    if cfg.unicode_form:
+        todo |= ~pc.string_is_ascii(arr).fill_null(True).to_numpy(zero_copy_only=False)
+    if cfg.collapse_whitespace:
+        todo |= pl.Series(arr).str.contains(_DIRTY + r"|^\s|\s$").fill_null(False).to_numpy()
+    return todo
+
+
+def _fold(arr: pa.Array, cfg: NormaliseConfig) -> pa.Array:
+    """The key of every text of `arr` (large_string)."""
     if cfg.unicode_form:
         arr = pc.utf8_normalize(arr, form=cfg.unicode_form)
     if not cfg.collapse_whitespace:
-        return arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
+        return arr
     s = pl.Series(arr).rechunk()
-    # One scan finds the texts with anything to fold (about a quarter of real answers); only those pay for
-    # the rewrite passes. The ends are stripped everywhere (strip is cheap).
+    # One scan finds the texts with anything to fold; only those pay for the rewrite passes. The ends are
+    # stripped everywhere (strip is cheap).
     dirty = s.str.contains(_DIRTY).fill_null(False)
     if dirty.any():
         fixed = (s.filter(dirty)

@@ -53,6 +53,35 @@ def test_carried_keys_equal_keys_built_from_the_text() -> None:
     assert not set(normalise.KEY_COLUMNS.values()) & set(other.column_names)
 
 
+def test_keys_fold_only_texts_a_fold_can_change() -> None:
+    """key_text folds only the texts `_may_change` picks (non-ASCII, a rewrite pattern, white space at an end)
+    and puts them back in place: the keys equal folding every text, on real rows and on every kind of foldable
+    text, under every setting, with nulls and slices; a clean column comes back without a copy."""
+    rows = json.loads(FIXTURE.read_text())
+    odd = [" lead", "trail\u3000", "\u00a0nbsp", "e\u0301", "\ufb01ne", "\u2028sep", "", "   ", "ok", None,
+           "x\u200dy", "\t\tcode", "a\r\nb", "a \nb", "Caf\u00e9  au  lait"]
+    texts = [r[f] for r in rows for f in ("chosen", "rejected")] + DIRTY + odd
+    arr = pa.chunked_array([pa.array(texts[:40], pa.string()), pa.array(texts[40:], pa.string())])
+    for cfg in (normalise.DEFAULT, normalise.NormaliseConfig(unicode_form="NFKC"),
+                normalise.NormaliseConfig(unicode_form=None), normalise.NormaliseConfig(collapse_whitespace=False),
+                normalise.NormaliseConfig(unicode_form=None, collapse_whitespace=False)):
+        for part in (arr, arr.slice(7, 50)):
+            whole = part.cast(pa.large_string()).combine_chunks()
+            assert normalise.key_text(part, cfg).to_pylist() == normalise._fold(whole, cfg).to_pylist(), cfg
+    clean = pa.array(["plain text", "two words"], pa.large_string())
+    assert normalise.key_text(clean).buffers()[2].address == clean.buffers()[2].address
+
+
+def test_end_check_and_strip_agree_on_every_code_point() -> None:
+    """A text with white space at an end is picked by the regex `\\s` and stripped by strip_chars: both must
+    mean the same characters, or a key would keep a space its text's fold removes."""
+    import polars as pl
+
+    chars = pl.Series([chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF])
+    stripped = (chars.str.strip_chars().str.len_bytes() == 0).to_numpy()
+    assert np.array_equal(stripped, chars.str.contains(r"^\s").to_numpy()) and stripped.sum() >= 25
+
+
 def _densify_reference(raw: np.ndarray) -> np.ndarray:
     """The definition, one bin at a time: an empty bin takes the next non-empty bin to its right (circularly)
     plus its distance << 32; a row without any non-empty bin stays empty."""
