@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from .base import CheckResult, Decision, apply, histogram
 from .degenerate import echoes_prompt
-from .repetition import RepetitionConfig, flagged
+from .repetition import default_flags
 
 RULE = "length_bias"
 
@@ -364,5 +364,4 @@ def run(table: pa.Table, cfg: LengthBiasConfig) -> CheckResult:
 
 def degenerate_answers(table: pa.Table) -> np.ndarray:
     """Rows that must not earn a weight bonus: a looping or runaway answer on either side, a rejected echo."""
-    masks = [m for pair in flagged(table, RepetitionConfig()).values() for m in pair]
-    return np.logical_or.reduce([*masks, echoes_prompt(table, "rejected")])
+    return default_flags(table) | echoes_prompt(table, "rejected")

@@ -14,6 +14,7 @@ rows no weight bonus, so a 20,000-character loop cannot become the most up-weigh
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,25 +46,36 @@ class RepetitionConfig:
                 raise ValueError(f"repetition.{name} must be in (0, 1]")
 
 
+_CHUNK_CHARS = 4_000_000  # characters of long answers measured at once: bounds the exploded tokens
+
+
 def measures(arr: pa.Array | pa.ChunkedArray, cfg: RepetitionConfig) -> tuple[np.ndarray, np.ndarray]:
     """(repeated n-gram fraction, blank fraction) per text; NaN where the text is too short to judge.
 
     Only texts of at least `min_chars` characters are measured (a loop worth the name is long), which keeps
-    the cost to the long tail of answers.
+    the cost to the long tail of answers. They are measured a few million characters at a time: the token
+    arrays of one chunk, reused from chunk to chunk, not of every long answer at once (real answers are long).
     """
     s = pl.Series(arr, dtype=pl.String).fill_null("")
     n = s.len()
     chars = s.str.len_chars().to_numpy().astype(np.int64)
     rep, blank = np.full(n, np.nan), np.full(n, np.nan)
     long = np.flatnonzero(chars >= cfg.min_chars)
-    if long.size == 0:
-        return rep, blank
-    sl = s.gather(long)
+    # chunk boundaries in `long`: each chunk holds up to _CHUNK_CHARS characters (at least one text)
+    cuts = np.searchsorted(np.cumsum(chars[long]), np.arange(_CHUNK_CHARS, chars[long].sum(), _CHUNK_CHARS))
+    for part in np.split(long, np.unique(cuts[(cuts > 0) & (cuts < long.size)])) if long.size else []:
+        rep[part], blank[part] = _measure(s.gather(part), chars[part], cfg)
+    return rep, blank
+
+
+def _measure(sl: pl.Series, chars: np.ndarray, cfg: RepetitionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """`measures` of texts that are all long enough to be measured (`chars`: their lengths)."""
+    rep, blank = np.full(sl.len(), np.nan), np.full(sl.len(), np.nan)
     spaced = sl.str.replace_many(["\n", "\t", "\r"], [" ", " ", " "])
     # Blank fraction: ASCII whitespace is what fills a runaway answer; unicode classes cost 3x more here.
     n_blank = (spaced.str.len_bytes() - spaced.str.replace_all(" ", "", literal=True).str.len_bytes()).to_numpy()
-    ok = chars[long] >= cfg.min_blank_chars
-    blank[long[ok]] = n_blank[ok] / chars[long[ok]]
+    ok = chars >= cfg.min_blank_chars
+    blank[ok] = n_blank[ok] / chars[ok]
     lists = spaced.str.split(" ")
     flat = lists.explode()
     nonempty = (flat.str.len_bytes().fill_null(0) > 0).to_numpy()
@@ -75,7 +87,7 @@ def measures(arr: pa.Array | pa.ChunkedArray, cfg: RepetitionConfig) -> tuple[np
     distinct = sorted_unique((row.astype(np.uint64) << np.uint64(40)) | (h >> np.uint64(24)))
     n_distinct = np.bincount((distinct >> np.uint64(40)).astype(np.int64), minlength=counts.size)
     judged = counts >= cfg.min_tokens
-    rep[long[judged]] = 1.0 - n_distinct[judged] / np.maximum(total[judged], 1)
+    rep[judged] = 1.0 - n_distinct[judged] / np.maximum(total[judged], 1)
     return rep, blank
 
 
@@ -97,12 +109,29 @@ def flagged(table: pa.Table, cfg: RepetitionConfig) -> dict[str, tuple[np.ndarra
     return {s: (loops(table.column(s), cfg), runaway(table, s, cfg)) for s in ("chosen", "rejected")}
 
 
-def decide(table: pa.Table, cfg: RepetitionConfig) -> Decision:
+def any_flag(f: dict[str, tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    return np.logical_or.reduce([m for pair in f.values() for m in pair])
+
+
+# Rows with a loop or runaway on either side under the default measures, carried from this check to length_bias
+# (which gives them no weight bonus) so it does not measure every long answer again. `conform` drops the column.
+FLAGS_COLUMN = "_repetition_flagged"
+
+
+def default_flags(table: pa.Table) -> np.ndarray:
+    """`any_flag` of the default measures: the carried column when this check left one, else measured now."""
+    if FLAGS_COLUMN in table.column_names:
+        return table.column(FLAGS_COLUMN).to_numpy(zero_copy_only=False).astype(bool)
+    return any_flag(flagged(table, RepetitionConfig()))
+
+
+def decide(table: pa.Table, cfg: RepetitionConfig, f: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+           ) -> Decision:
     n = table.num_rows
     d = Decision.keep_all(n)
     if n == 0:
         return d
-    f = flagged(table, cfg)
+    f = flagged(table, cfg) if f is None else f
     d.mark(f["chosen"][0], "chosen_repetition_loop")
     d.mark(f["chosen"][1], "chosen_runaway_length")
     if cfg.drop_rejected:
@@ -116,4 +145,11 @@ def decide(table: pa.Table, cfg: RepetitionConfig) -> Decision:
 
 
 def run(table: pa.Table, cfg: RepetitionConfig) -> CheckResult:
-    return apply(table, decide(table, cfg), RULE, cfg)
+    f = flagged(table, cfg)
+    # Only flags of the default measures are carried: length_bias asks for those, whatever this check's settings.
+    # An empty partition carries the column too, so partitions keep one schema.
+    if dataclasses.replace(cfg, enabled=True, drop_rejected=False) == RepetitionConfig():
+        flags = pa.array(any_flag(f), pa.bool_())
+        at = table.schema.get_field_index(FLAGS_COLUMN)
+        table = table.set_column(at, FLAGS_COLUMN, flags) if at >= 0 else table.append_column(FLAGS_COLUMN, flags)
+    return apply(table, decide(table, cfg, f), RULE, cfg)

@@ -207,3 +207,33 @@ def test_eval_prompt_files_text_jsonl_json(tmp_path: Path) -> None:
     (tmp_path / "obj.json").write_text(json.dumps({"prompt": "x"}), encoding="utf-8")
     with pytest.raises(ValueError, match=r"obj\.json: expected a JSON array"):
         decontam.read_eval_prompts(tmp_path / "obj.json")
+
+
+def test_repetition_carries_the_flags_length_bias_would_measure() -> None:
+    """length_bias gives rows with a loop or runaway answer no weight bonus. It reads the flags the repetition
+    check carries instead of measuring every long answer again: they must be the flags it would measure (on real
+    looping, runaway and fine rows, after the check's own drops), carried only for the default measures, and
+    gone from the gate's output."""
+    t = table(real("chosen_loop", "rejected_loop", "repetitive_but_fine", "python_indent"))
+    kept = repetition.run(t, repetition.RepetitionConfig()).kept
+    carried = repetition.default_flags(kept)
+    measured = repetition.default_flags(kept.drop_columns([repetition.FLAGS_COLUMN]))
+    assert carried.tolist() == measured.tolist() and 0 < carried.sum() < kept.num_rows
+    assert length_bias.degenerate_answers(kept).tolist() == \
+        length_bias.degenerate_answers(kept.drop_columns([repetition.FLAGS_COLUMN])).tolist()
+    # Other measures flag other rows: nothing is carried for them (length_bias measures the defaults itself).
+    other = repetition.run(t, repetition.RepetitionConfig(min_tokens=10)).kept
+    assert repetition.FLAGS_COLUMN not in other.column_names
+    assert repetition.FLAGS_COLUMN not in run_gate(t).kept.column_names
+
+
+def test_repetition_measures_chunk_by_chunk_as_in_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long answers are measured a few million characters at a time; with chunks of one or two answers the
+    measures must equal one pass over all of them (real loops, runaways and fine long answers)."""
+    texts = pa.array([r[side] for r in ROWS for side in ("chosen", "rejected")])
+    whole = repetition.measures(texts, repetition.RepetitionConfig())
+    assert np.isfinite(whole[0]).sum() >= 5
+    for size in (1, 3_000, 25_000):
+        monkeypatch.setattr(repetition, "_CHUNK_CHARS", size)
+        parts = repetition.measures(texts, repetition.RepetitionConfig())
+        assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(whole, parts, strict=True)), size
