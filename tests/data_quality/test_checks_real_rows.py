@@ -237,3 +237,31 @@ def test_repetition_measures_chunk_by_chunk_as_in_one_pass(monkeypatch: pytest.M
         monkeypatch.setattr(repetition, "_CHUNK_CHARS", size)
         parts = repetition.measures(texts, repetition.RepetitionConfig())
         assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(whole, parts, strict=True)), size
+
+
+def test_near_identical_length_bound_skips_only_pairs_below_the_cutoff() -> None:
+    """near_identical compares only pairs whose lengths allow the cutoff (`ratio` <= 1 - |a - b| / (a + b)). Its
+    drops must be those of comparing every pair: real rows, plus pairs edited to sit exactly at the bound and on
+    either side of it (one character more or less), at several cutoffs."""
+    base = [r["chosen"] for r in ROWS][:20]
+    chosen, rejected = [], []
+    for text in base + ["x" * 40, "z" * 19, "", "ab"]:  # 19 + 2 more: ratio exactly 0.95
+        for extra in range(0, 5):  # appended characters: the length difference walks across the bound
+            chosen.append(text)
+            rejected.append(text + "y" * extra)
+    chosen += [r["chosen"] for r in ROWS]
+    rejected += [r["rejected"] for r in ROWS]
+    n = len(chosen)
+    t = build_pair_table({"prompt": [[{"role": "user", "content": f"q{i}"}] for i in range(n)], "chosen": chosen,
+                          "rejected": rejected, "source": ["s"] * n, "source_row": list(range(n))})
+    t = normalise.run(t, normalise.DEFAULT).kept
+    kc, kr = normalise.answer_key(t, "chosen").to_pylist(), normalise.answer_key(t, "rejected").to_pylist()
+    for cutoff in (0.95, 0.9, 0.975, 0.5):
+        full = near_identical.similarity(kc, kr, "ratio", cutoff=cutoff)
+        reach = near_identical.could_reach(pa.array(kc), pa.array(kr), cutoff)
+        assert not (full >= cutoff)[~reach].any() and (~reach).sum() > 0, cutoff
+        d = near_identical.decide(t, near_identical.NearIdenticalConfig(max_similarity=cutoff))
+        assert d.drop.sum() > 0
+        # the drops equal those of scoring every pair (the number test applied alike)
+        same = near_identical.same_numbers(pa.array(kc), pa.array(kr))
+        assert d.drop.tolist() == ((full >= cutoff) & same).tolist(), cutoff
