@@ -203,7 +203,10 @@ def finish(n_in: int, kept: pa.Table, rejects: Sequence[pa.Table], per_check: di
 def run_in_memory(table: pa.Table, steps: Sequence[Step], config: dict[str, Any]) -> GateResult:
     n_in = table.num_rows
     out = run_steps(conform(table), steps)
-    rejects = [out.rejects[s.name] for s in steps]
+    # A local check's rejects in provenance order, as the partitioned executors give them: one rejects table
+    # whichever executor ran.
+    rejects = [sorted_rejects(out.rejects[s.name]) if s.scope in ("row", "prompt") else out.rejects[s.name]
+               for s in steps]
     return finish(n_in, out.kept, rejects, out.stats, config, "memory")
 
 

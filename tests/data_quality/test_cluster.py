@@ -81,6 +81,7 @@ def test_cluster_gate_equals_the_in_memory_gate_on_real_rows(name: str, real_par
     assert dist.kept.equals(mem.kept)
     assert content_hash(dist.kept) == content_hash(mem.kept)
     assert _reject_keys(dist.rejects) == _reject_keys(mem.rejects)
+    assert dist.rejects.equals(mem.rejects)  # row for row, as every executor gives them
     assert dist.stats["drops_by_reason"] == drops
     got, want = _checks(dist.stats), _checks(mem.stats)
     for check in ("repeated_answer", "near_dup", "length_bias"):  # global checks: every statistic, bit for bit

@@ -92,6 +92,8 @@ def test_every_executor_gives_the_in_memory_result(real_pairs: pa.Table, tmp_pat
         assert other.kept.equals(mem.kept)
         assert content_hash(other.kept) == content_hash(mem.kept)
         assert _reject_keys(other.rejects) == _reject_keys(mem.rejects)
+        # ... and the same table, row for row: a user diffing two runs' rejects sees no difference
+        assert other.rejects.equals(mem.rejects)
         assert other.stats["drops_by_reason"] == mem.stats["drops_by_reason"]
     assert list(tmp_path.glob("dpo-gate-*")) == []  # spill files are gone
 
