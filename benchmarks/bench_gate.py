@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_gate.py                 # 200k synthetic rows + real data
     .venv/bin/python benchmarks/bench_gate.py --rows 2000000 --executor out_of_core   # memory at 2M out of core
     .venv/bin/python benchmarks/bench_gate.py --no-real --against c1ebc20 --runs 3    # side by side with older code
+    .venv/bin/python benchmarks/bench_gate.py --against 9df6a64 --runs 3    # ... and on all the shared data too
 
 `--against REV` gates the same input with this tree and with git revision REV (checked out in a temporary
 worktree), alternating, `--runs` times each, and prints median (min-max) CPU, rows/s and peak RSS of both: a
@@ -86,7 +87,7 @@ print(json.dumps({"cpu": cpu, "user": user, "faults": faults, "peak_mb": peak[0]
 """
 
 
-def against(rev: str, inp: Path, runs: int) -> list[tuple]:
+def against(rev: str, inp: Path, runs: int, label: str = "whole gate") -> list[tuple]:
     """This tree and `rev` on the same input (the in-memory gate, default settings), alternating."""
     import statistics
 
@@ -107,20 +108,20 @@ def against(rev: str, inp: Path, runs: int) -> list[tuple]:
     for name, rs in got.items():
         cpu = sorted(r["cpu"] for r in rs)
         peak = sorted(r["peak_mb"] for r in rs)
-        rows.append((f"whole gate, {name}", f"{n / statistics.median(cpu):,.0f} rows/s",
+        rows.append((f"{label}, {name}", f"{n / statistics.median(cpu):,.0f} rows/s",
                      f"CPU {statistics.median(cpu):.1f} s ({cpu[0]:.1f}-{cpu[-1]:.1f}); peak "
                      f"{statistics.median(peak):,.0f} MB ({peak[0]:,.0f}-{peak[-1]:,.0f}); kept {rs[0]['kept']}"))
     ratio = statistics.median(r["cpu"] for r in got[rev]) / statistics.median(r["cpu"] for r in got["this tree"])
-    rows.append((f"rows/s, this tree / {rev}", f"{ratio:.2f}x", f"{runs} alternating runs each, same input"))
+    rows.append((f"{label}: rows/s, this tree / {rev}", f"{ratio:.2f}x", f"{runs} alternating runs each, same input"))
     # CPU above is user + system. On a VM most system time is the host zeroing fresh pages, which swings from run
     # to run; user time alone is the steadier comparison of the code, so it is printed beside it.
     user = {name: statistics.median(r["user"] for r in rs) for name, rs in got.items()}
-    rows.append((f"user CPU only, this tree / {rev}", f"{user[rev] / user['this tree']:.2f}x",
+    rows.append((f"{label}: user CPU only, this tree / {rev}", f"{user[rev] / user['this tree']:.2f}x",
                  f"user CPU {user['this tree']:.1f} s vs {user[rev]:.1f} s (medians)"))
     # Page faults count the fresh memory each side touches (what that system time is spent on); unlike time,
     # they hardly move between runs.
     faults = {name: statistics.median(r["faults"] for r in rs) for name, rs in got.items()}
-    rows.append((f"minor page faults, this tree / {rev}", f"{faults['this tree'] / faults[rev]:.2f}x",
+    rows.append((f"{label}: minor page faults, this tree / {rev}", f"{faults['this tree'] / faults[rev]:.2f}x",
                  f"{faults['this tree']:,.0f} vs {faults[rev]:,.0f} (medians; lower: less fresh memory touched)"))
     return rows
 
@@ -222,6 +223,21 @@ def real_section() -> list[tuple]:
     return rows
 
 
+def write_real(path: Path) -> None:
+    """Every pair of ../shared/data (70 AlpacaEval annotation files and HH-RLHF) to Parquet, with 250 of its
+    prompts (200 AlpacaEval instructions, 50 others) as the eval set, so decontam has work on real text."""
+    import pyarrow.parquet as pq
+
+    from data_quality.ingest import ingest_files
+
+    files = sorted((DATA / "alpaca_eval" / "annotations").glob("*.json.gz")) + sorted((DATA / "hh-rlhf").glob("*.jsonl.gz"))
+    pairs = ingest_files(files).pairs
+    pq.write_table(pairs, path)
+    texts, sources = pairs.column("prompt_text").to_pylist(), pairs.column("source").to_pylist()
+    alpaca = sorted({p for p, s in zip(texts, sources, strict=True) if "alpaca" in s.lower()})
+    Path(str(path) + ".eval.json").write_text(json.dumps(alpaca[::4][:200] + sorted(set(texts))[-50:]))
+
+
 def write_synthetic(path: Path, rows: int, seed: int, batch: int = 200_000):
     """Write `rows` synthetic pairs to Parquet in batches; returns the in-memory data when it is one batch."""
     import pyarrow.parquet as pq
@@ -286,6 +302,10 @@ def main() -> None:
             table += against(args.against, inp, args.runs)
     if not args.no_real:
         table += real_section()
+        if args.against:  # the same comparison on all the shared data, with an eval set
+            with tempfile.TemporaryDirectory() as tmp:
+                write_real(Path(tmp) / "real.parquet")
+                table += against(args.against, Path(tmp) / "real.parquet", args.runs, "real data")
     w = [max(len(str(row[i])) for row in table) for i in range(3)]
     print(f"{'measure':<{w[0]}} | {'value':<{w[1]}} | notes")
     print("-" * (w[0] + w[1] + 12))
