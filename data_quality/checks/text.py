@@ -30,11 +30,14 @@ def sorted_unique(x: np.ndarray) -> np.ndarray:
 
 
 def stable_argsort(x: np.ndarray) -> np.ndarray:
-    """np.argsort(x, kind="stable"), by Polars for integer keys (half numpy's CPU on 64-bit keys)."""
+    """np.argsort(x, kind="stable"), by Polars for integer keys (half numpy's CPU on 64-bit keys).
+
+    Series.arg_sort sorts (index, value) pairs with a stable sort. Not `arg_sort_by(maintain_order=True)`: that
+    expression waits on Polars' thread pool even with one thread, and a child forked from a process that used
+    Polars has no pool (bench_near_dup's forked memory measurement hung forever)."""
     if x.dtype.kind not in "iu" or x.size < 1_000:
         return np.argsort(x, kind="stable")
-    frame = pl.DataFrame({"k": x})
-    return frame.select(pl.arg_sort_by("k", maintain_order=True)).to_series().to_numpy().astype(np.int64)
+    return pl.Series(x).arg_sort().to_numpy().astype(np.int64)
 
 
 def mix64(x: np.ndarray) -> np.ndarray:

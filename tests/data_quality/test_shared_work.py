@@ -5,6 +5,7 @@ lengths from one pass, and the shingle sets decontam hands near_dup."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +225,34 @@ def test_stable_argsort_is_numpys_stable_argsort() -> None:
                            (np.float64, 3_000, 7)):
         x = rng.integers(0, card, n).astype(dtype)
         assert np.array_equal(stable_argsort(x), np.argsort(x, kind="stable"))
+
+
+_FORKED_SORT = """
+import os, sys
+import numpy as np
+from data_quality.checks.text import stable_argsort
+x = np.random.default_rng(3).integers(0, 500, 100_000).astype(np.uint64)
+stable_argsort(x)  # the parent starts Polars' thread pool first, as a loaded benchmark has by then
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if np.array_equal(stable_argsort(x), np.argsort(x, kind="stable")) else 3)
+sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_stable_argsort_works_in_a_forked_child() -> None:
+    """bench_near_dup measures each side's memory in a child forked from the loaded process, Polars on one thread.
+    A forked child has no Polars thread pool, and an expression that waits on it (`arg_sort_by`) hung there
+    forever. The sort must finish there, and equal numpy's."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "POLARS_MAX_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    try:
+        done = subprocess.run([sys.executable, "-c", _FORKED_SORT], env=env, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("stable_argsort hung in a forked child")
+    assert done.returncode == 0
 
 
 def test_cached_shingles_become_the_sets_near_dup_builds_itself() -> None:
