@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
+import signal
 import statistics
 import sys
 import time
@@ -105,6 +107,9 @@ def verified(t: pa.Table, cfg, fields, cand: np.ndarray) -> np.ndarray:
     return near_dup.greedy(cand, t.num_rows, lambda p: near_dup.check_pairs(fields, p, cfg))[0]
 
 
+_CHILD_TIMEOUT_S = 1800
+
+
 def peak_mb(fn) -> float:
     """Peak RSS (MB) that one call of `fn` adds to this process's loaded state, measured in a forked child
     (so the sides do not inherit each other's peaks; the timed runs are separate and unaffected)."""
@@ -131,6 +136,10 @@ def peak_mb(fn) -> float:
         finally:
             os._exit(0)
     os.close(w)
+    # A child that waits on a lock or thread pool the fork did not copy would hang the benchmark silently.
+    if not select.select([r], [], [], _CHILD_TIMEOUT_S)[0]:
+        os.kill(pid, signal.SIGKILL)
+        print(f"peak_mb: the forked child gave no answer in {_CHILD_TIMEOUT_S} s; killed", file=sys.stderr)
     with os.fdopen(r) as f:
         got = f.read()
     os.waitpid(pid, 0)
