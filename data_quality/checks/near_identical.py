@@ -84,14 +84,12 @@ def decide(table: pa.Table, cfg: NearIdenticalConfig) -> Decision:
     for lo in range(0, n, step):
         part = table.slice(lo, step)
         kc, kr = answer_key(part, "chosen"), answer_key(part, "rejected")
-        s = np.zeros(part.num_rows)
-        if cfg.scorer == "ratio":  # only rows whose lengths allow the cutoff become Python strings
-            at = np.flatnonzero(could_reach(kc, kr, cfg.max_similarity))
-            pick = pa.array(at)
-            s[at] = similarity(kc.take(pick).to_pylist(), kr.take(pick).to_pylist(), cfg.scorer,
-                               cutoff=cfg.max_similarity)
-        else:
-            s = similarity(kc.to_pylist(), kr.to_pylist(), cfg.scorer, cutoff=cfg.max_similarity)
+        # With `ratio`, only rows whose lengths allow the cutoff become Python strings (the token scorers have
+        # no such bound); the others score 0, as below a cutoff.
+        at = np.flatnonzero(could_reach(kc, kr, cfg.max_similarity)) if cfg.scorer == "ratio" else \
+            np.arange(part.num_rows)
+        s, pick = np.zeros(part.num_rows), pa.array(at)
+        s[at] = similarity(kc.take(pick).to_pylist(), kr.take(pick).to_pylist(), cfg.scorer, cutoff=cfg.max_similarity)
         close = s >= cfg.max_similarity
         if close.any():  # the number test runs only on the few candidates
             idx = pa.array(np.flatnonzero(close))
