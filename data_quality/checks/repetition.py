@@ -61,9 +61,12 @@ def measures(arr: pa.Array | pa.ChunkedArray, cfg: RepetitionConfig) -> tuple[np
     chars = s.str.len_chars().to_numpy().astype(np.int64)
     rep, blank = np.full(n, np.nan), np.full(n, np.nan)
     long = np.flatnonzero(chars >= cfg.min_chars)
-    # chunk boundaries in `long`: each chunk holds up to _CHUNK_CHARS characters (at least one text)
-    cuts = np.searchsorted(np.cumsum(chars[long]), np.arange(_CHUNK_CHARS, chars[long].sum(), _CHUNK_CHARS))
-    for part in np.split(long, np.unique(cuts[(cuts > 0) & (cuts < long.size)])) if long.size else []:
+    if long.size == 0:
+        return rep, blank
+    # chunks of `long` holding up to _CHUNK_CHARS characters each (at least one text)
+    ends = np.cumsum(chars[long])
+    cuts = np.unique(np.searchsorted(ends, np.arange(_CHUNK_CHARS, ends[-1], _CHUNK_CHARS)))
+    for part in np.split(long, cuts[(cuts > 0) & (cuts < long.size)]):
         rep[part], blank[part] = _measure(s.gather(part), chars[part], cfg)
     return rep, blank
 
